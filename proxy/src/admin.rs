@@ -1,0 +1,167 @@
+//! The admin listener: readiness, liveness, the effective config, and cluster state.
+//!
+//! Runs on its own thread and runtime so that a busy data plane never delays a probe.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::app::Shared;
+
+/// The running admin server.
+#[derive(Debug)]
+pub struct Handle {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Handle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Binds the admin address and serves it on a dedicated thread.
+pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<Handle> {
+    let std_listener = crate::listener::bind(addr, 128)?;
+    let bound = std_listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("legate-admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!(error = %e, "admin listener unusable");
+                        return;
+                    }
+                };
+                tokio::select! {
+                    _ = serve(listener, shared) => {}
+                    _ = stop_rx => {}
+                }
+            });
+        })?;
+    Ok(Handle {
+        addr: bound,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                debug!(error = %e, "admin accept failed");
+                // Out of descriptors: back off rather than spin.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    match req.uri().path() {
+        "/ready" => {
+            if shared.draining.load(Ordering::SeqCst) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/config" => {
+            let snapshot = shared.snapshot.load();
+            let last_reload = shared.last_reload.load();
+            json(&serde_json::json!({
+                "version": snapshot.version,
+                "loaded_at": humantime::format_rfc3339_millis(snapshot.loaded_at).to_string(),
+                "last_reload": &**last_reload,
+                "listeners": &**shared.listener_addrs.load(),
+                "config": &snapshot.config,
+            }))
+        }
+        "/clusters" => {
+            let snapshot = shared.snapshot.load();
+            let mut clusters: Vec<_> = snapshot.clusters.values().map(|c| c.status()).collect();
+            clusters.sort_by(|a, b| a.name.cmp(&b.name));
+            json(&serde_json::json!({
+                "version": snapshot.version,
+                "clusters": clusters,
+            }))
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

@@ -1,0 +1,359 @@
+//! Wiring: starts workers, listeners and the admin server from a config, applies new configs,
+//! and drains on shutdown. Tests start the whole proxy in process through [`build`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tracing::{info, warn};
+
+use crate::admin;
+use crate::cluster::Registry;
+use crate::config::{self, model, Config};
+use crate::drain;
+use crate::http::server;
+use crate::listener::{self, diff, HttpSettings, Listener};
+use crate::snapshot::{CompileError, Snapshot};
+use crate::worker::Workers;
+
+/// State the admin server and reloads read; never touched on the request path.
+#[derive(Debug)]
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub registry: Registry,
+    pub draining: AtomicBool,
+    pub last_reload: ArcSwap<Option<ReloadStatus>>,
+    /// Bound address of each listener, by name.
+    pub listener_addrs: ArcSwap<HashMap<String, SocketAddr>>,
+}
+
+/// The outcome of the latest reload attempt, shown by `GET /config`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadStatus {
+    #[serde(serialize_with = "serialize_time")]
+    pub time: SystemTime,
+    pub version: Option<String>,
+    pub error: Option<String>,
+}
+
+fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot start worker threads: {0}")]
+    Workers(#[source] std::io::Error),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("cannot bind admin listener {addr}: {source}")]
+    Admin {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("listeners[{name}]: cannot bind {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Load(#[from] config::LoadError),
+    #[error("config rejected: {0}")]
+    Apply(#[from] ApplyError),
+}
+
+/// A running proxy. Dropping it closes everything at once; [`App::shutdown`] drains first.
+#[derive(Debug)]
+pub struct App {
+    shared: Arc<Shared>,
+    workers: Option<Workers>,
+    listeners: Mutex<Listeners>,
+    admin: Option<admin::Handle>,
+}
+
+#[derive(Debug, Default)]
+struct Listeners {
+    running: HashMap<String, Running>,
+    /// Listeners removed or moved by a reload, still draining their connections.
+    retired: Vec<drain::Trigger>,
+}
+
+#[derive(Debug)]
+struct Running {
+    ctx: Arc<Listener>,
+    trigger: drain::Trigger,
+}
+
+/// Starts Legate with `config`: binds every listener and the admin listener, then serves.
+/// `version` identifies the config text (see [`config::version_of`]).
+pub fn build(config: Config, version: String) -> Result<App, BuildError> {
+    let workers = config
+        .runtime
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let registry = Registry::default();
+    let snapshot = Snapshot::compile(config, version, &registry).map_err(ApplyError::from)?;
+    let admin_listen = snapshot.config.admin.listen.clone();
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(snapshot),
+        registry,
+        draining: AtomicBool::new(false),
+        last_reload: ArcSwap::from_pointee(None),
+        listener_addrs: ArcSwap::from_pointee(HashMap::new()),
+    });
+    let mut app = App {
+        shared: shared.clone(),
+        workers: Some(Workers::start(workers).map_err(BuildError::Workers)?),
+        listeners: Mutex::new(Listeners::default()),
+        admin: None,
+    };
+    let snapshot = shared.snapshot.load_full();
+    app.reconcile(&[], &snapshot)?;
+    let admin_addr: SocketAddr = admin_listen.parse().map_err(|e| BuildError::Admin {
+        addr: admin_listen.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    })?;
+    app.admin = Some(admin::start(admin_addr, shared).map_err(|source| BuildError::Admin {
+        addr: admin_listen,
+        source,
+    })?);
+    info!(version = %snapshot.version, listeners = snapshot.config.listeners.len(), workers, "legate started");
+    Ok(app)
+}
+
+impl App {
+    /// The bound address of a listener (the real port when the config said port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.shared.listener_addrs.load().get(name).copied()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(admin::Handle::addr)
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// Validates and applies a config file, all or nothing. On error the running config stays.
+    pub fn reload_file(&self, path: &Path) -> Result<String, ReloadError> {
+        let result = config::load_file(path)
+            .map_err(ReloadError::from)
+            .and_then(|(config, text)| {
+                let version = config::version_of(&text);
+                self.apply(config, version.clone())?;
+                Ok(version)
+            });
+        self.shared.last_reload.store(Arc::new(Some(ReloadStatus {
+            time: SystemTime::now(),
+            version: result.as_ref().ok().cloned(),
+            error: result.as_ref().err().map(ToString::to_string),
+        })));
+        match &result {
+            Ok(v) => info!(version = %v, "config reloaded"),
+            Err(e) => warn!(error = %e, "config reload rejected; the running config stays"),
+        }
+        result
+    }
+
+    /// Applies a validated config: compiles it, reconciles listeners, publishes the snapshot.
+    /// Requests in flight finish on the snapshot they started with.
+    pub fn apply(&self, config: Config, version: String) -> Result<(), ApplyError> {
+        let old = self.shared.snapshot.load_full();
+        if config.admin != old.config.admin {
+            warn!("admin.listen changed; it takes effect on restart");
+        }
+        if config.runtime.workers != old.config.runtime.workers {
+            warn!("runtime.workers changed; it takes effect on restart");
+        }
+        let new = Arc::new(Snapshot::compile(config, version, &self.shared.registry)?);
+        self.reconcile(&old.config.listeners, &new)?;
+        self.shared.snapshot.store(new);
+        Ok(())
+    }
+
+    fn lock_listeners(&self) -> MutexGuard<'_, Listeners> {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves the running listeners to `new`'s: binds first (failing without side effects),
+    /// then swaps settings, starts new accept loops and drains what is gone.
+    fn reconcile(&self, old: &[model::Listener], new: &Snapshot) -> Result<(), ApplyError> {
+        let Some(workers) = &self.workers else {
+            return Ok(());
+        };
+        let ops = diff::diff(old, &new.config.listeners);
+        let spec = |name: &str| new.config.listeners.iter().find(|l| l.name == name);
+
+        // 1. Bind every new socket before changing anything.
+        let mut bound = HashMap::new();
+        for op in &ops {
+            if let diff::Op::Bind(name) | diff::Op::Rebind(name) = op {
+                let Some(l) = spec(name) else { continue };
+                let addr = Snapshot::listen_addr(l)?;
+                let group = listener::bind_group(addr, l.backlog, workers.len()).map_err(
+                    |source| ApplyError::Bind {
+                        name: name.clone(),
+                        addr,
+                        source,
+                    },
+                )?;
+                bound.insert(name.clone(), group);
+            }
+        }
+
+        // 2. Nothing below can fail.
+        let mut listeners = self.lock_listeners();
+        for op in ops {
+            match op {
+                diff::Op::Keep(name) => {
+                    if let (Some(running), Some(l)) = (listeners.running.get(&name), spec(&name)) {
+                        if let Some(settings) = http_settings(l, new) {
+                            running.ctx.http.store(Arc::new(settings));
+                        }
+                    }
+                }
+                diff::Op::Bind(name) | diff::Op::Rebind(name) => {
+                    let (Some(l), Some((addr, sockets))) = (spec(&name), bound.remove(&name))
+                    else {
+                        continue;
+                    };
+                    let Some(settings) = http_settings(l, new) else {
+                        continue;
+                    };
+                    let running = start_listener(workers, &name, addr, sockets, settings);
+                    info!(listener = %name, %addr, "listening");
+                    if let Some(old) = listeners.running.insert(name, running) {
+                        old.trigger.drain();
+                        listeners.retired.push(old.trigger);
+                    }
+                }
+                diff::Op::Close(name) => {
+                    if let Some(old) = listeners.running.remove(&name) {
+                        info!(listener = %name, "closing; draining its connections");
+                        old.trigger.drain();
+                        listeners.retired.push(old.trigger);
+                    }
+                }
+            }
+        }
+        listeners.retired.retain(|t| t.active() > 0);
+        let addrs = listeners
+            .running
+            .iter()
+            .map(|(name, r)| (name.clone(), r.ctx.addr))
+            .collect();
+        self.shared.listener_addrs.store(Arc::new(addrs));
+        Ok(())
+    }
+
+    /// Graceful shutdown: `/ready` turns 503, listeners stop accepting, connections finish
+    /// their requests (HTTP/1.1 gets `Connection: close`, HTTP/2 GOAWAY) until `timeout`;
+    /// then everything left is closed. Returns whether everything finished in time.
+    pub async fn shutdown(mut self, timeout: Duration) -> bool {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let triggers: Vec<drain::Trigger> = {
+            let mut listeners = self.lock_listeners();
+            let mut all: Vec<_> = listeners.running.drain().map(|(_, r)| r.trigger).collect();
+            all.append(&mut listeners.retired);
+            all
+        };
+        let mut clean = true;
+        for t in &triggers {
+            t.drain();
+        }
+        for t in &triggers {
+            clean &= t.drain_until(deadline).await;
+        }
+        info!(clean, "drained");
+        self.stop();
+        clean
+    }
+
+    /// Whether a graceful shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::SeqCst)
+    }
+
+    /// Marks the proxy as draining without waiting (for `/ready` to turn 503 first).
+    pub fn begin_drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+    }
+
+    fn stop(&mut self) {
+        if let Some(workers) = self.workers.take() {
+            workers.stop();
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn http_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<HttpSettings> {
+    let http = l.http.as_ref()?;
+    let route_table = snapshot.route_tables.get(&http.route_table)?.clone();
+    let access_log = &snapshot.config.access_log;
+    Some(HttpSettings {
+        route_table,
+        header_read_timeout: http.header_read_timeout.get(),
+        idle_timeout: http.idle_timeout.get(),
+        max_header_size: http.max_header_size,
+        max_concurrent_streams: http.max_concurrent_streams,
+        access_log: access_log.enabled.then_some(access_log.format),
+        drain_timeout: snapshot.config.runtime.drain_timeout.get(),
+    })
+}
+
+fn start_listener(
+    workers: &Workers,
+    name: &str,
+    addr: SocketAddr,
+    sockets: Vec<std::net::TcpListener>,
+    settings: HttpSettings,
+) -> Running {
+    let ctx = Arc::new(Listener {
+        name: name.into(),
+        addr,
+        http: ArcSwap::from_pointee(settings),
+    });
+    let (trigger, watch) = drain::channel();
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let ctx = ctx.clone();
+        let watch = watch.clone();
+        workers.run_on(
+            i % workers.len().max(1),
+            Box::new(move || match tokio::net::TcpListener::from_std(socket) {
+                Ok(socket) => {
+                    tokio::spawn(server::accept_loop(ctx, socket, watch));
+                }
+                Err(e) => warn!(listener = %ctx.name, error = %e, "cannot register socket"),
+            }),
+        );
+    }
+    Running { ctx, trigger }
+}

@@ -1,0 +1,649 @@
+//! YAML text → `Config`, one section and one entry at a time, so one bad entry hides no other.
+
+use serde::de::DeserializeOwned;
+use serde_path_to_error::Segment;
+use serde_yaml::Value;
+
+use super::lines::LineIndex;
+use super::suggest::{did_you_mean_key, did_you_mean_quoted};
+use super::validate::{Names, Provenance};
+use super::{Config, ConfigError};
+
+/// The top-level keys of `Config`, in documentation order.
+pub const SECTIONS: [&str; 6] = [
+    "admin",
+    "runtime",
+    "access_log",
+    "listeners",
+    "route_tables",
+    "clusters",
+];
+
+/// What could be read from a syntactically valid file: every part that deserialized, where
+/// its entries came from, and every deserialization error (not yet placed on lines).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub config: Config,
+    pub provenance: Provenance,
+    pub errors: Vec<ConfigError>,
+}
+
+/// Read `text` as far as possible. Fails only when it is not YAML at all (or its anchors
+/// cannot be merged): nothing can be said about its fields then.
+pub fn load(text: &str) -> Result<Loaded, ConfigError> {
+    let mut root: Value = serde_yaml::from_str(text).map_err(|e| {
+        let mut error = yaml_error(&e);
+        if error.message.contains("duplicate entry") {
+            if let Some((path, line)) = LineIndex::new(text).duplicate_key() {
+                error.path = path.to_owned();
+                error.line = Some(line);
+            }
+        }
+        error
+    })?;
+    // `<<: *defaults` is how YAML users share settings between entries.
+    root.apply_merge().map_err(|e| yaml_error(&e))?;
+
+    let mut loaded = Loaded {
+        config: defaults(),
+        ..Loaded::default()
+    };
+    let sections = match untag(&root) {
+        Value::Null => return Ok(loaded),
+        Value::Mapping(sections) => sections,
+        other => {
+            loaded.error(
+                "",
+                format!(
+                    "a config file must be a mapping of sections ({}), found {}",
+                    SECTIONS.join(", "),
+                    kind(other)
+                ),
+            );
+            return Ok(loaded);
+        }
+    };
+    for (key, value) in sections {
+        let Some(section) = key.as_str() else {
+            loaded.error(
+                "",
+                format!("section names must be strings, found {}", kind(key)),
+            );
+            continue;
+        };
+        match section {
+            "admin" => match loaded.entry("admin", value) {
+                Some(admin) => loaded.config.admin = admin,
+                None => loaded.provenance.admin_broken = true,
+            },
+            "runtime" => {
+                if let Some(runtime) = loaded.entry("runtime", value) {
+                    loaded.config.runtime = runtime;
+                }
+            }
+            "access_log" => {
+                if let Some(access_log) = loaded.entry("access_log", value) {
+                    loaded.config.access_log = access_log;
+                }
+            }
+            "listeners" => loaded.listeners(value),
+            "route_tables" => loaded.route_tables(value),
+            "clusters" => loaded.clusters(value),
+            unknown => {
+                let hint = did_you_mean_key(unknown, SECTIONS);
+                let expected = SECTIONS.map(|s| format!("`{s}`")).join(", ");
+                loaded.error(
+                    unknown,
+                    format!("unknown field `{unknown}`, expected one of {expected}{hint}"),
+                );
+            }
+        }
+    }
+    Ok(loaded)
+}
+
+impl Loaded {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        });
+    }
+
+    /// Deserialize one section or entry found at `path`, recording the error if it fails.
+    fn entry<T: DeserializeOwned>(&mut self, path: &str, value: &Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let mut full = path.to_owned();
+                for segment in e.path() {
+                    push_segment(&mut full, segment);
+                }
+                let message = e.inner().to_string();
+                let hint = hint(&message);
+                self.error(full, format!("{message}{hint}"));
+                None
+            }
+        }
+    }
+
+    fn listeners(&mut self, value: &Value) {
+        let Some(items) = self.sequence("listeners", value, "listeners") else {
+            return;
+        };
+        for (i, item) in items.iter().enumerate() {
+            if let Some(listener) = self.entry(&format!("listeners[{i}]"), item) {
+                self.config.listeners.push(listener);
+                self.provenance.listener_index.push(i);
+            }
+        }
+    }
+
+    fn clusters(&mut self, value: &Value) {
+        let Some(items) = self.sequence("clusters", value, "clusters") else {
+            self.provenance.broken_clusters.unreadable = true;
+            return;
+        };
+        for (i, item) in items.iter().enumerate() {
+            match self.entry(&format!("clusters[{i}]"), item) {
+                Some(cluster) => {
+                    self.config.clusters.push(cluster);
+                    self.provenance.cluster_index.push(i);
+                }
+                None => remember_name(&mut self.provenance.broken_clusters, item),
+            }
+        }
+    }
+
+    fn route_tables(&mut self, value: &Value) {
+        let tables = match untag(value) {
+            Value::Null => return,
+            Value::Mapping(tables) => tables,
+            other => {
+                self.error(
+                    "route_tables",
+                    format!(
+                        "invalid type: {}, expected a map of route table names to route tables",
+                        kind(other)
+                    ),
+                );
+                self.provenance.broken_route_tables.unreadable = true;
+                return;
+            }
+        };
+        for (key, table) in tables {
+            let Some(name) = key.as_str() else {
+                self.error(
+                    "route_tables",
+                    format!("route table names must be strings, found {}", kind(key)),
+                );
+                self.provenance.broken_route_tables.unreadable = true;
+                continue;
+            };
+            match self.entry(&format!("route_tables.{name}"), table) {
+                Some(table) => {
+                    self.config.route_tables.insert(name.to_owned(), table);
+                }
+                None => {
+                    self.provenance
+                        .broken_route_tables
+                        .names
+                        .insert(name.to_owned());
+                }
+            }
+        }
+    }
+
+    /// The items of a list section; `None` (after reporting) when it is not a list.
+    fn sequence<'v>(&mut self, path: &str, value: &'v Value, what: &str) -> Option<&'v [Value]> {
+        match untag(value) {
+            Value::Null => Some(&[]),
+            Value::Sequence(items) => Some(items),
+            other => {
+                self.error(
+                    path,
+                    format!("invalid type: {}, expected a list of {what}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The config of an empty file. Every section is deserialized from nothing, so the serde
+/// defaults apply; a derived `Default` may disagree with them (`Runtime::drain_timeout`).
+pub fn defaults() -> Config {
+    fn section<T: DeserializeOwned + Default>() -> T {
+        T::deserialize(&Value::Null).unwrap_or_default()
+    }
+    Config {
+        admin: section(),
+        runtime: section(),
+        access_log: section(),
+        ..Config::default()
+    }
+}
+
+/// Note the name of an entry that failed to deserialize, so references to it are not
+/// reported as unknown on top of its own error.
+fn remember_name(names: &mut Names, item: &Value) {
+    match untag(item).get("name").map(untag).and_then(Value::as_str) {
+        Some(name) => {
+            names.names.insert(name.to_owned());
+        }
+        None => names.unreadable = true,
+    }
+}
+
+fn push_segment(path: &mut String, segment: &Segment) {
+    match segment {
+        Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+        Segment::Map { key } | Segment::Enum { variant: key } => {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(key);
+        }
+        Segment::Unknown => {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push('?');
+        }
+    }
+}
+
+/// A "did you mean" for serde's unknown-field / unknown-variant messages and for the retry
+/// condition list; empty when nothing is close.
+fn hint(message: &str) -> String {
+    for prefix in ["unknown field `", "unknown variant `"] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let Some((word, expected)) = rest.split_once('`') else {
+                return String::new();
+            };
+            // The expected names are the odd pieces between backticks.
+            let candidates = expected.split('`').skip(1).step_by(2);
+            return did_you_mean_key(word, candidates);
+        }
+    }
+    if let Some(rest) = message.strip_prefix("invalid value: string \"") {
+        if let Some((word, expected)) = rest.split_once("\", expected one of ") {
+            return did_you_mean_quoted(word, expected.split(", "));
+        }
+    }
+    String::new()
+}
+
+/// A YAML-level failure: the line comes from the parser, so it is dropped from the message.
+fn yaml_error(e: &serde_yaml::Error) -> ConfigError {
+    let mut message = e.to_string();
+    let line = e.location().map(|l| {
+        let at = format!(" at line {} column {}", l.line(), l.column());
+        message = message.replacen(&at, "", 1);
+        l.line()
+    });
+    ConfigError {
+        path: String::new(),
+        line,
+        message: format!("invalid YAML: {message}"),
+    }
+}
+
+/// Tags (`!foo`) carry no meaning in a config file; serde_yaml ignores them too.
+fn untag(mut value: &Value) -> &Value {
+    while let Value::Tagged(tagged) = value {
+        value = &tagged.value;
+    }
+    value
+}
+
+/// How serde names a YAML node's type in "invalid type" messages.
+fn kind(value: &Value) -> String {
+    match untag(value) {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => format!("boolean `{b}`"),
+        Value::Number(n) => format!("number `{n}`"),
+        Value::String(s) => format!("string {s:?}"),
+        Value::Sequence(_) => "sequence".to_owned(),
+        Value::Mapping(_) => "map".to_owned(),
+        Value::Tagged(_) => "tagged value".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{assert_errors, doc, parse_ok};
+    use super::*;
+
+    #[test]
+    fn yaml_syntax_errors_carry_the_parser_line() {
+        let errors = match super::super::parse("admin:\n  listen: [1\nclusters: []\n") {
+            Ok(_) => panic!("should fail"),
+            Err(errors) => errors.0,
+        };
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].path, "");
+        assert_eq!(errors[0].line, Some(3));
+        assert!(
+            errors[0].message.starts_with("invalid YAML: "),
+            "{errors:?}"
+        );
+        assert!(!errors[0].message.contains("at line 3"), "{errors:?}");
+
+        assert_errors(
+            "
+            clusters: []
+            clusters: []
+            ",
+            &[("clusters", 2, "duplicate entry with key \"clusters\"")],
+        );
+    }
+
+    #[test]
+    fn the_document_must_be_a_mapping() {
+        assert_errors("- admin\n", &[("", 1, "must be a mapping of sections")]);
+        assert_errors("just text\n", &[("", 1, "found string \"just text\"")]);
+        assert_errors("[1]: x\n", &[("", 1, "section names must be strings")]);
+    }
+
+    #[test]
+    fn unknown_sections_are_errors_with_suggestions() {
+        assert_errors(
+            "
+            listener: []
+            tls: {}
+            ",
+            &[
+                (
+                    "listener",
+                    1,
+                    "unknown field `listener`, expected one of `admin`, `runtime`, `access_log`, \
+                     `listeners`, `route_tables`, `clusters` (did you mean `listeners`?)",
+                ),
+                ("tls", 2, "unknown field `tls`"),
+            ],
+        );
+        let errors = super::super::parse("tls: {}\n")
+            .map(|_| ())
+            .expect_err("tls is not a section");
+        assert!(!errors.0[0].message.contains("did you mean"), "{errors}");
+    }
+
+    #[test]
+    fn unknown_keys_inside_entries_name_the_key() {
+        assert_errors(
+            "
+            listeners:
+              - name: a
+                listen: 0.0.0.0:80
+                htp: { route_table: t }
+            ",
+            &[(
+                "listeners[0].htp",
+                4,
+                "unknown field `htp`, expected one of `name`, `listen`, `backlog`, `http` (did you mean `http`?)",
+            )],
+        );
+        assert_errors(
+            "
+            clusters:
+              - name: a
+                endpoints:
+                  - { address: 10.0.0.1:80, wieght: 3 }
+            ",
+            &[(
+                "clusters[0].endpoints[0].wieght",
+                4,
+                "(did you mean `weight`?)",
+            )],
+        );
+    }
+
+    #[test]
+    fn type_errors_carry_the_full_path() {
+        assert_errors(
+            r#"
+            clusters:
+              - { name: a, endpoints: ["10.0.0.1:80"] }
+              - { name: b, endpoints: ["10.0.0.2:80"] }
+              - name: c
+                endpoints:
+                  - { address: 10.0.0.3:80, weight: "x" }
+            "#,
+            &[(
+                "clusters[2].endpoints[0].weight",
+                6,
+                "invalid type: string \"x\", expected u32",
+            )],
+        );
+        assert_errors(
+            "
+            runtime:
+              drain_timeout: 30
+            ",
+            &[("runtime.drain_timeout", 2, "duration 30 has no unit")],
+        );
+        assert_errors(
+            "
+            listeners:
+              - name: a
+            ",
+            &[("listeners[0]", 2, "missing field `listen`")],
+        );
+    }
+
+    #[test]
+    fn unknown_values_get_suggestions() {
+        assert_errors(
+            "
+            clusters:
+              - name: a
+                protocol: http3
+            ",
+            &[(
+                "clusters[0].protocol",
+                3,
+                "unknown variant `http3`, expected `http1` or `http2` (did you mean `http1`?)",
+            )],
+        );
+        assert_errors(
+            "
+            access_log: { format: jsn }
+            ",
+            &[("access_log.format", 1, "(did you mean `json`?)")],
+        );
+        assert_errors(
+            r#"
+            route_tables:
+              t:
+                virtual_hosts:
+                  - hosts: ["*"]
+                    routes:
+                      - match: { prefix: / }
+                        respond: { status: 503 }
+                        retry: { on: [connect-failure, rest] }
+            "#,
+            &[(
+                "route_tables.t.virtual_hosts[0].routes[0].retry.on[1]",
+                8,
+                "(did you mean \"reset\"?)",
+            )],
+        );
+    }
+
+    #[test]
+    fn sections_of_the_wrong_shape() {
+        assert_errors(
+            "
+            listeners: { name: a }
+            clusters: nope
+            route_tables: [a]
+            admin: 5
+            ",
+            &[
+                (
+                    "listeners",
+                    1,
+                    "invalid type: map, expected a list of listeners",
+                ),
+                ("clusters", 2, "expected a list of clusters"),
+                ("route_tables", 3, "expected a map of route table names"),
+                (
+                    "admin",
+                    4,
+                    "invalid type: integer `5`, expected struct Admin",
+                ),
+            ],
+        );
+        assert_errors(
+            "
+            route_tables:
+              7: { virtual_hosts: [] }
+            ",
+            &[(
+                "route_tables",
+                1,
+                "route table names must be strings, found number `7`",
+            )],
+        );
+    }
+
+    #[test]
+    fn broken_entries_cause_no_follow_on_errors() {
+        // The cluster and the route table exist but are broken: only their own errors count.
+        assert_errors(
+            r#"
+            admin: { listen: 0.0.0.0:80, extra: 1 }
+            listeners:
+              - name: web
+                listen: 0.0.0.0:80
+                http: { route_table: main }
+            route_tables:
+              main:
+                virtual_hosts:
+                  - hosts: "*"
+                    routes: []
+              other:
+                virtual_hosts:
+                  - hosts: ["*"]
+                    routes:
+                      - match: { prefix: / }
+                        cluster: app
+            clusters:
+              - name: app
+                endpoints: 7
+            "#,
+            &[
+                ("admin.extra", 1, "unknown field `extra`"),
+                (
+                    "route_tables.main.virtual_hosts[0].hosts",
+                    9,
+                    "expected a sequence",
+                ),
+                ("clusters[0].endpoints", 19, "invalid type"),
+            ],
+        );
+        // A broken entry without a readable name could be any of them.
+        assert_errors(
+            r#"
+            route_tables:
+              main:
+                virtual_hosts:
+                  - hosts: ["*"]
+                    routes:
+                      - match: { prefix: / }
+                        cluster: app
+            clusters:
+              - endpoints: ["10.0.0.1:80"]
+            "#,
+            &[("clusters[0]", 9, "missing field `name`")],
+        );
+    }
+
+    #[test]
+    fn indices_survive_broken_entries() {
+        assert_errors(
+            r#"
+            clusters:
+              - { name: a, endpoints: ["10.0.0.1:80"], bogus: 1 }
+              - { name: b, endpoints: ["10.0.0.1"] }
+            listeners:
+              - { name: x, listen: 0.0.0.0:80 }
+              - { name: y, listen: 0.0.0.0:81, http: 5 }
+              - { name: z, listen: nowhere, http: { route_table: t } }
+            "#,
+            &[
+                ("clusters[0].bogus", 2, "unknown field"),
+                ("clusters[1].endpoints[0].address", 3, "has no port"),
+                ("listeners[0]", 5, "needs an `http` block"),
+                ("listeners[1].http", 6, "invalid type"),
+                (
+                    "listeners[2].http.route_table",
+                    7,
+                    "unknown route table \"t\"",
+                ),
+                ("listeners[2].listen", 7, "\"nowhere\" is not an IP address"),
+            ],
+        );
+    }
+
+    #[test]
+    fn merge_keys_and_tags_are_understood() {
+        let config = parse_ok(
+            r#"
+            clusters:
+              - &base
+                name: a
+                connect_timeout: 250ms
+                endpoints: ["10.0.0.1:80"]
+              - <<: *base
+                name: b
+              - !cluster { name: c }
+            "#,
+        );
+        assert_eq!(config.clusters.len(), 3);
+        assert_eq!(config.clusters[1].name, "b");
+        assert_eq!(
+            config.clusters[1].connect_timeout,
+            crate::config::Duration::from_millis(250)
+        );
+        assert_eq!(config.clusters[1].endpoints, config.clusters[0].endpoints);
+    }
+
+    #[test]
+    fn defaults_follow_serde_not_derive() {
+        let config = defaults();
+        assert_eq!(
+            config.runtime.drain_timeout,
+            crate::config::Duration::from_secs(30)
+        );
+        assert_eq!(config.admin.listen, "127.0.0.1:9901");
+        assert!(config.access_log.enabled);
+        assert_eq!(super::super::parse(&doc("")), Ok(config));
+    }
+
+    #[test]
+    fn hints_parse_serde_messages() {
+        assert_eq!(
+            hint("unknown field `nmae`, expected `name`"),
+            " (did you mean `name`?)"
+        );
+        assert_eq!(hint("unknown field `x`, there are no fields"), "");
+        assert_eq!(hint("unknown field `oops"), "");
+        assert_eq!(hint("invalid type: string \"x\", expected u32"), "");
+    }
+
+    #[test]
+    fn known_sections_match_the_model() {
+        // The loader dispatches sections by name; this keeps the list in step with `Config`.
+        let value = serde_yaml::to_value(Config::default()).expect("the model serializes");
+        let keys: Vec<&str> = value
+            .as_mapping()
+            .expect("a config serializes to a mapping")
+            .keys()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(keys, SECTIONS);
+    }
+}

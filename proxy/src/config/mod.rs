@@ -1,0 +1,472 @@
+//! Config: YAML text → typed model → validated, with every problem reported at once.
+
+pub mod duration;
+pub mod lines;
+pub mod load;
+pub mod model;
+pub mod suggest;
+pub mod validate;
+
+use std::fmt;
+use std::path::Path;
+
+pub use duration::Duration;
+pub use model::Config;
+
+/// One problem in a config file, located by its field path and, where known, its line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Field path, e.g. `clusters[2].endpoints[0].address`; empty for the document itself.
+    pub path: String,
+    /// 1-based line in the source text.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in one config file, in source order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Why a config file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is invalid:\n{errors}")]
+    Invalid { path: String, errors: ConfigErrors },
+}
+
+/// Parse and validate config text. On failure, returns every problem found.
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let loaded = load::load(text).map_err(|e| ConfigErrors(vec![e]))?;
+    let mut errors = loaded.errors;
+    errors.extend(validate::validate_with(&loaded.config, &loaded.provenance));
+    if errors.is_empty() {
+        return Ok(loaded.config);
+    }
+    // Indexing lines costs a second parse, so only failing files pay for it.
+    let lines = lines::LineIndex::new(text);
+    for error in &mut errors {
+        if error.line.is_none() {
+            error.line = lines.line_of(&error.path);
+        }
+    }
+    errors.sort_by(|a, b| (a.line, &a.path).cmp(&(b.line, &b.path)));
+    errors.dedup();
+    Err(ConfigErrors(errors))
+}
+
+/// Read, parse and validate a config file.
+pub fn load_file(path: &Path) -> Result<(Config, String), LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let config = parse(&text).map_err(|errors| LoadError::Invalid {
+        path: path.display().to_string(),
+        errors,
+    })?;
+    Ok((config, text))
+}
+
+/// A short, stable identifier of a config's text, shown by `/config` and in logs.
+pub fn version_of(text: &str) -> String {
+    // FNV-1a: stable across builds and platforms, unlike `DefaultHasher`.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::model::*;
+    use super::*;
+
+    /// Strip the leading newline and the common indentation of an indented test document.
+    pub(crate) fn doc(text: &str) -> String {
+        let text = text.strip_prefix('\n').unwrap_or(text);
+        let indent = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.len() - l.trim_start().len())
+            .min()
+            .unwrap_or(0);
+        let mut lines: Vec<&str> = text
+            .lines()
+            .map(|l| l.get(indent..).unwrap_or(""))
+            .collect();
+        while lines.last().is_some_and(|l| l.trim().is_empty()) {
+            lines.pop();
+        }
+        lines.join("\n") + "\n"
+    }
+
+    /// Parse `yaml`, which must fail with exactly `expected` errors, in order: each is
+    /// (path, line, a fragment of the message).
+    pub(crate) fn assert_errors(yaml: &str, expected: &[(&str, usize, &str)]) {
+        let errors = match parse(&doc(yaml)) {
+            Ok(config) => panic!("expected errors, got a valid config: {config:#?}"),
+            Err(errors) => errors,
+        };
+        let found: Vec<(&str, Option<usize>, &str)> = errors
+            .0
+            .iter()
+            .map(|e| (e.path.as_str(), e.line, e.message.as_str()))
+            .collect();
+        assert_eq!(
+            found.len(),
+            expected.len(),
+            "wrong number of errors:\n{errors}"
+        );
+        for (got, want) in found.iter().zip(expected) {
+            assert_eq!(got.0, want.0, "path, in:\n{errors}");
+            assert_eq!(got.1, Some(want.1), "line of {}, in:\n{errors}", want.0);
+            assert!(
+                got.2.contains(want.2),
+                "message of {} should contain {:?}, in:\n{errors}",
+                want.0,
+                want.2
+            );
+        }
+    }
+
+    /// Parse `yaml`, which must be valid.
+    pub(crate) fn parse_ok(yaml: &str) -> Config {
+        match parse(&doc(yaml)) {
+            Ok(config) => config,
+            Err(errors) => panic!("expected a valid config, got:\n{errors}"),
+        }
+    }
+
+    const EXAMPLE: &str = r#"
+        admin: { listen: 127.0.0.1:9901 }
+        listeners:
+          - name: maps-plain
+            listen: 0.0.0.0:6533
+            http: { route_table: maps }
+        route_tables:
+          maps:
+            virtual_hosts:
+              - hosts: [maps.example.org, "*.maps.example.org"]
+                routes:
+                  - match: { prefix: /osm-intl/ }
+                    cluster: tegola
+                  - match: { prefix: / }
+                    split:
+                      - { cluster: kartotherian-metal, weight: 90 }
+                      - { cluster: kartotherian-k8s, weight: 10 }
+                    timeout: 15s
+                    retry: { attempts: 2, on: [connect-failure, reset, "503"] }
+              - hosts: ["*"]
+                routes:
+                  - match: { prefix: / }
+                    respond: { status: 404, body: "unknown site\n" }
+        clusters:
+          - name: tegola
+            endpoints: ["127.0.0.1:4000"]
+          - name: kartotherian-metal
+            endpoints:
+              - 10.64.0.5:6533
+              - { address: 10.64.0.6:6533, weight: 2 }
+              - { address: 10.64.0.7:6533, pooled: false }
+          - name: kartotherian-k8s
+            protocol: http2
+            endpoints: ["10.67.0.10:6533"]
+    "#;
+
+    #[test]
+    fn example_parses_and_keeps_its_values() {
+        let config = parse_ok(EXAMPLE);
+        assert_eq!(config.admin.listen, "127.0.0.1:9901");
+        assert_eq!(config.runtime.drain_timeout, Duration::from_secs(30));
+
+        assert_eq!(config.listeners.len(), 1);
+        let listener = &config.listeners[0];
+        assert_eq!(listener.name, "maps-plain");
+        assert_eq!(listener.listen, "0.0.0.0:6533");
+        assert_eq!(listener.backlog, 1024);
+        let http = listener.http.as_ref().expect("http block");
+        assert_eq!(http.route_table, "maps");
+        assert_eq!(http.max_header_size, 65536);
+
+        let vhosts = &config.route_tables["maps"].virtual_hosts;
+        assert_eq!(vhosts.len(), 2);
+        assert_eq!(vhosts[0].hosts, ["maps.example.org", "*.maps.example.org"]);
+        let routes = &vhosts[0].routes;
+        assert_eq!(routes[0].matcher.prefix.as_deref(), Some("/osm-intl/"));
+        assert_eq!(routes[0].cluster.as_deref(), Some("tegola"));
+        let split = routes[1].split.as_ref().expect("split");
+        assert_eq!(
+            split,
+            &[
+                SplitTarget {
+                    cluster: "kartotherian-metal".into(),
+                    weight: 90
+                },
+                SplitTarget {
+                    cluster: "kartotherian-k8s".into(),
+                    weight: 10
+                },
+            ]
+        );
+        assert_eq!(routes[1].timeout, Some(Duration::from_secs(15)));
+        let retry = routes[1].retry.as_ref().expect("retry");
+        assert_eq!(retry.attempts, 2);
+        assert_eq!(
+            retry.on,
+            [RetryOn::ConnectFailure, RetryOn::Reset, RetryOn::Status503]
+        );
+        let respond = vhosts[1].routes[0].respond.as_ref().expect("respond");
+        assert_eq!(respond.status, 404);
+        assert_eq!(respond.body, "unknown site\n");
+
+        let clusters = &config.clusters;
+        assert_eq!(clusters.len(), 3);
+        assert_eq!(clusters[0].protocol, UpstreamProtocol::Http1);
+        assert_eq!(clusters[0].connect_timeout, Duration::from_secs(1));
+        assert_eq!(
+            clusters[1].endpoints,
+            [
+                Endpoint {
+                    address: "10.64.0.5:6533".into(),
+                    weight: 1,
+                    pooled: true
+                },
+                Endpoint {
+                    address: "10.64.0.6:6533".into(),
+                    weight: 2,
+                    pooled: true
+                },
+                Endpoint {
+                    address: "10.64.0.7:6533".into(),
+                    weight: 1,
+                    pooled: false
+                },
+            ]
+        );
+        assert_eq!(clusters[2].protocol, UpstreamProtocol::Http2);
+    }
+
+    #[test]
+    fn empty_documents_give_the_default_config() {
+        let expected = Config {
+            runtime: Runtime {
+                workers: None,
+                drain_timeout: Duration::from_secs(30),
+            },
+            ..Config::default()
+        };
+        for text in ["", "\n", "# nothing yet\n", "---\n", "~\n", "null\n"] {
+            assert_eq!(parse(text), Ok(expected.clone()), "for {text:?}");
+        }
+        // Empty sections mean their defaults too.
+        let config = parse_ok("admin:\nruntime: {}\nlisteners: []\nroute_tables:\nclusters:\n");
+        assert_eq!(config, expected);
+        assert_eq!(config.admin.listen, "127.0.0.1:9901");
+        assert!(config.access_log.enabled);
+    }
+
+    #[test]
+    fn reports_problems_from_every_section_at_once() {
+        assert_errors(
+            r#"
+            admin: { listen: 127.0.0.1 }
+            runtime: { workers: 0 }
+            listeners:
+              - name: web
+                listen: 0.0.0.0:80
+                http: { route_table: main }
+              - name: api
+                listen: 0.0.0.0:81
+                htp: { route_table: main }
+              - name: web
+                listen: 0.0.0.0:82
+                http: { route_table: mian }
+            route_tables:
+              main:
+                virtual_hosts:
+                  - hosts: ["*"]
+                    routes:
+                      - match: { prefix: / }
+                        cluster: ap
+            clusters:
+              - name: app
+                endpoints: ["10.0.0.1"]
+            "#,
+            &[
+                ("admin.listen", 1, "\"127.0.0.1\" has no port"),
+                ("runtime.workers", 2, "between 1 and 1024 (got 0)"),
+                ("listeners[1].htp", 9, "(did you mean `http`?)"),
+                (
+                    "listeners[2].name",
+                    10,
+                    "duplicate listener name \"web\" (also listeners[0])",
+                ),
+                (
+                    "listeners[2].http.route_table",
+                    12,
+                    "unknown route table \"mian\" (did you mean \"main\"?)",
+                ),
+                (
+                    "route_tables.main.virtual_hosts[0].routes[0].cluster",
+                    19,
+                    "unknown cluster \"ap\" (did you mean \"app\"?)",
+                ),
+                (
+                    "clusters[0].endpoints[0].address",
+                    22,
+                    "\"10.0.0.1\" has no port",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn errors_are_sorted_by_line_then_path() {
+        let errors = match parse(&doc(r#"
+            clusters:
+              - { name: b, endpoints: ["1.1.1.1"], connect_timeout: 0s }
+            admin: { listen: nowhere }
+            "#))
+        {
+            Ok(_) => panic!("should fail"),
+            Err(errors) => errors.0,
+        };
+        let order: Vec<(Option<usize>, &str)> =
+            errors.iter().map(|e| (e.line, e.path.as_str())).collect();
+        assert_eq!(
+            order,
+            [
+                (Some(2), "clusters[0].connect_timeout"),
+                (Some(2), "clusters[0].endpoints[0].address"),
+                (Some(3), "admin.listen"),
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_display_with_line_and_path() {
+        let errors = match parse("listeners: 5\n") {
+            Ok(_) => panic!("should fail"),
+            Err(errors) => errors,
+        };
+        assert_eq!(
+            errors.to_string(),
+            "line 1: listeners: invalid type: number `5`, expected a list of listeners"
+        );
+    }
+
+    #[test]
+    fn header_maps_keep_their_keys() {
+        let config = parse_ok(
+            r#"
+            route_tables:
+              t:
+                virtual_hosts:
+                  - hosts: ["*"]
+                    routes:
+                      - match: { exact: /healthz }
+                        respond: { status: 200, headers: { Content-Type: application/json } }
+                        response_headers: { add: { x-served-by: legate }, remove: [server] }
+            "#,
+        );
+        let route = &config.route_tables["t"].virtual_hosts[0].routes[0];
+        let headers = &route.respond.as_ref().expect("respond").headers;
+        assert_eq!(
+            headers,
+            &BTreeMap::from([("Content-Type".to_owned(), "application/json".to_owned())])
+        );
+        assert_eq!(route.response_headers.remove, ["server"]);
+    }
+
+    #[test]
+    fn version_is_stable() {
+        assert_eq!(version_of(""), "cbf29ce484222325");
+        assert_ne!(version_of("a"), version_of("b"));
+    }
+}
+
+#[cfg(test)]
+mod scratch {
+    #[test]
+    fn corpus() {
+        let mut files: Vec<_> = std::fs::read_dir("/work/main/fuzz/corpus/config_parse")
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            println!("=== {}", f.display());
+            match super::parse(&text) {
+                Ok(_) => println!("OK"),
+                Err(e) => println!("{e}"),
+            }
+        }
+        // Mutation stress: byte flips, truncations, splices.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = b" \n:-[]{}\"'*&!<>?|,#%@`0123456789abcxyz\t/\\.";
+        let texts: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+        for _ in 0..1_500_000 {
+            let mut t = texts[(rnd() % texts.len() as u64) as usize].clone();
+            let n = 1 + rnd() % 6;
+            for _ in 0..n {
+                if t.is_empty() { break; }
+                let i = (rnd() % t.len() as u64) as usize;
+                match rnd() % 5 {
+                    0 => t[i] = alphabet[(rnd() % alphabet.len() as u64) as usize],
+                    1 => { t.remove(i); }
+                    2 => t.insert(i, alphabet[(rnd() % alphabet.len() as u64) as usize]),
+                    3 => t.truncate(i),
+                    _ => { let other = &texts[(rnd() % texts.len() as u64) as usize]; let j = (rnd() % (other.len() as u64 + 1)) as usize; let k = j + (rnd() % 40) as usize; let piece = other[j..k.min(other.len())].to_vec(); for (o, b) in piece.into_iter().enumerate() { t.insert(i + o, b); } }
+                }
+            }
+            if let Ok(s) = std::str::from_utf8(&t) {
+                let r = std::panic::catch_unwind(|| super::parse(s));
+                if r.is_err() { println!("PANIC on {s:?}"); }
+                if let Ok(Err(e)) = r { assert!(!e.0.is_empty()); }
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Body types: what Legate sends downstream and upstream, streamed frame by frame.
+//!
+//! [`ProxyBody`] also carries the work due when a response is finished — returning the upstream
+//! connection to its pool, releasing request counters, writing the access-log line — so that
+//! it happens exactly once, whether the body ends cleanly or is dropped mid-stream.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::access_log::AccessRecord;
+use crate::cluster::ActiveRequest;
+
+use super::server::InFlight;
+use super::upstream::Pooled;
+
+/// The response body sent to a client.
+pub struct ProxyBody {
+    inner: Inner,
+    end: Option<RequestEnd>,
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+/// Work done once when a response body finishes or is dropped.
+#[derive(Default)]
+pub struct RequestEnd {
+    pub log: Option<AccessRecord>,
+    pub endpoint: Option<ActiveRequest>,
+    pub pooled: Option<Pooled>,
+    pub in_flight: Option<InFlight>,
+    pub bytes_sent: u64,
+}
+
+impl RequestEnd {
+    fn finish(mut self, complete: bool) {
+        if let Some(pooled) = self.pooled.take() {
+            // A connection whose response was not read to the end cannot carry another request.
+            if complete {
+                pooled.release();
+            }
+        }
+        if let Some(mut log) = self.log.take() {
+            log.bytes_sent = self.bytes_sent;
+            log.complete = complete;
+            log.write();
+        }
+    }
+}
+
+impl ProxyBody {
+    pub fn full(bytes: Bytes) -> Self {
+        ProxyBody {
+            inner: Inner::Full((!bytes.is_empty()).then_some(bytes)),
+            end: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+
+    pub fn upstream(body: Incoming) -> Self {
+        ProxyBody {
+            inner: Inner::Upstream(body),
+            end: None,
+        }
+    }
+
+    /// Attaches the end-of-request work; it runs when the body ends or is dropped.
+    pub fn on_end(&mut self, end: RequestEnd) {
+        self.end = Some(end);
+    }
+
+    pub fn end_mut(&mut self) -> Option<&mut RequestEnd> {
+        self.end.as_mut()
+    }
+
+    fn inner_done(&self) -> bool {
+        match &self.inner {
+            Inner::Full(b) => b.is_none(),
+            Inner::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(end) = self.end.take() {
+            end.finish(complete);
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(end)) = (frame.data_ref(), this.end.as_mut()) {
+                    end.bytes_sent += data.len() as u64;
+                }
+                if this.inner_done() {
+                    this.finish(true);
+                }
+            }
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Upstream(b) => b.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // An empty body may never be polled; it is complete all the same.
+        let complete = self.inner_done();
+        self.finish(complete);
+    }
+}
+
+/// The request body sent to an upstream.
+pub enum UpstreamBody {
+    Empty,
+    /// The client's body, counted into the access log as it streams.
+    Client(Incoming, Option<Arc<AtomicU64>>),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Empty => Poll::Ready(None),
+            UpstreamBody::Client(body, counter) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(frame))), Some(counter)) = (&polled, counter) {
+                    if let Some(data) = frame.data_ref() {
+                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Empty => true,
+            UpstreamBody::Client(b, _) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Empty => SizeHint::with_exact(0),
+            UpstreamBody::Client(b, _) => b.size_hint(),
+        }
+    }
+}

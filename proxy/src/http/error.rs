@@ -1,0 +1,136 @@
+//! Errors the proxy answers itself, and the one place they become status codes.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+use super::body::ProxyBody;
+
+/// Header naming why Legate, not the upstream, produced a response.
+pub const LEGATE_ERROR: &str = "legate-error";
+
+/// Where a failure came from, so logs and metrics can tell a bad client from a bad upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for host {host:?} path {path:?}")]
+    NoRoute { host: String, path: String },
+    #[error("request has no Host header or authority")]
+    MissingHost,
+    #[error("cluster {cluster} has no pooled endpoint")]
+    NoEndpoint { cluster: std::sync::Arc<str> },
+    #[error("connect to {addr} failed: {source}")]
+    ConnectFailed {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connect to {addr} timed out")]
+    ConnectTimeout { addr: std::net::SocketAddr },
+    #[error("upstream {addr} reset the request: {source}")]
+    UpstreamReset {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("upstream did not answer within the route timeout")]
+    Timeout,
+    #[error("upstream did not answer within the per-try timeout")]
+    PerTryTimeout,
+    #[error("invalid request: {0}")]
+    BadRequest(&'static str),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::MissingHost | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout | ProxyError::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The `legate-error` header value: a stable, machine-readable reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "no-route",
+            ProxyError::MissingHost => "missing-host",
+            ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::NoEndpoint { .. } => "no-endpoint",
+            ProxyError::ConnectFailed { .. } => "connect-failure",
+            ProxyError::ConnectTimeout { .. } => "connect-timeout",
+            ProxyError::UpstreamReset { .. } => "upstream-reset",
+            ProxyError::Timeout => "timeout",
+            ProxyError::PerTryTimeout => "per-try-timeout",
+        }
+    }
+
+    pub fn origin(&self) -> Origin {
+        match self {
+            ProxyError::NoRoute { .. } | ProxyError::MissingHost | ProxyError::BadRequest(_) => {
+                Origin::Downstream
+            }
+            ProxyError::NoEndpoint { .. } => Origin::Internal,
+            _ => Origin::Upstream,
+        }
+    }
+
+    /// The short answer a client gets: status, `legate-error`, and a one-line body.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let body = match self {
+            ProxyError::NoRoute { .. } => "no route\n",
+            ProxyError::MissingHost => "missing Host header\n",
+            ProxyError::BadRequest(_) => "bad request\n",
+            ProxyError::NoEndpoint { .. } => "no healthy upstream\n",
+            ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. } => {
+                "upstream connect error\n"
+            }
+            ProxyError::UpstreamReset { .. } => "upstream reset before response\n",
+            ProxyError::Timeout | ProxyError::PerTryTimeout => "upstream request timeout\n",
+        };
+        let mut resp = Response::new(ProxyBody::full(Bytes::from_static(body.as_bytes())));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(LEGATE_ERROR, HeaderValue::from_static(self.reason()));
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_reasons() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let cases = [
+            (ProxyError::NoRoute { host: "h".into(), path: "/".into() }, 404, "no-route"),
+            (ProxyError::NoEndpoint { cluster: "c".into() }, 503, "no-endpoint"),
+            (
+                ProxyError::ConnectFailed {
+                    addr,
+                    source: std::io::ErrorKind::ConnectionRefused.into(),
+                },
+                502,
+                "connect-failure",
+            ),
+            (ProxyError::Timeout, 504, "timeout"),
+        ];
+        for (e, status, reason) in cases {
+            let r = e.to_response();
+            assert_eq!(r.status().as_u16(), status);
+            assert_eq!(r.headers()[LEGATE_ERROR], reason);
+        }
+    }
+}

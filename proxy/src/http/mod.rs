@@ -1,0 +1,8 @@
+//! HTTP proxying: the downstream server, routing to an action, and the upstream client.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod proxy;
+pub mod server;
+pub mod upstream;

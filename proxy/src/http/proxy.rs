@@ -1,0 +1,490 @@
+//! The request path: route a request, then answer it directly or forward it upstream with
+//! retries and a deadline.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{HeaderValue, HOST, LOCATION};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::debug;
+
+use super::body::{ProxyBody, RequestEnd, UpstreamBody};
+use super::error::ProxyError;
+use super::headers;
+use super::server::{ConnCtx, InFlight};
+use super::upstream::{self, Pooled};
+use crate::access_log::AccessRecord;
+use crate::cluster::{ActiveRequest, Cluster};
+use crate::config::model::{RetryOn, UpstreamProtocol};
+use crate::listener::HttpSettings;
+use crate::router::{Action, PathMatch, Redirect, Respond, Route};
+
+/// What the access log and the end-of-request work learn while a request is handled.
+#[derive(Default)]
+struct Trace {
+    route: Option<Arc<str>>,
+    cluster: Option<Arc<str>>,
+    upstream: Option<SocketAddr>,
+    attempts: u32,
+    endpoint: Option<ActiveRequest>,
+    pooled: Option<Pooled>,
+    bytes_received: Option<Arc<AtomicU64>>,
+}
+
+/// Entry point for every request on every listener.
+pub async fn handle(
+    ctx: Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let in_flight = InFlight::start(&ctx.activity);
+    let settings = ctx.listener.http.load_full();
+    let request_id = headers::ensure_request_id(req.headers_mut());
+    let record = settings.access_log.map(|format| AccessRecord {
+        format,
+        time: SystemTime::now(),
+        start: Instant::now(),
+        listener: ctx.listener.name.clone(),
+        peer: ctx.peer,
+        method: req.method().clone(),
+        host: host_value(&req),
+        uri: req.uri().clone(),
+        version: req.version(),
+        status: 0,
+        route: None,
+        cluster: None,
+        upstream: None,
+        attempts: 0,
+        request_id: Some(request_id),
+        bytes_received: None,
+        bytes_sent: 0,
+        error: None,
+        complete: false,
+    });
+
+    let mut trace = Trace::default();
+    let (mut resp, error) = match route(&ctx, &settings, req, &mut trace).await {
+        Ok(resp) => (resp, None),
+        Err(e) => {
+            debug!(listener = %ctx.listener.name, route = ?trace.route, cluster = ?trace.cluster,
+                   upstream = ?trace.upstream, error = %e, "request failed");
+            (e.to_response(), Some(e.reason()))
+        }
+    };
+    let log = record.map(|mut r| {
+        r.status = resp.status().as_u16();
+        r.route = trace.route;
+        r.cluster = trace.cluster;
+        r.upstream = trace.upstream;
+        r.attempts = trace.attempts;
+        r.bytes_received = trace.bytes_received;
+        r.error = error;
+        r
+    });
+    resp.body_mut().on_end(RequestEnd {
+        log,
+        endpoint: trace.endpoint,
+        pooled: trace.pooled,
+        in_flight: Some(in_flight),
+        bytes_sent: 0,
+    });
+    Ok(resp)
+}
+
+fn host_value(req: &Request<Incoming>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(HOST).cloned(),
+    }
+}
+
+/// The Host a request names: `:authority` (HTTP/2, absolute-form) or the Host header.
+fn host_of<B>(req: &Request<B>) -> &str {
+    req.uri()
+        .authority()
+        .map(Authority::as_str)
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("")
+}
+
+async fn route(
+    ctx: &ConnCtx,
+    settings: &HttpSettings,
+    req: Request<Incoming>,
+    trace: &mut Trace,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let Some(route) = settings
+        .route_table
+        .route(host_of(&req), req.uri().path(), req.headers())
+    else {
+        return Err(ProxyError::NoRoute {
+            host: host_of(&req).to_owned(),
+            path: req.uri().path().to_owned(),
+        });
+    };
+    trace.route = Some(route.id.clone());
+    let mut resp = match &route.action {
+        Action::Respond(r) => respond(r),
+        Action::Redirect(r) => redirect(r, &req, ctx.scheme),
+        Action::Cluster(cluster) => forward(ctx, route, cluster, req, trace).await?,
+        Action::Split(split) => {
+            let cluster = split.pick().ok_or_else(|| ProxyError::NoEndpoint {
+                cluster: route.id.clone(),
+            })?;
+            forward(ctx, route, cluster, req, trace).await?
+        }
+    };
+    route.response_headers.apply(resp.headers_mut());
+    Ok(resp)
+}
+
+fn respond(r: &Respond) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(r.body.clone()));
+    *resp.status_mut() = r.status;
+    *resp.headers_mut() = r.headers.clone();
+    resp
+}
+
+fn redirect<B>(r: &Redirect, req: &Request<B>, scheme: &str) -> Response<ProxyBody> {
+    let (req_host, req_port) = split_host_port(host_of(req));
+    let scheme = r.scheme.as_deref().unwrap_or(scheme);
+    let host = r.host.as_deref().unwrap_or(req_host);
+    let port = r.port.or(if r.host.is_some() { None } else { req_port });
+    let path = r.path.as_deref().unwrap_or(req.uri().path());
+    let mut location = format!("{scheme}://{host}");
+    if let Some(port) = port {
+        location.push(':');
+        location.push_str(&port.to_string());
+    }
+    location.push_str(path);
+    if let (false, Some(q)) = (r.strip_query, req.uri().query()) {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = r.status;
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(LOCATION, v);
+        }
+        Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    resp
+}
+
+fn split_host_port(host: &str) -> (&str, Option<u16>) {
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !p.contains(']') => match p.parse() {
+            Ok(port) => (h, Some(port)),
+            Err(_) => (host, None),
+        },
+        _ => (host, None),
+    }
+}
+
+// === forwarding ===
+
+/// A request head that can be sent again (only for requests without a body).
+struct Template {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Template {
+    fn build(&self) -> Request<UpstreamBody> {
+        let mut req = Request::new(UpstreamBody::Empty);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+async fn forward(
+    ctx: &ConnCtx,
+    route: &Route,
+    cluster: &Arc<Cluster>,
+    mut req: Request<Incoming>,
+    trace: &mut Trace,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    trace.cluster = Some(cluster.name.clone());
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    if upgrade && cluster.protocol == UpstreamProtocol::Http2 {
+        return Err(ProxyError::BadRequest("upgrade to an HTTP/2 cluster"));
+    }
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    let authority = match (&route.host_rewrite, parts.uri.authority()) {
+        (Some(h), _) => Some(h.clone()),
+        (None, Some(a)) => HeaderValue::from_str(a.as_str()).ok(),
+        (None, None) => parts.headers.get(HOST).cloned(),
+    };
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::set_forwarded(&mut parts.headers, ctx.peer, ctx.scheme);
+    route.request_headers.apply(&mut parts.headers);
+    let uri = upstream_uri(route, &parts.uri, cluster.protocol, authority.as_ref())?;
+    match cluster.protocol {
+        UpstreamProtocol::Http1 => {
+            if let Some(a) = authority {
+                parts.headers.insert(HOST, a);
+            }
+            parts.version = Version::HTTP_11;
+        }
+        UpstreamProtocol::Http2 => {
+            parts.headers.remove(HOST);
+            parts.version = Version::HTTP_2;
+        }
+    }
+    parts.uri = uri;
+
+    let policy = route.retry.as_ref();
+    let attempts = policy.map_or(1, |p| p.attempts).max(1);
+    // A body that has not ended may be partly sent by the time a try fails, so only requests
+    // without one are ever sent twice.
+    let body = if body.is_end_stream() {
+        UpstreamBody::Empty
+    } else {
+        let counter = Arc::new(AtomicU64::new(0));
+        trace.bytes_received = Some(counter.clone());
+        UpstreamBody::Client(body, Some(counter))
+    };
+    let template = (attempts > 1 && matches!(body, UpstreamBody::Empty) && !upgrade).then(|| {
+        Template {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        }
+    });
+    let first = Request::from_parts(parts, body);
+
+    let deadline = tokio::time::Instant::now() + route.timeout;
+    let attempt_loop = send_with_retries(cluster, route, first, template, attempts, upgrade, trace);
+    let mut resp = match tokio::time::timeout_at(deadline, attempt_loop).await {
+        Ok(result) => result?,
+        Err(_) => return Err(ProxyError::Timeout),
+    };
+
+    if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The upstream connection now belongs to the tunnel.
+        trace.pooled = None;
+        if let Some(downstream) = downstream_upgrade {
+            let upstream = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(downstream, upstream));
+        }
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, ProxyBody::empty()));
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, ProxyBody::upstream(body)))
+}
+
+fn upstream_uri(
+    route: &Route,
+    uri: &Uri,
+    protocol: UpstreamProtocol,
+    authority: Option<&HeaderValue>,
+) -> Result<Uri, ProxyError> {
+    let path_and_query = match (&route.prefix_rewrite, &route.path) {
+        (Some(rewrite), PathMatch::Prefix(prefix)) => {
+            let rest = uri.path().get(prefix.len()..).unwrap_or("");
+            let mut p = String::with_capacity(rewrite.len() + rest.len() + 16);
+            p.push_str(rewrite);
+            p.push_str(rest);
+            if let Some(q) = uri.query() {
+                p.push('?');
+                p.push_str(q);
+            }
+            PathAndQuery::from_maybe_shared(p)
+                .map_err(|_| ProxyError::BadRequest("rewritten path is invalid"))?
+        }
+        _ => uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    };
+    match protocol {
+        UpstreamProtocol::Http1 => Ok(Uri::from(path_and_query)),
+        UpstreamProtocol::Http2 => {
+            let authority = authority
+                .and_then(|a| Authority::try_from(a.as_bytes()).ok())
+                .ok_or(ProxyError::BadRequest("request has no usable authority"))?;
+            Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(path_and_query)
+                .build()
+                .map_err(|_| ProxyError::BadRequest("request has no usable authority"))
+        }
+    }
+}
+
+/// A failed try, with the request if it never left (so it can go elsewhere unchanged).
+struct Failure {
+    error: ProxyError,
+    unsent: Option<Request<UpstreamBody>>,
+}
+
+async fn send_with_retries(
+    cluster: &Cluster,
+    route: &Route,
+    first: Request<UpstreamBody>,
+    template: Option<Template>,
+    attempts: u32,
+    upgrade: bool,
+    trace: &mut Trace,
+) -> Result<Response<Incoming>, ProxyError> {
+    let policy = route.retry.as_ref();
+    let per_try = policy.and_then(|p| p.per_try_timeout);
+    let mut next = Some(first);
+    let mut previous: Option<SocketAddr> = None;
+    for attempt in 1..=attempts {
+        let endpoint = match previous {
+            None => cluster.pick(),
+            Some(addr) => cluster.pick_other(addr),
+        }
+        .ok_or_else(|| ProxyError::NoEndpoint {
+            cluster: cluster.name.clone(),
+        })?;
+        let Some(request) = next.take().or_else(|| template.as_ref().map(Template::build)) else {
+            break;
+        };
+        trace.attempts = attempt;
+        trace.upstream = Some(endpoint.addr);
+        previous = Some(endpoint.addr);
+        let active = ActiveRequest::start(&endpoint.state);
+        let last = attempt == attempts;
+        match try_once(cluster, endpoint, request, per_try, upgrade).await {
+            Ok((resp, pooled)) => {
+                let retry_status = policy.is_some_and(|p| p.on.retries_status(resp.status()));
+                if !last && retry_status && template.is_some() {
+                    debug!(upstream = %endpoint.addr, status = %resp.status(), "retrying");
+                    continue;
+                }
+                trace.endpoint = Some(active);
+                trace.pooled = pooled;
+                return Ok(resp);
+            }
+            Err(Failure { error, unsent }) => {
+                let condition = match &error {
+                    ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. } => {
+                        RetryOn::ConnectFailure
+                    }
+                    ProxyError::PerTryTimeout => RetryOn::Timeout,
+                    _ => RetryOn::Reset,
+                };
+                let allowed = policy.is_some_and(|p| p.on.contains(condition));
+                if last || !allowed || (unsent.is_none() && template.is_none()) {
+                    return Err(error);
+                }
+                debug!(upstream = %endpoint.addr, error = %error, "retrying");
+                next = unsent;
+            }
+        }
+    }
+    Err(ProxyError::NoEndpoint {
+        cluster: cluster.name.clone(),
+    })
+}
+
+async fn try_once(
+    cluster: &Cluster,
+    endpoint: &crate::cluster::Endpoint,
+    request: Request<UpstreamBody>,
+    per_try: Option<Duration>,
+    upgrade: bool,
+) -> Result<(Response<Incoming>, Option<Pooled>), Failure> {
+    let once = async move {
+        let mut request = request;
+        // A pooled keep-alive connection may have been closed by the upstream while idle; a
+        // request that never left it goes out again on a new connection.
+        for _ in 0..3 {
+            let mut pooled = if upgrade {
+                match upstream::connect_for_upgrade(cluster, endpoint).await {
+                    Ok(tx) => Pooled::dedicated(tx),
+                    Err(error) => return Err(Failure { error, unsent: Some(request) }),
+                }
+            } else {
+                match upstream::checkout(cluster, endpoint).await {
+                    Ok(p) => p,
+                    Err(error) => return Err(Failure { error, unsent: Some(request) }),
+                }
+            };
+            match pooled.send(request).await {
+                Ok(resp) => return Ok((resp, Some(pooled))),
+                Err(mut e) => {
+                    let unsent = e.take_message();
+                    let source = e.into_error();
+                    match unsent {
+                        Some(r) if pooled.reused => request = r,
+                        unsent => {
+                            return Err(Failure {
+                                error: ProxyError::UpstreamReset {
+                                    addr: endpoint.addr,
+                                    source,
+                                },
+                                unsent,
+                            })
+                        }
+                    }
+                }
+            }
+        }
+        Err(Failure {
+            error: ProxyError::NoEndpoint {
+                cluster: cluster.name.clone(),
+            },
+            unsent: None,
+        })
+    };
+    match per_try {
+        None => once.await,
+        Some(limit) => tokio::time::timeout(limit, once)
+            .await
+            .unwrap_or(Err(Failure {
+                error: ProxyError::PerTryTimeout,
+                unsent: None,
+            })),
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and its upstream.
+async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (down, up) = match tokio::join!(downstream, upstream) {
+        (Ok(d), Ok(u)) => (d, u),
+        (Err(e), _) | (_, Err(e)) => {
+            debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = TokioIo::new(down);
+    let mut up = TokioIo::new(up);
+    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        Ok((to_up, to_down)) => debug!(to_up, to_down, "tunnel closed"),
+        Err(e) => debug!(error = %e, "tunnel closed with error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_host_port_cases() {
+        assert_eq!(split_host_port("example.org:8080"), ("example.org", Some(8080)));
+        assert_eq!(split_host_port("example.org"), ("example.org", None));
+        assert_eq!(split_host_port("[::1]:80"), ("[::1]", Some(80)));
+        assert_eq!(split_host_port("[::1]"), ("[::1]", None));
+    }
+}

@@ -1,0 +1,95 @@
+//! Listeners: binding sockets, the per-listener state shared by workers, and reconciliation.
+
+pub mod diff;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::model::AccessLogFormat;
+use crate::router::RouteTable;
+
+/// A running listener, shared by the accept loops of every worker.
+#[derive(Debug)]
+pub struct Listener {
+    pub name: Arc<str>,
+    /// The bound address (with the real port when the config said port 0).
+    pub addr: SocketAddr,
+    /// Swapped on reload; each request loads it once.
+    pub http: ArcSwap<HttpSettings>,
+}
+
+/// Everything an HTTP connection on this listener needs from the config.
+#[derive(Debug)]
+pub struct HttpSettings {
+    pub route_table: Arc<RouteTable>,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_size: usize,
+    pub max_concurrent_streams: u32,
+    pub access_log: Option<AccessLogFormat>,
+    /// How long a draining connection may take to finish before it is closed.
+    pub drain_timeout: Duration,
+}
+
+/// Binds `count` sockets to one address with SO_REUSEPORT, one per worker, so the kernel
+/// spreads new connections across workers. Port 0 is resolved by the first bind.
+pub fn bind_group(
+    addr: SocketAddr,
+    backlog: u32,
+    count: usize,
+) -> io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    let first = bind(addr, backlog)?;
+    let bound = first.local_addr()?;
+    let mut sockets = Vec::with_capacity(count.max(1));
+    sockets.push(first);
+    for _ in 1..count {
+        sockets.push(bind(bound, backlog)?);
+    }
+    Ok((bound, sockets))
+}
+
+/// One listening socket: SO_REUSEADDR (restart without TIME_WAIT trouble), SO_REUSEPORT (one
+/// socket per worker), TCP_NODELAY inherited by accepted sockets, IPv6 sockets v6-only so
+/// `[::]:p` and `0.0.0.0:p` can be separate listeners.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_shares_one_resolved_port() {
+        let (addr, sockets) = bind_group("127.0.0.1:0".parse().unwrap(), 128, 3).unwrap();
+        assert_ne!(addr.port(), 0);
+        assert_eq!(sockets.len(), 3);
+        for s in &sockets {
+            assert_eq!(s.local_addr().unwrap(), addr);
+        }
+    }
+
+    #[test]
+    fn ipv6_loopback_binds_when_available() {
+        // Hosts without IPv6 loopback cannot run this; the failure must be the address, not us.
+        match bind("[::1]:0".parse().unwrap(), 16) {
+            Ok(s) => assert!(s.local_addr().unwrap().is_ipv6()),
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::AddrNotAvailable, "{e}"),
+        }
+    }
+}

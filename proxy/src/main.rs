@@ -1,0 +1,136 @@
+//! The `legate` binary: parse the command line, load the config, run until a signal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+
+use legate::{app, config};
+
+#[derive(Parser)]
+#[command(name = "legate", version, about = "A sidecar service-mesh proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a config file. SIGHUP reloads it, SIGTERM drains, SIGINT exits at once.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Format of Legate's own log on stderr (the access log goes to stdout).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Check a config file and print every problem found.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Run { config, log_format } => {
+            init_tracing(log_format);
+            run(config)
+        }
+    }
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    match config::load_file(path) {
+        Ok((_, text)) => {
+            println!("{}: ok (version {})", path.display(), config::version_of(&text));
+            ExitCode::SUCCESS
+        }
+        Err(config::LoadError::Invalid { path, errors }) => {
+            eprintln!("{path}: {} problem(s)", errors.0.len());
+            for e in &errors.0 {
+                eprintln!("{path}:{e}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let (config, text) = match config::load_file(&path) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = match app::build(config, config::version_of(&text)) {
+        Ok(app) => app,
+        Err(e) => {
+            error!("cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start control runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            error!("cannot install signal handlers");
+            return ExitCode::FAILURE;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    info!("SIGTERM: draining");
+                    let timeout = app.snapshot().config.runtime.drain_timeout.get();
+                    app.shutdown(timeout).await;
+                    return ExitCode::SUCCESS;
+                }
+                _ = int.recv() => {
+                    info!("SIGINT: exiting");
+                    std::process::exit(130);
+                }
+                _ = hup.recv() => {
+                    info!("SIGHUP: reloading {}", path.display());
+                    let _ = app.reload_file(&path);
+                }
+            }
+        }
+    })
+}
