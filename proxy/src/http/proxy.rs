@@ -13,7 +13,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tracing::debug;
+use tracing::{debug, debug_span, Instrument};
 
 use super::body::{ProxyBody, RequestEnd, UpstreamBody};
 use super::error::ProxyError;
@@ -69,7 +69,9 @@ pub async fn handle(
     });
 
     let mut trace = Trace::default();
-    let (mut resp, error) = match route(&ctx, &settings, req, &mut trace).await {
+    let span = debug_span!("req", method = %req.method(), host = host_of(&req), path = req.uri().path());
+    let routed = route(&ctx, &settings, req, &mut trace).instrument(span).await;
+    let (mut resp, error) = match routed {
         Ok(resp) => (resp, None),
         Err(e) => {
             debug!(listener = %ctx.listener.name, route = ?trace.route, cluster = ?trace.cluster,
