@@ -7,7 +7,10 @@ fuzz_target!(|data: &[u8]| {
     // Config files are text; non-UTF-8 bytes are rejected when the file is read.
     if let Ok(text) = std::str::from_utf8(data) {
         if let Err(errors) = legate::config::parse(text) {
-            assert!(!errors.0.is_empty(), "a rejected config must report an error");
+            assert!(
+                !errors.0.is_empty(),
+                "a rejected config must report an error"
+            );
         }
     }
 });

@@ -71,7 +71,11 @@ impl AccessRecord {
     }
 
     fn format_text(&self, out: &mut String) {
-        let host = self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-");
+        let host = self
+            .host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-");
         let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
         let _ = write!(
             out,
@@ -94,9 +98,9 @@ impl AccessRecord {
             }
             None => out.push_str(" upstream=-"),
         }
-        let _ = write!(
+        let _ = writeln!(
             out,
-            " attempts={} received={} sent={} request_id={} error={}{}\n",
+            " attempts={} received={} sent={} request_id={} error={}{}",
             self.attempts,
             self.received(),
             self.bytes_sent,

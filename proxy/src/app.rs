@@ -130,10 +130,12 @@ pub fn build(config: Config, version: String) -> Result<App, BuildError> {
         addr: admin_listen.clone(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
     })?;
-    app.admin = Some(admin::start(admin_addr, shared).map_err(|source| BuildError::Admin {
-        addr: admin_listen,
-        source,
-    })?);
+    app.admin = Some(
+        admin::start(admin_addr, shared).map_err(|source| BuildError::Admin {
+            addr: admin_listen,
+            source,
+        })?,
+    );
     info!(version = %snapshot.version, listeners = snapshot.config.listeners.len(), workers, "legate started");
     Ok(app)
 }
@@ -154,13 +156,14 @@ impl App {
 
     /// Validates and applies a config file, all or nothing. On error the running config stays.
     pub fn reload_file(&self, path: &Path) -> Result<String, ReloadError> {
-        let result = config::load_file(path)
-            .map_err(ReloadError::from)
-            .and_then(|(config, text)| {
-                let version = config::version_of(&text);
-                self.apply(config, version.clone())?;
-                Ok(version)
-            });
+        let result =
+            config::load_file(path)
+                .map_err(ReloadError::from)
+                .and_then(|(config, text)| {
+                    let version = config::version_of(&text);
+                    self.apply(config, version.clone())?;
+                    Ok(version)
+                });
         self.shared.last_reload.store(Arc::new(Some(ReloadStatus {
             time: SystemTime::now(),
             version: result.as_ref().ok().cloned(),
@@ -208,13 +211,14 @@ impl App {
             if let diff::Op::Bind(name) | diff::Op::Rebind(name) = op {
                 let Some(l) = spec(name) else { continue };
                 let addr = Snapshot::listen_addr(l)?;
-                let group = listener::bind_group(addr, l.backlog, workers.len()).map_err(
-                    |source| ApplyError::Bind {
-                        name: name.clone(),
-                        addr,
-                        source,
-                    },
-                )?;
+                let group =
+                    listener::bind_group(addr, l.backlog, workers.len()).map_err(|source| {
+                        ApplyError::Bind {
+                            name: name.clone(),
+                            addr,
+                            source,
+                        }
+                    })?;
                 bound.insert(name.clone(), group);
             }
         }

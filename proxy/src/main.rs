@@ -53,7 +53,11 @@ fn main() -> ExitCode {
 fn validate(path: &std::path::Path) -> ExitCode {
     match config::load_file(path) {
         Ok((_, text)) => {
-            println!("{}: ok (version {})", path.display(), config::version_of(&text));
+            println!(
+                "{}: ok (version {})",
+                path.display(),
+                config::version_of(&text)
+            );
             ExitCode::SUCCESS
         }
         Err(config::LoadError::Invalid { path, errors }) => {
@@ -98,7 +102,10 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start control runtime: {e}");

@@ -187,7 +187,7 @@ impl RouteTable {
             table.vhosts.push(vhost);
         }
         // Longest suffix first, so `*.a.example.org` beats `*.example.org`.
-        table.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         table
     }
 
@@ -352,9 +352,15 @@ mod tests {
         let t = table();
         let h = HeaderMap::new();
         assert_eq!(status_of(t.route("maps.example.org", "/", &h)), Some(200));
-        assert_eq!(status_of(t.route("MAPS.Example.ORG:8443", "/", &h)), Some(200));
+        assert_eq!(
+            status_of(t.route("MAPS.Example.ORG:8443", "/", &h)),
+            Some(200)
+        );
         assert_eq!(status_of(t.route("www.example.org", "/", &h)), Some(201));
-        assert_eq!(status_of(t.route("a.tiles.example.org", "/", &h)), Some(202));
+        assert_eq!(
+            status_of(t.route("a.tiles.example.org", "/", &h)),
+            Some(202)
+        );
         // The bare suffix is not covered by its own wildcard.
         assert_eq!(status_of(t.route("example.org", "/", &h)), Some(404));
         assert_eq!(status_of(t.route("other.net", "/", &h)), Some(404));

@@ -89,9 +89,10 @@ fn compile_cluster(
         .iter()
         .enumerate()
         .map(|(ei, e)| {
-            let addr: SocketAddr = e.address.parse().map_err(|x| {
-                err(format!("clusters[{ci}].endpoints[{ei}].address"), x)
-            })?;
+            let addr: SocketAddr = e
+                .address
+                .parse()
+                .map_err(|x| err(format!("clusters[{ci}].endpoints[{ei}].address"), x))?;
             Ok(Endpoint {
                 addr,
                 weight: e.weight,
@@ -139,7 +140,12 @@ fn compile_route(
         (None, None, Some(re)) => PathMatch::Regex(
             full_match_regex(re).map_err(|e| err(format!("{path}.match.regex"), e))?,
         ),
-        _ => return Err(err(format!("{path}.match"), "needs exactly one of prefix, exact, regex")),
+        _ => {
+            return Err(err(
+                format!("{path}.match"),
+                "needs exactly one of prefix, exact, regex",
+            ))
+        }
     };
     let headers = m
         .headers
@@ -159,7 +165,12 @@ fn compile_route(
             split
                 .iter()
                 .enumerate()
-                .map(|(si, t)| Ok((cluster(format!("{path}.split[{si}].cluster"), &t.cluster)?, t.weight)))
+                .map(|(si, t)| {
+                    Ok((
+                        cluster(format!("{path}.split[{si}].cluster"), &t.cluster)?,
+                        t.weight,
+                    ))
+                })
                 .collect::<Result<Vec<_>, CompileError>>()?,
         )),
         (None, None, Some(rd), None) => Action::Redirect(Redirect {
@@ -177,7 +188,10 @@ fn compile_route(
                 headers.insert(header_name(&p, k)?, header_value(&p, v)?);
             }
             if !rs.body.is_empty() && !headers.contains_key(CONTENT_TYPE) {
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
             }
             Action::Respond(Respond {
                 status: status(&format!("{path}.respond.status"), rs.status)?,
@@ -185,7 +199,12 @@ fn compile_route(
                 headers,
             })
         }
-        _ => return Err(err(path, "needs exactly one of cluster, split, redirect, respond")),
+        _ => {
+            return Err(err(
+                path,
+                "needs exactly one of cluster, split, redirect, respond",
+            ))
+        }
     };
     Ok(Route {
         id: path.into(),
@@ -233,7 +252,8 @@ fn header_ops(path: &str, ops: &model::HeaderOps) -> Result<HeaderOps, CompileEr
         out.set.push((header_name(&p, k)?, header_value(&p, v)?));
     }
     for (i, k) in ops.remove.iter().enumerate() {
-        out.remove.push(header_name(&format!("{path}.remove[{i}]"), k)?);
+        out.remove
+            .push(header_name(&format!("{path}.remove[{i}]"), k)?);
     }
     Ok(out)
 }

@@ -59,7 +59,9 @@ impl Balancer for WeightedRoundRobin {
             return None;
         }
         let n = self.cursor.fetch_add(1, Ordering::Relaxed);
-        self.schedule.get(n % self.schedule.len()).map(|i| *i as usize)
+        self.schedule
+            .get(n % self.schedule.len())
+            .map(|i| *i as usize)
     }
 }
 

@@ -64,7 +64,7 @@ pub fn load(text: &str) -> Result<Loaded, ConfigError> {
         }
     };
     for (key, value) in sections {
-        let Some(section) = key.as_str() else {
+        let Some(section) = untag(key).as_str() else {
             loaded.error(
                 "",
                 format!("section names must be strings, found {}", kind(key)),
@@ -129,7 +129,7 @@ impl Loaded {
     }
 
     fn listeners(&mut self, value: &Value) {
-        let Some(items) = self.sequence("listeners", value, "listeners") else {
+        let Some(items) = self.sequence("listeners", value) else {
             return;
         };
         for (i, item) in items.iter().enumerate() {
@@ -141,7 +141,7 @@ impl Loaded {
     }
 
     fn clusters(&mut self, value: &Value) {
-        let Some(items) = self.sequence("clusters", value, "clusters") else {
+        let Some(items) = self.sequence("clusters", value) else {
             self.provenance.broken_clusters.unreadable = true;
             return;
         };
@@ -173,7 +173,7 @@ impl Loaded {
             }
         };
         for (key, table) in tables {
-            let Some(name) = key.as_str() else {
+            let Some(name) = untag(key).as_str() else {
                 self.error(
                     "route_tables",
                     format!("route table names must be strings, found {}", kind(key)),
@@ -196,14 +196,17 @@ impl Loaded {
     }
 
     /// The items of a list section; `None` (after reporting) when it is not a list.
-    fn sequence<'v>(&mut self, path: &str, value: &'v Value, what: &str) -> Option<&'v [Value]> {
+    fn sequence<'v>(&mut self, section: &str, value: &'v Value) -> Option<&'v [Value]> {
         match untag(value) {
             Value::Null => Some(&[]),
             Value::Sequence(items) => Some(items),
             other => {
                 self.error(
-                    path,
-                    format!("invalid type: {}, expected a list of {what}", kind(other)),
+                    section,
+                    format!(
+                        "invalid type: {}, expected a list of {section}",
+                        kind(other)
+                    ),
                 );
                 None
             }

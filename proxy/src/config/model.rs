@@ -57,7 +57,7 @@ impl Default for Admin {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Runtime {
     /// Worker threads, each with its own event loop and SO_REUSEPORT socket per listener.
@@ -72,6 +72,15 @@ pub struct Runtime {
 impl Runtime {
     fn default_drain_timeout() -> Duration {
         Duration::from_secs(30)
+    }
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self {
+            workers: None,
+            drain_timeout: Self::default_drain_timeout(),
+        }
     }
 }
 

@@ -15,12 +15,13 @@ use super::{Config, ConfigError, Duration};
 
 /// Upper bound of `weight` for split targets and endpoints.
 pub const MAX_WEIGHT: u32 = 10_000;
-/// Bounds of `http.max_header_size`: below 1 KiB real clients fail, above 1 MiB is abuse.
+/// Smallest `http.max_header_size`: below 1 KiB ordinary browsers' requests fail.
 pub const MIN_HEADER_SIZE: usize = 1024;
+/// Largest `http.max_header_size`: more than 1 MiB of headers is abuse, not traffic.
 pub const MAX_HEADER_SIZE: usize = 1024 * 1024;
-/// Bounds of `runtime.workers`.
+/// Largest `runtime.workers` (the smallest is 1).
 pub const MAX_WORKERS: usize = 1024;
-/// Bounds of `retry.attempts`.
+/// Largest `retry.attempts`, counting the first try (the smallest is 1).
 pub const MAX_ATTEMPTS: u32 = 10;
 
 /// Headers that belong to one connection, plus `host` (owned by `host_rewrite`): header rules
@@ -78,6 +79,7 @@ pub fn validate_with(config: &Config, provenance: &Provenance) -> Vec<ConfigErro
         config,
         provenance,
         cluster_names: config.clusters.iter().map(|c| c.name.as_str()).collect(),
+        cluster_set: config.clusters.iter().map(|c| c.name.as_str()).collect(),
         errors: Vec::new(),
     };
     v.runtime();
@@ -94,6 +96,8 @@ struct Validator<'a> {
     provenance: &'a Provenance,
     /// In file order, so suggestions are deterministic.
     cluster_names: Vec<&'a str>,
+    /// The same names, for lookups: big configs have many routes and many clusters.
+    cluster_set: HashSet<&'a str>,
     errors: Vec<ConfigError>,
 }
 
@@ -398,7 +402,7 @@ impl<'a> Validator<'a> {
     }
 
     fn cluster_ref(&mut self, path: String, name: &str) {
-        if self.cluster_names.contains(&name) || self.provenance.broken_clusters.covers(name) {
+        if self.cluster_set.contains(name) || self.provenance.broken_clusters.covers(name) {
             return;
         }
         let message = if self.cluster_names.is_empty() {

@@ -102,7 +102,10 @@ impl ProxyError {
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(LEGATE_ERROR, HeaderValue::from_static(self.reason()));
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         resp
     }
 }
@@ -115,8 +118,21 @@ mod tests {
     fn statuses_and_reasons() {
         let addr = "127.0.0.1:1".parse().unwrap();
         let cases = [
-            (ProxyError::NoRoute { host: "h".into(), path: "/".into() }, 404, "no-route"),
-            (ProxyError::NoEndpoint { cluster: "c".into() }, 503, "no-endpoint"),
+            (
+                ProxyError::NoRoute {
+                    host: "h".into(),
+                    path: "/".into(),
+                },
+                404,
+                "no-route",
+            ),
+            (
+                ProxyError::NoEndpoint {
+                    cluster: "c".into(),
+                },
+                503,
+                "no-endpoint",
+            ),
             (
                 ProxyError::ConnectFailed {
                     addr,

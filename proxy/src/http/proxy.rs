@@ -69,8 +69,11 @@ pub async fn handle(
     });
 
     let mut trace = Trace::default();
-    let span = debug_span!("req", method = %req.method(), host = host_of(&req), path = req.uri().path());
-    let routed = route(&ctx, &settings, req, &mut trace).instrument(span).await;
+    let span =
+        debug_span!("req", method = %req.method(), host = host_of(&req), path = req.uri().path());
+    let routed = route(&ctx, &settings, req, &mut trace)
+        .instrument(span)
+        .await;
     let (mut resp, error) = match routed {
         Ok(resp) => (resp, None),
         Err(e) => {
@@ -260,14 +263,13 @@ async fn forward(
         trace.bytes_received = Some(counter.clone());
         UpstreamBody::Client(body, Some(counter))
     };
-    let template = (attempts > 1 && matches!(body, UpstreamBody::Empty) && !upgrade).then(|| {
-        Template {
+    let template =
+        (attempts > 1 && matches!(body, UpstreamBody::Empty) && !upgrade).then(|| Template {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
             headers: parts.headers.clone(),
-        }
-    });
+        });
     let first = Request::from_parts(parts, body);
 
     let deadline = tokio::time::Instant::now() + route.timeout;
@@ -359,7 +361,10 @@ async fn send_with_retries(
         .ok_or_else(|| ProxyError::NoEndpoint {
             cluster: cluster.name.clone(),
         })?;
-        let Some(request) = next.take().or_else(|| template.as_ref().map(Template::build)) else {
+        let Some(request) = next
+            .take()
+            .or_else(|| template.as_ref().map(Template::build))
+        else {
             break;
         };
         trace.attempts = attempt;
@@ -415,12 +420,22 @@ async fn try_once(
             let mut pooled = if upgrade {
                 match upstream::connect_for_upgrade(cluster, endpoint).await {
                     Ok(tx) => Pooled::dedicated(tx),
-                    Err(error) => return Err(Failure { error, unsent: Some(request) }),
+                    Err(error) => {
+                        return Err(Failure {
+                            error,
+                            unsent: Some(request),
+                        })
+                    }
                 }
             } else {
                 match upstream::checkout(cluster, endpoint).await {
                     Ok(p) => p,
-                    Err(error) => return Err(Failure { error, unsent: Some(request) }),
+                    Err(error) => {
+                        return Err(Failure {
+                            error,
+                            unsent: Some(request),
+                        })
+                    }
                 }
             };
             match pooled.send(request).await {
@@ -484,7 +499,10 @@ mod tests {
 
     #[test]
     fn split_host_port_cases() {
-        assert_eq!(split_host_port("example.org:8080"), ("example.org", Some(8080)));
+        assert_eq!(
+            split_host_port("example.org:8080"),
+            ("example.org", Some(8080))
+        );
         assert_eq!(split_host_port("example.org"), ("example.org", None));
         assert_eq!(split_host_port("[::1]:80"), ("[::1]", Some(80)));
         assert_eq!(split_host_port("[::1]"), ("[::1]", None));

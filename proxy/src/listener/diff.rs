@@ -56,7 +56,10 @@ mod tests {
     fn unchanged_and_settings_changes_keep_sockets() {
         let old = vec![l("a", "0.0.0.0:1", "t"), l("b", "0.0.0.0:2", "t")];
         let new = vec![l("a", "0.0.0.0:1", "t"), l("b", "0.0.0.0:2", "other")];
-        assert_eq!(diff(&old, &new), vec![Op::Keep("a".into()), Op::Keep("b".into())]);
+        assert_eq!(
+            diff(&old, &new),
+            vec![Op::Keep("a".into()), Op::Keep("b".into())]
+        );
     }
 
     #[test]
