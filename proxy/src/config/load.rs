@@ -10,7 +10,8 @@ use super::validate::{Names, Provenance};
 use super::{Config, ConfigError};
 
 /// The top-level keys of `Config`, in documentation order.
-pub const SECTIONS: [&str; 6] = [
+pub const SECTIONS: [&str; 7] = [
+    "node",
     "admin",
     "runtime",
     "access_log",
@@ -72,6 +73,11 @@ pub fn load(text: &str) -> Result<Loaded, ConfigError> {
             continue;
         };
         match section {
+            "node" => {
+                if let Some(node) = loaded.entry("node", value) {
+                    loaded.config.node = node;
+                }
+            }
             "admin" => match loaded.entry("admin", value) {
                 Some(admin) => loaded.config.admin = admin,
                 None => loaded.provenance.admin_broken = true,

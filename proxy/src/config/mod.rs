@@ -265,17 +265,20 @@ mod tests {
                 Endpoint {
                     address: "10.64.0.5:6533".into(),
                     weight: 1,
-                    pooled: true
+                    pooled: true,
+                    zone: None
                 },
                 Endpoint {
                     address: "10.64.0.6:6533".into(),
                     weight: 2,
-                    pooled: true
+                    pooled: true,
+                    zone: None
                 },
                 Endpoint {
                     address: "10.64.0.7:6533".into(),
                     weight: 1,
-                    pooled: false
+                    pooled: false,
+                    zone: None
                 },
             ]
         );

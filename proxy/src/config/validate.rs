@@ -8,7 +8,7 @@ use http::uri::Authority;
 
 use super::model::{
     Cluster, HeaderMatch, HeaderOps, HttpListener, Listener, Redirect, Respond, RetryPolicy, Route,
-    RouteMatch, RouteTable, SplitTarget,
+    RouteMatch, RouteTable, SplitTarget, HealthCheck, LbPolicy, OutlierDetection,
 };
 use super::suggest::did_you_mean_quoted;
 use super::{Config, ConfigError, Duration};
@@ -568,10 +568,45 @@ impl<'a> Validator<'a> {
     fn cluster(&mut self, base: &str, cluster: &Cluster) {
         self.positive(format!("{base}.connect_timeout"), cluster.connect_timeout);
         self.positive(format!("{base}.idle_timeout"), cluster.idle_timeout);
-        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        self.positive(format!("{base}.dns_refresh"), cluster.dns_refresh);
+        if let Some(d) = cluster.slow_start {
+            self.positive(format!("{base}.slow_start"), d);
+        }
+        if cluster.panic_threshold > 100 {
+            self.error(
+                format!("{base}.panic_threshold"),
+                format!("is a percentage from 0 to 100 (got {})", cluster.panic_threshold),
+            );
+        }
+        self.hash_on(base, cluster);
+        if let Some(hc) = &cluster.health_check {
+            self.health_check(&format!("{base}.health_check"), hc);
+        }
+        if let Some(od) = &cluster.outlier_detection {
+            self.outlier_detection(&format!("{base}.outlier_detection"), od);
+        }
+        let cb = &cluster.circuit_breakers;
+        for (field, value) in [
+            ("max_connections", cb.max_connections),
+            ("max_pending", cb.max_pending),
+            ("max_requests", cb.max_requests),
+        ] {
+            if value == 0 {
+                self.error(
+                    format!("{base}.circuit_breakers.{field}"),
+                    "must be at least 1 (0 would refuse every request)",
+                );
+            }
+        }
+        let mut seen: HashMap<EndpointAddress, usize> = HashMap::new();
         for (e, endpoint) in cluster.endpoints.iter().enumerate() {
             let ebase = format!("{base}.endpoints[{e}]");
-            match parse_endpoint_addr(&endpoint.address) {
+            if let Some(zone) = &endpoint.zone {
+                if zone.trim().is_empty() {
+                    self.error(format!("{ebase}.zone"), "a zone name cannot be empty");
+                }
+            }
+            match parse_endpoint_address(&endpoint.address) {
                 Ok(addr) => {
                     if let Some(first) = seen.get(&addr) {
                         let message = format!("{addr} is listed twice (also endpoints[{first}])");
@@ -596,6 +631,103 @@ impl<'a> Validator<'a> {
                     ),
                 );
             }
+        }
+    }
+}
+
+impl Validator<'_> {
+    fn hash_on(&mut self, base: &str, cluster: &Cluster) {
+        let hashing = matches!(cluster.lb, LbPolicy::RingHash | LbPolicy::Maglev);
+        let Some(h) = &cluster.hash_on else {
+            return;
+        };
+        let path = format!("{base}.hash_on");
+        if !hashing {
+            self.error(
+                path.clone(),
+                "only applies to `lb: ring_hash` or `lb: maglev`",
+            );
+        }
+        let set = [h.header.is_some(), h.cookie.is_some(), h.client_ip];
+        if set.iter().filter(|b| **b).count() != 1 {
+            self.error(path.clone(), "needs exactly one of header, cookie, client_ip");
+        }
+        if let Some(name) = &h.header {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                self.error(format!("{path}.header"), format!("{name:?} is not a valid header name"));
+            }
+        }
+        if let Some(name) = &h.cookie {
+            if name.is_empty() || name.contains([';', '=', ' ']) {
+                self.error(format!("{path}.cookie"), format!("{name:?} is not a valid cookie name"));
+            }
+        }
+    }
+
+    fn health_check(&mut self, base: &str, hc: &HealthCheck) {
+        let kinds = [hc.http.is_some(), hc.tcp.is_some()];
+        if kinds.iter().filter(|b| **b).count() != 1 {
+            self.error(base.to_owned(), "a health check needs exactly one of http, tcp");
+        }
+        self.positive(format!("{base}.interval"), hc.interval);
+        self.positive(format!("{base}.timeout"), hc.timeout);
+        if hc.timeout > hc.interval {
+            self.error(
+                format!("{base}.timeout"),
+                format!("{} is longer than the interval {}", hc.timeout, hc.interval),
+            );
+        }
+        for (field, value) in [
+            ("unhealthy_threshold", hc.unhealthy_threshold),
+            ("healthy_threshold", hc.healthy_threshold),
+        ] {
+            if value == 0 || value > 100 {
+                self.error(
+                    format!("{base}.{field}"),
+                    format!("must be between 1 and 100 (got {value})"),
+                );
+            }
+        }
+        if let Some(http) = &hc.http {
+            if !http.path.starts_with('/') {
+                self.error(
+                    format!("{base}.http.path"),
+                    format!("{:?} must start with /", http.path),
+                );
+            }
+            if let Some(host) = &http.host {
+                if let Err(message) = check_authority(host) {
+                    self.error(format!("{base}.http.host"), message);
+                }
+            }
+            if http.expect.is_empty() {
+                self.error(format!("{base}.http.expect"), "needs at least one status or range");
+            }
+        }
+    }
+
+    fn outlier_detection(&mut self, base: &str, od: &OutlierDetection) {
+        if od.consecutive_failures == 0 {
+            self.error(
+                format!("{base}.consecutive_failures"),
+                "must be at least 1",
+            );
+        }
+        self.positive(format!("{base}.base_ejection"), od.base_ejection);
+        if od.max_ejection < od.base_ejection {
+            self.error(
+                format!("{base}.max_ejection"),
+                format!(
+                    "{} is shorter than base_ejection {}",
+                    od.max_ejection, od.base_ejection
+                ),
+            );
+        }
+        if od.max_ejected_percent > 100 {
+            self.error(
+                format!("{base}.max_ejected_percent"),
+                format!("is a percentage from 0 to 100 (got {})", od.max_ejected_percent),
+            );
         }
     }
 }
@@ -638,9 +770,8 @@ impl AddrProblem {
                 format!("{text:?} has an invalid port; ports are numbers from 0 to 65535")
             }
             AddrProblem::NotIp { host, has_port } => {
-                if endpoint && looks_like_dns_name(host) {
-                    let fix = if *has_port { "" } else { " and port" };
-                    format!("{text:?}: DNS names are not supported yet; use an IP address{fix}")
+                if endpoint && looks_like_dns_name(host) && !has_port {
+                    format!("{text:?} has no port")
                 } else if *has_port {
                     format!("{text:?} is not an IP address")
                 } else {
@@ -680,14 +811,46 @@ fn parse_socket_addr(text: &str) -> Result<SocketAddr, AddrProblem> {
     })
 }
 
-fn parse_endpoint_addr(text: &str) -> Result<SocketAddr, String> {
-    let addr = parse_socket_addr(text).map_err(|p| p.describe(text, true))?;
-    if addr.port() == 0 {
-        return Err(format!(
-            "{text:?} has port 0; an endpoint needs a real port"
-        ));
+/// An endpoint address: an IP socket address, or a DNS name resolved at run time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EndpointAddress {
+    Ip(SocketAddr),
+    Dns { host: String, port: u16 },
+}
+
+impl std::fmt::Display for EndpointAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndpointAddress::Ip(a) => write!(f, "{a}"),
+            EndpointAddress::Dns { host, port } => write!(f, "{host}:{port}"),
+        }
     }
-    Ok(addr)
+}
+
+/// Parses `ip:port` or `dns-name:port`.
+pub fn parse_endpoint_address(text: &str) -> Result<EndpointAddress, String> {
+    let port_zero = || format!("{text:?} has port 0; an endpoint needs a real port");
+    match parse_socket_addr(text) {
+        Ok(addr) if addr.port() == 0 => Err(port_zero()),
+        Ok(addr) => Ok(EndpointAddress::Ip(addr)),
+        Err(AddrProblem::NotIp {
+            host,
+            has_port: true,
+        }) if looks_like_dns_name(&host) && host.contains(|c: char| c.is_ascii_alphabetic()) => {
+            let port = text
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .ok_or_else(|| AddrProblem::BadPort.describe(text, true))?;
+            if port == 0 {
+                return Err(port_zero());
+            }
+            Ok(EndpointAddress::Dns {
+                host: host.trim_end_matches('.').to_ascii_lowercase(),
+                port,
+            })
+        }
+        Err(p) => Err(p.describe(text, true)),
+    }
 }
 
 fn looks_like_dns_name(host: &str) -> bool {
@@ -1537,11 +1700,6 @@ mod tests {
                     "\"10.0.0.1\" has no port",
                 ),
                 (
-                    "clusters[2].endpoints[1].address",
-                    7,
-                    "\"db.example.org:5432\": DNS names are not supported yet; use an IP address",
-                ),
-                (
                     "clusters[2].endpoints[2].address",
                     8,
                     "is not an IP address",
@@ -1565,7 +1723,7 @@ mod tests {
                 (
                     "clusters[2].endpoints[9].address",
                     15,
-                    "DNS names are not supported yet; use an IP address and port",
+                    "\"db.example.org\" has no port",
                 ),
             ],
         );
@@ -1597,19 +1755,15 @@ mod tests {
     fn validates_configs_built_in_code() {
         let mut config = crate::config::load::defaults();
         assert!(validate(&config).is_empty());
-        config.clusters.push(Cluster {
-            name: "x".into(),
-            protocol: Default::default(),
-            lb: Default::default(),
-            connect_timeout: Duration::from_secs(1),
-            max_idle_connections: 1,
-            idle_timeout: Duration::from_secs(1),
-            endpoints: vec![crate::config::model::Endpoint {
-                address: "1.2.3.4".into(),
-                weight: 1,
-                pooled: true,
-            }],
+        let mut cluster: Cluster =
+            serde_yaml::from_str("{ name: x, max_idle_connections: 1, idle_timeout: 1s }").unwrap();
+        cluster.endpoints.push(crate::config::model::Endpoint {
+            address: "1.2.3.4".into(),
+            weight: 1,
+            pooled: true,
+            zone: None,
         });
+        config.clusters.push(cluster);
         let errors = validate(&config);
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].path, "clusters[0].endpoints[0].address");
