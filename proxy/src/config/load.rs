@@ -367,7 +367,7 @@ mod tests {
                 (
                     "listener",
                     1,
-                    "unknown field `listener`, expected one of `admin`, `runtime`, `access_log`, \
+                    "unknown field `listener`, expected one of `node`, `admin`, `runtime`, `access_log`, \
                      `listeners`, `route_tables`, `clusters` (did you mean `listeners`?)",
                 ),
                 ("tls", 2, "unknown field `tls`"),
