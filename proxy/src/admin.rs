@@ -1,12 +1,11 @@
 //! The admin listener: readiness, liveness, the effective config, and cluster state.
 //!
-//! Runs on its own thread and runtime so that a busy data plane never delays a probe.
+//! Runs on the control thread so that a busy data plane never delays a probe.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -15,74 +14,26 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::app::Shared;
+use crate::control::Control;
 
-/// The running admin server.
-#[derive(Debug)]
-pub struct Handle {
+/// Binds the admin address and serves it on the control thread. Returns the bound address.
+pub fn start(
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Handle {
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// Binds the admin address and serves it on a dedicated thread.
-pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<Handle> {
+    shared: Arc<Shared>,
+    control: &Control,
+) -> std::io::Result<SocketAddr> {
     let std_listener = crate::listener::bind(addr, 128)?;
     let bound = std_listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let thread = std::thread::Builder::new()
-        .name("legate-admin".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        warn!(error = %e, "admin listener unusable");
-                        return;
-                    }
-                };
-                tokio::select! {
-                    _ = serve(listener, shared) => {}
-                    _ = stop_rx => {}
-                }
-            });
-        })?;
-    Ok(Handle {
-        addr: bound,
-        stop: Some(stop_tx),
-        thread: Some(thread),
-    })
+    control.spawn(async move {
+        match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(listener) => serve(listener, shared).await,
+            Err(e) => warn!(error = %e, "admin listener unusable"),
+        }
+    });
+    Ok(bound)
 }
 
 async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
@@ -120,7 +71,17 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/ready" => {
             if shared.draining.load(Ordering::SeqCst) {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+            }
+            // Ready once every cluster has its first DNS answers and health check results,
+            // so a new proxy does not take traffic it would answer with 503s.
+            let snapshot = shared.snapshot.load();
+            let warming = snapshot
+                .clusters
+                .values()
+                .any(|c| !c.state.warmed.load(Ordering::Acquire));
+            if warming {
+                text(StatusCode::SERVICE_UNAVAILABLE, "warming clusters\n")
             } else {
                 text(StatusCode::OK, "ready\n")
             }

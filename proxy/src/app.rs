@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::admin;
 use crate::cluster::Registry;
 use crate::config::{self, model, Config};
+use crate::control::Control;
 use crate::drain;
 use crate::http::server;
 use crate::listener::{self, diff, HttpSettings, Listener};
@@ -24,7 +25,7 @@ use crate::worker::Workers;
 #[derive(Debug)]
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     pub draining: AtomicBool,
     pub last_reload: ArcSwap<Option<ReloadStatus>>,
     /// Bound address of each listener, by name.
@@ -46,7 +47,7 @@ fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("cannot start worker threads: {0}")]
+    #[error("cannot start threads: {0}")]
     Workers(#[source] std::io::Error),
     #[error(transparent)]
     Apply(#[from] ApplyError),
@@ -85,7 +86,10 @@ pub struct App {
     shared: Arc<Shared>,
     workers: Option<Workers>,
     listeners: Mutex<Listeners>,
-    admin: Option<admin::Handle>,
+    admin_addr: Option<SocketAddr>,
+    control: Option<Control>,
+    /// The upkeep task of each cluster, on the control thread.
+    managers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
 #[derive(Debug, Default)]
@@ -108,7 +112,7 @@ pub fn build(config: Config, version: String) -> Result<App, BuildError> {
         .runtime
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    let registry = Registry::default();
+    let registry = Arc::new(Registry::default());
     let snapshot = Snapshot::compile(config, version, &registry).map_err(ApplyError::from)?;
     let admin_listen = snapshot.config.admin.listen.clone();
     let shared = Arc::new(Shared {
@@ -122,20 +126,25 @@ pub fn build(config: Config, version: String) -> Result<App, BuildError> {
         shared: shared.clone(),
         workers: Some(Workers::start(workers).map_err(BuildError::Workers)?),
         listeners: Mutex::new(Listeners::default()),
-        admin: None,
+        admin_addr: None,
+        control: Some(Control::start().map_err(BuildError::Workers)?),
+        managers: Mutex::new(HashMap::new()),
     };
     let snapshot = shared.snapshot.load_full();
     app.reconcile(&[], &snapshot)?;
+    app.start_managers(&snapshot);
     let admin_addr: SocketAddr = admin_listen.parse().map_err(|e| BuildError::Admin {
         addr: admin_listen.clone(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
     })?;
-    app.admin = Some(
-        admin::start(admin_addr, shared).map_err(|source| BuildError::Admin {
-            addr: admin_listen,
-            source,
-        })?,
-    );
+    if let Some(control) = &app.control {
+        app.admin_addr = Some(admin::start(admin_addr, shared, control).map_err(|source| {
+            BuildError::Admin {
+                addr: admin_listen,
+                source,
+            }
+        })?);
+    }
     info!(version = %snapshot.version, listeners = snapshot.config.listeners.len(), workers, "legate started");
     Ok(app)
 }
@@ -147,7 +156,7 @@ impl App {
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(admin::Handle::addr)
+        self.admin_addr
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -188,8 +197,30 @@ impl App {
         }
         let new = Arc::new(Snapshot::compile(config, version, &self.shared.registry)?);
         self.reconcile(&old.config.listeners, &new)?;
-        self.shared.snapshot.store(new);
+        self.shared.snapshot.store(new.clone());
+        self.start_managers(&new);
         Ok(())
+    }
+
+    /// Restarts cluster upkeep (health checks, DNS, ejections) for a newly applied snapshot.
+    /// Health and ejection state live in the registry, so a restart loses nothing.
+    fn start_managers(&self, snapshot: &Snapshot) {
+        let Some(control) = &self.control else {
+            return;
+        };
+        let zone: Option<Arc<str>> = snapshot.config.node.zone.as_deref().map(Into::into);
+        let mut managers = self.managers.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, task) in managers.drain() {
+            task.abort();
+        }
+        for (name, cluster) in &snapshot.clusters {
+            let task = control.spawn(crate::cluster::manager::run(
+                cluster.clone(),
+                self.shared.registry.clone(),
+                zone.clone(),
+            ));
+            managers.insert(name.clone(), task.abort_handle());
+        }
     }
 
     fn lock_listeners(&self) -> MutexGuard<'_, Listeners> {
@@ -202,6 +233,7 @@ impl App {
         let Some(workers) = &self.workers else {
             return Ok(());
         };
+        let zone = new.config.node.zone.as_deref();
         let ops = diff::diff(old, &new.config.listeners);
         let spec = |name: &str| new.config.listeners.iter().find(|l| l.name == name);
 
@@ -223,7 +255,11 @@ impl App {
             }
         }
 
-        // 2. Nothing below can fail.
+        // 2. Nothing below can fail. The new clusters' endpoints are published before any
+        //    listener can route to them.
+        for cluster in new.clusters.values() {
+            crate::cluster::manager::publish(cluster, &self.shared.registry, zone);
+        }
         let mut listeners = self.lock_listeners();
         for op in ops {
             match op {
@@ -306,8 +342,8 @@ impl App {
         if let Some(workers) = self.workers.take() {
             workers.stop();
         }
-        if let Some(admin) = self.admin.take() {
-            admin.stop();
+        if let Some(control) = self.control.take() {
+            control.stop();
         }
     }
 }

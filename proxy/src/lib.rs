@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod drain;
 pub mod http;
 pub mod listener;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use http::StatusCode;
 
-use crate::cluster::{Cluster, Endpoint, Registry};
+use crate::cluster::{Cluster, Registry};
 use crate::config::model::{self, Config};
 use crate::router::{
     full_match_regex, Action, HeaderMatch, HeaderMatchKind, HeaderOps, PathMatch, Redirect,
@@ -52,9 +52,8 @@ impl Snapshot {
         registry: &Registry,
     ) -> Result<Snapshot, CompileError> {
         let mut clusters = HashMap::new();
-        for (ci, c) in config.clusters.iter().enumerate() {
-            let cluster = compile_cluster(ci, c, registry)?;
-            clusters.insert(c.name.clone(), Arc::new(cluster));
+        for c in &config.clusters {
+            clusters.insert(c.name.clone(), Arc::new(compile_cluster(c, registry)));
         }
         let mut route_tables = HashMap::new();
         for (name, table) in &config.route_tables {
@@ -79,36 +78,17 @@ impl Snapshot {
     }
 }
 
-fn compile_cluster(
-    ci: usize,
-    c: &model::Cluster,
-    registry: &Registry,
-) -> Result<Cluster, CompileError> {
-    let endpoints = c
-        .endpoints
-        .iter()
-        .enumerate()
-        .map(|(ei, e)| {
-            let addr: SocketAddr = e
-                .address
-                .parse()
-                .map_err(|x| err(format!("clusters[{ci}].endpoints[{ei}].address"), x))?;
-            Ok(Endpoint {
-                addr,
-                weight: e.weight,
-                pooled: e.pooled,
-                state: registry.endpoint_state(&c.name, addr, c.protocol),
-            })
-        })
-        .collect::<Result<Vec<_>, CompileError>>()?;
-    Ok(Cluster::new(
-        &c.name,
-        c.protocol,
-        c.connect_timeout.get(),
-        c.max_idle_connections,
-        c.idle_timeout.get(),
-        endpoints,
-    ))
+fn compile_cluster(c: &model::Cluster, registry: &Registry) -> Cluster {
+    Cluster {
+        name: c.name.as_str().into(),
+        protocol: c.protocol,
+        connect_timeout: c.connect_timeout.get(),
+        max_idle_connections: c.max_idle_connections,
+        idle_timeout: c.idle_timeout.get(),
+        limits: c.circuit_breakers.clone(),
+        spec: Arc::new(c.clone()),
+        state: registry.cluster_state(&c.name),
+    }
 }
 
 fn compile_table(

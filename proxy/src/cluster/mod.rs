@@ -1,22 +1,33 @@
 //! Upstream clusters: endpoints, their live state, and endpoint selection.
 //!
-//! A [`Cluster`] is part of an immutable snapshot. What must outlive a reload (counters, the
-//! identity that keys each worker's connection pool) lives in [`EndpointState`], shared by every
-//! snapshot that contains the same endpoint and handed out by the [`Registry`].
+//! A [`Cluster`] is part of an immutable config snapshot. What must outlive a reload lives in
+//! [`ClusterState`] (the current membership, circuit-breaker counters, DNS results) and
+//! [`EndpointState`] (health, ejection, counters, the identity keying each worker's connection
+//! pool), both handed out by the [`Registry`] by name and address. The request path reads the
+//! membership with one arc-swap load; the control thread rebuilds it when health, ejections,
+//! DNS or slow start change it.
 
+pub mod health;
 pub mod lb;
+pub mod manager;
+pub mod membership;
+pub mod outlier;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use http::HeaderMap;
 use serde::Serialize;
+use tokio::sync::Notify;
 
-use crate::config::model::UpstreamProtocol;
-use lb::{Balancer, WeightedRoundRobin};
+use crate::config::model::{self, CircuitBreakers, LbPolicy, UpstreamProtocol};
+use membership::Membership;
 
+/// A cluster as configured in one snapshot.
 #[derive(Debug)]
 pub struct Cluster {
     pub name: Arc<str>,
@@ -24,88 +35,102 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     pub max_idle_connections: usize,
     pub idle_timeout: Duration,
-    /// Every configured endpoint, pooled or not, in config order.
-    pub endpoints: Vec<Endpoint>,
-    balancer: Box<dyn Balancer>,
+    pub limits: CircuitBreakers,
+    /// The cluster's config, for the control thread (health checks, DNS, slow start).
+    pub spec: Arc<model::Cluster>,
+    pub state: Arc<ClusterState>,
 }
 
+/// An endpoint chosen for one request or session.
 #[derive(Debug, Clone)]
-pub struct Endpoint {
+pub struct Picked {
     pub addr: SocketAddr,
-    pub weight: u32,
-    pub pooled: bool,
     pub state: Arc<EndpointState>,
 }
 
-/// State of one endpoint that survives config reloads.
-#[derive(Debug)]
-pub struct EndpointState {
-    /// Keys this endpoint's connection pool in each worker.
-    pub id: u64,
-    pub active_requests: AtomicUsize,
-    pub total_requests: AtomicU64,
-    pub connect_failures: AtomicU64,
-}
-
 impl Cluster {
-    pub fn new(
-        name: &str,
-        protocol: UpstreamProtocol,
-        connect_timeout: Duration,
-        max_idle_connections: usize,
-        idle_timeout: Duration,
-        endpoints: Vec<Endpoint>,
-    ) -> Self {
-        let weights: Vec<u32> = endpoints
-            .iter()
-            .map(|e| if e.pooled { e.weight } else { 0 })
-            .collect();
-        Cluster {
-            name: name.into(),
-            protocol,
-            connect_timeout,
-            max_idle_connections,
-            idle_timeout,
-            balancer: Box::new(WeightedRoundRobin::new(&weights)),
-            endpoints,
-        }
+    /// The endpoint for a new request or session, or `None` if no endpoint can take one.
+    /// `hash` is the request's hash for `ring_hash` and `maglev`.
+    pub fn pick(&self, hash: Option<u64>) -> Option<Picked> {
+        let membership = self.state.membership.load();
+        membership.pick(hash).map(|e| Picked {
+            addr: e.addr,
+            state: e.state.clone(),
+        })
     }
 
-    /// The next endpoint for a new request, or `None` if no endpoint is pooled.
-    pub fn pick(&self) -> Option<&Endpoint> {
-        self.balancer.pick().and_then(|i| self.endpoints.get(i))
+    /// Like [`Cluster::pick`], avoiding `avoid` when another endpoint is available (retries).
+    pub fn pick_other(&self, avoid: SocketAddr, hash: Option<u64>) -> Option<Picked> {
+        let membership = self.state.membership.load();
+        let first = membership.pick(hash)?;
+        let chosen = if first.addr != avoid {
+            first
+        } else {
+            // A few more draws find another endpoint unless one dominates the weights.
+            (0..3)
+                .filter_map(|_| membership.pick(None))
+                .find(|e| e.addr != avoid)
+                .unwrap_or(first)
+        };
+        Some(Picked {
+            addr: chosen.addr,
+            state: chosen.state.clone(),
+        })
     }
 
-    /// The next endpoint, avoiding `avoid` when another is available (for retries).
-    pub fn pick_other(&self, avoid: SocketAddr) -> Option<&Endpoint> {
-        let first = self.pick()?;
-        if first.addr != avoid {
-            return Some(first);
+    /// The hash `ring_hash` and `maglev` pick with, from the configured request property.
+    /// `None` (picked at random) when the policy does not hash or the property is absent.
+    pub fn request_hash(&self, headers: &HeaderMap, peer: IpAddr) -> Option<u64> {
+        if !matches!(self.spec.lb, LbPolicy::RingHash | LbPolicy::Maglev) {
+            return None;
         }
-        // A few more draws find another endpoint unless one dominates the weights.
-        (0..3)
-            .filter_map(|_| self.pick())
-            .find(|e| e.addr != avoid)
-            .or(Some(first))
+        let Some(on) = &self.spec.hash_on else {
+            return Some(hash_ip(peer));
+        };
+        if let Some(name) = &on.header {
+            return headers.get(name).map(|v| lb::hash_bytes(v.as_bytes()));
+        }
+        if let Some(cookie) = &on.cookie {
+            return headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k == cookie)
+                .map(|(_, v)| lb::hash_bytes(v.as_bytes()));
+        }
+        Some(hash_ip(peer))
     }
 
     pub fn status(&self) -> ClusterStatus {
+        let membership = self.state.membership.load();
+        let s = &self.state;
         ClusterStatus {
             name: self.name.to_string(),
             protocol: self.protocol,
-            endpoints: self
+            lb: self.spec.lb,
+            panic: membership.panic,
+            local_zone_share: membership.local_share(),
+            active_requests: s.active_requests.load(Ordering::Relaxed),
+            pending: s.pending.load(Ordering::Relaxed),
+            connections: s.connections.load(Ordering::Relaxed),
+            retries: s.retries.load(Ordering::Relaxed),
+            overflows: s.overflows.load(Ordering::Relaxed),
+            dns_error: s.dns_error(),
+            endpoints: membership
                 .endpoints
                 .iter()
-                .map(|e| EndpointStatus {
-                    address: e.addr,
-                    weight: e.weight,
-                    pooled: e.pooled,
-                    active_requests: e.state.active_requests.load(Ordering::Relaxed),
-                    total_requests: e.state.total_requests.load(Ordering::Relaxed),
-                    connect_failures: e.state.connect_failures.load(Ordering::Relaxed),
-                })
+                .map(membership::Endpoint::status)
                 .collect(),
         }
+    }
+}
+
+fn hash_ip(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => lb::hash_bytes(&v4.octets()),
+        IpAddr::V6(v6) => lb::hash_bytes(&v6.octets()),
     }
 }
 
@@ -114,17 +139,207 @@ impl Cluster {
 pub struct ClusterStatus {
     pub name: String,
     pub protocol: UpstreamProtocol,
+    pub lb: LbPolicy,
+    /// Balancing across all pooled endpoints because too few are usable.
+    pub panic: bool,
+    /// Share of new requests kept in the local zone, when zones apply.
+    pub local_zone_share: Option<f64>,
+    pub active_requests: usize,
+    pub pending: usize,
+    pub connections: usize,
+    pub retries: usize,
+    pub overflows: u64,
+    pub dns_error: Option<String>,
     pub endpoints: Vec<EndpointStatus>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct EndpointStatus {
     pub address: SocketAddr,
+    pub hostname: Option<String>,
+    pub zone: Option<String>,
     pub weight: u32,
+    /// The weight the balancer uses now (less than `weight` during slow start).
+    pub effective_weight: u32,
     pub pooled: bool,
+    pub health: Health,
+    pub ejected_until: Option<String>,
+    pub ejections: u32,
     pub active_requests: usize,
+    pub active_sessions: usize,
     pub total_requests: u64,
     pub connect_failures: u64,
+}
+
+// === cluster state ===
+
+/// State of a cluster that survives config reloads.
+#[derive(Debug)]
+pub struct ClusterState {
+    pub name: Arc<str>,
+    pub membership: ArcSwap<Membership>,
+    pub active_requests: AtomicUsize,
+    /// Requests waiting for a new upstream connection.
+    pub pending: AtomicUsize,
+    /// Upstream connections open, across workers.
+    pub connections: AtomicUsize,
+    pub retries: AtomicUsize,
+    pub overflows: AtomicU64,
+    /// Endpoints currently ejected by outlier detection.
+    pub ejected: AtomicUsize,
+    /// Wakes the control thread to rebuild the membership (an ejection, a health change).
+    pub changed: Notify,
+    /// Set once DNS has answered and every endpoint has been health checked once.
+    pub warmed: AtomicBool,
+    pub dns: Mutex<DnsState>,
+}
+
+/// The latest DNS answers for a cluster's named endpoints.
+#[derive(Debug, Default)]
+pub struct DnsState {
+    /// Host name → addresses of its last good resolution.
+    pub resolved: HashMap<String, Vec<IpAddr>>,
+    pub last_error: Option<String>,
+}
+
+impl ClusterState {
+    fn new(name: &str) -> Self {
+        ClusterState {
+            name: name.into(),
+            membership: ArcSwap::from_pointee(Membership::empty()),
+            active_requests: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            retries: AtomicUsize::new(0),
+            overflows: AtomicU64::new(0),
+            ejected: AtomicUsize::new(0),
+            changed: Notify::new(),
+            warmed: AtomicBool::new(false),
+            dns: Mutex::new(DnsState::default()),
+        }
+    }
+
+    pub fn dns_error(&self) -> Option<String> {
+        self.dns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_error
+            .clone()
+    }
+
+    /// Takes one unit of `counter` if it is below `limit`; the guard gives it back.
+    pub fn admit(
+        self: &Arc<Self>,
+        counter: fn(&ClusterState) -> &AtomicUsize,
+        limit: u32,
+    ) -> Option<Admitted> {
+        let c = counter(self);
+        let prev = c.fetch_add(1, Ordering::AcqRel);
+        if prev >= limit as usize {
+            c.fetch_sub(1, Ordering::AcqRel);
+            self.overflows.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Admitted {
+            state: self.clone(),
+            counter,
+        })
+    }
+}
+
+/// One unit of a circuit-breaker counter, returned when dropped.
+pub struct Admitted {
+    state: Arc<ClusterState>,
+    counter: fn(&ClusterState) -> &AtomicUsize,
+}
+
+impl std::fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admitted")
+            .field("cluster", &self.state.name)
+            .finish()
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        (self.counter)(&self.state).fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+// === endpoint state ===
+
+/// Active health of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Not checked yet (or no check configured: see [`membership`]).
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+/// State of one endpoint that survives config reloads.
+#[derive(Debug)]
+pub struct EndpointState {
+    /// Keys this endpoint's connection pool in each worker.
+    pub id: u64,
+    pub active_requests: Arc<AtomicUsize>,
+    pub active_sessions: Arc<AtomicUsize>,
+    pub total_requests: AtomicU64,
+    pub connect_failures: AtomicU64,
+    health: AtomicU8,
+    /// Failures in a row seen by requests, for outlier detection.
+    pub(crate) consecutive_failures: AtomicU32,
+    pub(crate) ejected: AtomicBool,
+    pub(crate) ejected_until_ms: AtomicU64,
+    pub(crate) ejections: AtomicU32,
+    /// When the endpoint last became usable (for slow start); 0 = never.
+    pub(crate) usable_since_ms: AtomicU64,
+}
+
+impl EndpointState {
+    fn new(id: u64) -> Self {
+        EndpointState {
+            id,
+            active_requests: Arc::new(AtomicUsize::new(0)),
+            active_sessions: Arc::new(AtomicUsize::new(0)),
+            total_requests: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            health: AtomicU8::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            usable_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        match self.health.load(Ordering::Acquire) {
+            1 => Health::Healthy,
+            2 => Health::Unhealthy,
+            _ => Health::Unknown,
+        }
+    }
+
+    pub fn set_health(&self, health: Health) {
+        let v = match health {
+            Health::Unknown => 0,
+            Health::Healthy => 1,
+            Health::Unhealthy => 2,
+        };
+        self.health.store(v, Ordering::Release);
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Acquire)
+    }
+
+    pub fn ejected_until_ms(&self) -> Option<u64> {
+        self.is_ejected()
+            .then(|| self.ejected_until_ms.load(Ordering::Acquire))
+    }
 }
 
 /// Counts a request against an endpoint for as long as the guard lives.
@@ -145,8 +360,38 @@ impl Drop for ActiveRequest {
     }
 }
 
-/// Hands out the same [`EndpointState`] for the same (cluster, address, protocol) across
-/// snapshots, so counters and pooled connections survive reloads. Used only when compiling.
+// === clock ===
+
+/// Milliseconds on a process-wide monotonic clock that follows tokio's (pausable) time, for
+/// timestamps kept in atomics.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| {
+        // Start well in the past so a paused test clock never reads before the epoch.
+        let now = std::time::Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    });
+    let now = tokio::time::Instant::now().into_std();
+    u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A timestamp from [`now_ms`] as wall-clock time, for display.
+pub fn ms_to_rfc3339(ms: u64) -> String {
+    let delta = ms as i128 - now_ms() as i128;
+    let now = std::time::SystemTime::now();
+    let t = if delta >= 0 {
+        now + Duration::from_millis(delta as u64)
+    } else {
+        now - Duration::from_millis(delta.unsigned_abs() as u64)
+    };
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+// === registry ===
+
+/// Hands out the same state for the same cluster name, and for the same (cluster, address,
+/// protocol), across snapshots, so health, counters and pooled connections survive reloads.
+/// Used only off the request path.
 #[derive(Debug, Default)]
 pub struct Registry {
     inner: Mutex<RegistryInner>,
@@ -155,10 +400,22 @@ pub struct Registry {
 #[derive(Debug, Default)]
 struct RegistryInner {
     next_id: u64,
-    states: HashMap<(Arc<str>, SocketAddr, UpstreamProtocol), Weak<EndpointState>>,
+    clusters: HashMap<Arc<str>, Weak<ClusterState>>,
+    endpoints: HashMap<(Arc<str>, SocketAddr, UpstreamProtocol), Weak<EndpointState>>,
 }
 
 impl Registry {
+    pub fn cluster_state(&self, name: &str) -> Arc<ClusterState> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = inner.clusters.get(name).and_then(Weak::upgrade) {
+            return state;
+        }
+        let state = Arc::new(ClusterState::new(name));
+        inner.clusters.retain(|_, w| w.strong_count() > 0);
+        inner.clusters.insert(name.into(), Arc::downgrade(&state));
+        state
+    }
+
     pub fn endpoint_state(
         &self,
         cluster: &str,
@@ -167,19 +424,13 @@ impl Registry {
     ) -> Arc<EndpointState> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let key = (Arc::<str>::from(cluster), addr, protocol);
-        if let Some(state) = inner.states.get(&key).and_then(Weak::upgrade) {
+        if let Some(state) = inner.endpoints.get(&key).and_then(Weak::upgrade) {
             return state;
         }
         inner.next_id += 1;
-        let state = Arc::new(EndpointState {
-            id: inner.next_id,
-            active_requests: AtomicUsize::new(0),
-            total_requests: AtomicU64::new(0),
-            connect_failures: AtomicU64::new(0),
-        });
-        inner.states.insert(key, Arc::downgrade(&state));
-        // Forget endpoints no snapshot holds any more.
-        inner.states.retain(|_, w| w.strong_count() > 0);
+        let state = Arc::new(EndpointState::new(inner.next_id));
+        inner.endpoints.retain(|_, w| w.strong_count() > 0);
+        inner.endpoints.insert(key, Arc::downgrade(&state));
         state
     }
 }
@@ -188,67 +439,55 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn ep(reg: &Registry, port: u16, weight: u32, pooled: bool) -> Endpoint {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        Endpoint {
-            addr,
-            weight,
-            pooled,
-            state: reg.endpoint_state("c", addr, UpstreamProtocol::Http1),
-        }
-    }
-
-    fn cluster(endpoints: Vec<Endpoint>) -> Cluster {
-        Cluster::new(
-            "c",
-            UpstreamProtocol::Http1,
-            Duration::from_secs(1),
-            8,
-            Duration::from_secs(60),
-            endpoints,
-        )
-    }
-
-    #[test]
-    fn unpooled_endpoints_get_nothing() {
-        let reg = Registry::default();
-        let c = cluster(vec![ep(&reg, 1, 1, true), ep(&reg, 2, 5, false)]);
-        for _ in 0..20 {
-            assert_eq!(c.pick().unwrap().addr.port(), 1);
-        }
-        let none = cluster(vec![ep(&reg, 3, 1, false)]);
-        assert!(none.pick().is_none());
-    }
-
     #[test]
     fn state_is_shared_across_snapshots_and_reset_when_gone() {
         let reg = Registry::default();
-        let a = ep(&reg, 1, 1, true);
-        let b = ep(&reg, 1, 3, false);
-        assert!(Arc::ptr_eq(&a.state, &b.state));
-        let id = a.state.id;
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let a = reg.endpoint_state("c", addr, UpstreamProtocol::Http1);
+        let b = reg.endpoint_state("c", addr, UpstreamProtocol::Http1);
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = reg.endpoint_state("d", addr, UpstreamProtocol::Http1);
+        assert!(!Arc::ptr_eq(&a, &other));
+        let id = a.id;
         drop((a, b));
-        assert_ne!(ep(&reg, 1, 1, true).state.id, id);
-    }
-
-    #[test]
-    fn pick_other_avoids_the_failed_endpoint() {
-        let reg = Registry::default();
-        let c = cluster(vec![ep(&reg, 1, 1, true), ep(&reg, 2, 1, true)]);
-        let avoid = SocketAddr::from(([127, 0, 0, 1], 1));
-        for _ in 0..10 {
-            assert_eq!(c.pick_other(avoid).unwrap().addr.port(), 2);
-        }
+        assert_ne!(
+            reg.endpoint_state("c", addr, UpstreamProtocol::Http1).id,
+            id
+        );
+        let c1 = reg.cluster_state("c");
+        assert!(Arc::ptr_eq(&c1, &reg.cluster_state("c")));
     }
 
     #[test]
     fn active_request_guard_counts() {
-        let reg = Registry::default();
-        let e = ep(&reg, 1, 1, true);
-        let g = ActiveRequest::start(&e.state);
-        assert_eq!(e.state.active_requests.load(Ordering::Relaxed), 1);
+        let e = Arc::new(EndpointState::new(1));
+        let g = ActiveRequest::start(&e);
+        assert_eq!(e.active_requests.load(Ordering::Relaxed), 1);
         drop(g);
-        assert_eq!(e.state.active_requests.load(Ordering::Relaxed), 0);
-        assert_eq!(e.state.total_requests.load(Ordering::Relaxed), 1);
+        assert_eq!(e.active_requests.load(Ordering::Relaxed), 0);
+        assert_eq!(e.total_requests.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn admit_enforces_the_limit_and_releases() {
+        let s = Arc::new(ClusterState::new("c"));
+        let a = s.admit(|s| &s.active_requests, 2).unwrap();
+        let b = s.admit(|s| &s.active_requests, 2).unwrap();
+        assert!(s.admit(|s| &s.active_requests, 2).is_none());
+        assert_eq!(s.overflows.load(Ordering::Relaxed), 1);
+        drop(a);
+        assert!(s.admit(|s| &s.active_requests, 2).is_some());
+        drop(b);
+        assert_eq!(s.active_requests.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn health_round_trips() {
+        let e = EndpointState::new(1);
+        assert_eq!(e.health(), Health::Unknown);
+        e.set_health(Health::Unhealthy);
+        assert_eq!(e.health(), Health::Unhealthy);
+        e.set_health(Health::Healthy);
+        assert_eq!(e.health(), Health::Healthy);
     }
 }

@@ -661,7 +661,9 @@ impl<'de> Deserialize<'de> for StatusRange {
                         .parse::<u16>()
                         .ok()
                         .filter(|c| (100..=599).contains(c))
-                        .ok_or_else(|| E::custom(format!("{s:?} is not a status between 100 and 599")))
+                        .ok_or_else(|| {
+                            E::custom(format!("{s:?} is not a status between 100 and 599"))
+                        })
                 };
                 let (lo, hi) = match v.split_once('-') {
                     Some((a, b)) => (parse(a)?, parse(b)?),

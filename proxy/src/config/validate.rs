@@ -7,8 +7,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
 
 use super::model::{
-    Cluster, HeaderMatch, HeaderOps, HttpListener, Listener, Redirect, Respond, RetryPolicy, Route,
-    RouteMatch, RouteTable, SplitTarget, HealthCheck, LbPolicy, OutlierDetection,
+    Cluster, HeaderMatch, HeaderOps, HealthCheck, HttpListener, LbPolicy, Listener,
+    OutlierDetection, Redirect, Respond, RetryPolicy, Route, RouteMatch, RouteTable, SplitTarget,
 };
 use super::suggest::did_you_mean_quoted;
 use super::{Config, ConfigError, Duration};
@@ -575,7 +575,10 @@ impl<'a> Validator<'a> {
         if cluster.panic_threshold > 100 {
             self.error(
                 format!("{base}.panic_threshold"),
-                format!("is a percentage from 0 to 100 (got {})", cluster.panic_threshold),
+                format!(
+                    "is a percentage from 0 to 100 (got {})",
+                    cluster.panic_threshold
+                ),
             );
         }
         self.hash_on(base, cluster);
@@ -650,16 +653,25 @@ impl Validator<'_> {
         }
         let set = [h.header.is_some(), h.cookie.is_some(), h.client_ip];
         if set.iter().filter(|b| **b).count() != 1 {
-            self.error(path.clone(), "needs exactly one of header, cookie, client_ip");
+            self.error(
+                path.clone(),
+                "needs exactly one of header, cookie, client_ip",
+            );
         }
         if let Some(name) = &h.header {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                self.error(format!("{path}.header"), format!("{name:?} is not a valid header name"));
+                self.error(
+                    format!("{path}.header"),
+                    format!("{name:?} is not a valid header name"),
+                );
             }
         }
         if let Some(name) = &h.cookie {
             if name.is_empty() || name.contains([';', '=', ' ']) {
-                self.error(format!("{path}.cookie"), format!("{name:?} is not a valid cookie name"));
+                self.error(
+                    format!("{path}.cookie"),
+                    format!("{name:?} is not a valid cookie name"),
+                );
             }
         }
     }
@@ -667,7 +679,10 @@ impl Validator<'_> {
     fn health_check(&mut self, base: &str, hc: &HealthCheck) {
         let kinds = [hc.http.is_some(), hc.tcp.is_some()];
         if kinds.iter().filter(|b| **b).count() != 1 {
-            self.error(base.to_owned(), "a health check needs exactly one of http, tcp");
+            self.error(
+                base.to_owned(),
+                "a health check needs exactly one of http, tcp",
+            );
         }
         self.positive(format!("{base}.interval"), hc.interval);
         self.positive(format!("{base}.timeout"), hc.timeout);
@@ -701,17 +716,17 @@ impl Validator<'_> {
                 }
             }
             if http.expect.is_empty() {
-                self.error(format!("{base}.http.expect"), "needs at least one status or range");
+                self.error(
+                    format!("{base}.http.expect"),
+                    "needs at least one status or range",
+                );
             }
         }
     }
 
     fn outlier_detection(&mut self, base: &str, od: &OutlierDetection) {
         if od.consecutive_failures == 0 {
-            self.error(
-                format!("{base}.consecutive_failures"),
-                "must be at least 1",
-            );
+            self.error(format!("{base}.consecutive_failures"), "must be at least 1");
         }
         self.positive(format!("{base}.base_ejection"), od.base_ejection);
         if od.max_ejection < od.base_ejection {
@@ -726,7 +741,10 @@ impl Validator<'_> {
         if od.max_ejected_percent > 100 {
             self.error(
                 format!("{base}.max_ejected_percent"),
-                format!("is a percentage from 0 to 100 (got {})", od.max_ejected_percent),
+                format!(
+                    "is a percentage from 0 to 100 (got {})",
+                    od.max_ejected_percent
+                ),
             );
         }
     }

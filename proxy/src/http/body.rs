@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
-use crate::cluster::ActiveRequest;
+use crate::cluster::{ActiveRequest, Admitted};
 
 use super::server::InFlight;
 use super::upstream::Pooled;
@@ -35,6 +35,7 @@ enum Inner {
 pub struct RequestEnd {
     pub log: Option<AccessRecord>,
     pub endpoint: Option<ActiveRequest>,
+    pub cluster_slot: Option<Admitted>,
     pub pooled: Option<Pooled>,
     pub in_flight: Option<InFlight>,
     pub bytes_sent: u64,

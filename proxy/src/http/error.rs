@@ -45,6 +45,11 @@ pub enum ProxyError {
     PerTryTimeout,
     #[error("invalid request: {0}")]
     BadRequest(&'static str),
+    #[error("cluster {cluster} is at its {limit} circuit-breaker limit")]
+    Overflow {
+        cluster: std::sync::Arc<str>,
+        limit: &'static str,
+    },
 }
 
 impl ProxyError {
@@ -52,7 +57,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::MissingHost | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoint { .. } | ProxyError::Overflow { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
@@ -67,6 +74,7 @@ impl ProxyError {
             ProxyError::MissingHost => "missing-host",
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::NoEndpoint { .. } => "no-endpoint",
+            ProxyError::Overflow { .. } => "overflow",
             ProxyError::ConnectFailed { .. } => "connect-failure",
             ProxyError::ConnectTimeout { .. } => "connect-timeout",
             ProxyError::UpstreamReset { .. } => "upstream-reset",
@@ -80,7 +88,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } | ProxyError::MissingHost | ProxyError::BadRequest(_) => {
                 Origin::Downstream
             }
-            ProxyError::NoEndpoint { .. } => Origin::Internal,
+            ProxyError::NoEndpoint { .. } | ProxyError::Overflow { .. } => Origin::Internal,
             _ => Origin::Upstream,
         }
     }
@@ -92,6 +100,7 @@ impl ProxyError {
             ProxyError::MissingHost => "missing Host header\n",
             ProxyError::BadRequest(_) => "bad request\n",
             ProxyError::NoEndpoint { .. } => "no healthy upstream\n",
+            ProxyError::Overflow { .. } => "upstream overflow\n",
             ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. } => {
                 "upstream connect error\n"
             }

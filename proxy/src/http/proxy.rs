@@ -21,7 +21,7 @@ use super::headers;
 use super::server::{ConnCtx, InFlight};
 use super::upstream::{self, Pooled};
 use crate::access_log::AccessRecord;
-use crate::cluster::{ActiveRequest, Cluster};
+use crate::cluster::{outlier, ActiveRequest, Admitted, Cluster, Picked};
 use crate::config::model::{RetryOn, UpstreamProtocol};
 use crate::listener::HttpSettings;
 use crate::router::{Action, PathMatch, Redirect, Respond, Route};
@@ -34,6 +34,7 @@ struct Trace {
     upstream: Option<SocketAddr>,
     attempts: u32,
     endpoint: Option<ActiveRequest>,
+    cluster_slot: Option<Admitted>,
     pooled: Option<Pooled>,
     bytes_received: Option<Arc<AtomicU64>>,
 }
@@ -95,6 +96,7 @@ pub async fn handle(
     resp.body_mut().on_end(RequestEnd {
         log,
         endpoint: trace.endpoint,
+        cluster_slot: trace.cluster_slot,
         pooled: trace.pooled,
         in_flight: Some(in_flight),
         bytes_sent: 0,
@@ -222,6 +224,16 @@ async fn forward(
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     trace.cluster = Some(cluster.name.clone());
+    trace.cluster_slot = Some(
+        cluster
+            .state
+            .admit(|s| &s.active_requests, cluster.limits.max_requests)
+            .ok_or_else(|| ProxyError::Overflow {
+                cluster: cluster.name.clone(),
+                limit: "max_requests",
+            })?,
+    );
+    let hash = cluster.request_hash(req.headers(), ctx.peer.ip());
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     if upgrade && cluster.protocol == UpstreamProtocol::Http2 {
         return Err(ProxyError::BadRequest("upgrade to an HTTP/2 cluster"));
@@ -273,7 +285,9 @@ async fn forward(
     let first = Request::from_parts(parts, body);
 
     let deadline = tokio::time::Instant::now() + route.timeout;
-    let attempt_loop = send_with_retries(cluster, route, first, template, attempts, upgrade, trace);
+    let attempt_loop = send_with_retries(
+        cluster, route, first, template, attempts, upgrade, hash, trace,
+    );
     let mut resp = match tokio::time::timeout_at(deadline, attempt_loop).await {
         Ok(result) => result?,
         Err(_) => return Err(ProxyError::Timeout),
@@ -340,6 +354,7 @@ struct Failure {
     unsent: Option<Request<UpstreamBody>>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn send_with_retries(
     cluster: &Cluster,
     route: &Route,
@@ -347,16 +362,30 @@ async fn send_with_retries(
     template: Option<Template>,
     attempts: u32,
     upgrade: bool,
+    hash: Option<u64>,
     trace: &mut Trace,
 ) -> Result<Response<Incoming>, ProxyError> {
     let policy = route.retry.as_ref();
     let per_try = policy.and_then(|p| p.per_try_timeout);
     let mut next = Some(first);
     let mut previous: Option<SocketAddr> = None;
+    let mut last_error: Option<ProxyError> = None;
+    let mut _retry_slot: Option<Admitted> = None;
     for attempt in 1..=attempts {
+        if attempt > 1 {
+            // Retries in flight are bounded per cluster, so a failing upstream is not hit
+            // with a multiple of the normal load.
+            match cluster
+                .state
+                .admit(|s| &s.retries, cluster.limits.max_retries)
+            {
+                Some(slot) => _retry_slot = Some(slot),
+                None => break,
+            }
+        }
         let endpoint = match previous {
-            None => cluster.pick(),
-            Some(addr) => cluster.pick_other(addr),
+            None => cluster.pick(hash),
+            Some(addr) => cluster.pick_other(addr, hash),
         }
         .ok_or_else(|| ProxyError::NoEndpoint {
             cluster: cluster.name.clone(),
@@ -372,7 +401,9 @@ async fn send_with_retries(
         previous = Some(endpoint.addr);
         let active = ActiveRequest::start(&endpoint.state);
         let last = attempt == attempts;
-        match try_once(cluster, endpoint, request, per_try, upgrade).await {
+        let result = try_once(cluster, &endpoint, request, per_try, upgrade).await;
+        report_outcome(cluster, &endpoint, &result);
+        match result {
             Ok((resp, pooled)) => {
                 let retry_status = policy.is_some_and(|p| p.on.retries_status(resp.status()));
                 if !last && retry_status && template.is_some() {
@@ -397,17 +428,54 @@ async fn send_with_retries(
                 }
                 debug!(upstream = %endpoint.addr, error = %error, "retrying");
                 next = unsent;
+                last_error = Some(error);
             }
         }
     }
-    Err(ProxyError::NoEndpoint {
+    Err(last_error.unwrap_or_else(|| ProxyError::NoEndpoint {
         cluster: cluster.name.clone(),
-    })
+    }))
+}
+
+/// Feeds passive outlier detection with the outcome of one try.
+fn report_outcome(
+    cluster: &Cluster,
+    endpoint: &Picked,
+    result: &Result<(Response<Incoming>, Option<Pooled>), Failure>,
+) {
+    let Some(cfg) = &cluster.spec.outlier_detection else {
+        return;
+    };
+    let failed = match result {
+        Ok((resp, _)) => resp.status().is_server_error(),
+        Err(f) => matches!(
+            f.error,
+            ProxyError::ConnectFailed { .. }
+                | ProxyError::ConnectTimeout { .. }
+                | ProxyError::UpstreamReset { .. }
+                | ProxyError::PerTryTimeout
+        ),
+    };
+    if !failed {
+        outlier::record_success(&endpoint.state);
+        return;
+    }
+    let members = cluster.state.membership.load().endpoints.len();
+    if outlier::record_failure(
+        &endpoint.state,
+        &cluster.state,
+        cfg,
+        members,
+        crate::cluster::now_ms(),
+    ) {
+        tracing::warn!(cluster = %cluster.name, endpoint = %endpoint.addr, "endpoint ejected");
+        cluster.state.changed.notify_one();
+    }
 }
 
 async fn try_once(
     cluster: &Cluster,
-    endpoint: &crate::cluster::Endpoint,
+    endpoint: &Picked,
     request: Request<UpstreamBody>,
     per_try: Option<Duration>,
     upgrade: bool,

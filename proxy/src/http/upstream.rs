@@ -17,7 +17,7 @@ use tracing::debug;
 
 use super::body::UpstreamBody;
 use super::error::ProxyError;
-use crate::cluster::{Cluster, Endpoint};
+use crate::cluster::{Admitted, Cluster, Picked as Endpoint};
 use crate::config::model::UpstreamProtocol;
 
 thread_local! {
@@ -117,14 +117,16 @@ pub async fn checkout(cluster: &Cluster, endpoint: &Endpoint) -> Result<Pooled, 
                     return Ok(pooled(Sender::H1(tx), true));
                 }
             }
-            let tx = connect_h1(cluster, endpoint).await?;
+            let slot = admit_connection(cluster)?;
+            let tx = connect_h1(cluster, endpoint, slot).await?;
             Ok(pooled(Sender::H1(tx), false))
         }
         UpstreamProtocol::Http2 => {
             if let Some(tx) = shared_h2(key) {
                 return Ok(pooled(Sender::H2(tx), true));
             }
-            let tx = connect_h2(cluster, endpoint).await?;
+            let slot = admit_connection(cluster)?;
+            let tx = connect_h2(cluster, endpoint, slot).await?;
             POOLS.with(|p| {
                 if let Ok(mut pools) = p.try_borrow_mut() {
                     let pool = pools.entry(key).or_default();
@@ -143,7 +145,34 @@ pub async fn connect_for_upgrade(
     cluster: &Cluster,
     endpoint: &Endpoint,
 ) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
-    connect_h1(cluster, endpoint).await
+    let slot = admit_connection(cluster)?;
+    connect_h1(cluster, endpoint, slot).await
+}
+
+/// Circuit breakers for a new connection: a pending slot while it connects, and a connection
+/// slot for as long as it stays open.
+fn admit_connection(cluster: &Cluster) -> Result<ConnectionSlot, ProxyError> {
+    let overflow = |limit| ProxyError::Overflow {
+        cluster: cluster.name.clone(),
+        limit,
+    };
+    let pending = cluster
+        .state
+        .admit(|s| &s.pending, cluster.limits.max_pending)
+        .ok_or_else(|| overflow("max_pending"))?;
+    let open = cluster
+        .state
+        .admit(|s| &s.connections, cluster.limits.max_connections)
+        .ok_or_else(|| overflow("max_connections"))?;
+    Ok(ConnectionSlot {
+        pending: Some(pending),
+        open,
+    })
+}
+
+struct ConnectionSlot {
+    pending: Option<Admitted>,
+    open: Admitted,
 }
 
 fn take_idle(key: u64, idle_timeout: Duration) -> Option<http1::SendRequest<UpstreamBody>> {
@@ -205,14 +234,17 @@ fn count_connect_failure(endpoint: &Endpoint) {
 async fn connect_h1(
     cluster: &Cluster,
     endpoint: &Endpoint,
+    mut slot: ConnectionSlot,
 ) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
     let addr = endpoint.addr;
     let stream = connect_tcp(cluster, endpoint).await?;
+    slot.pending = None;
     let (tx, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ProxyError::UpstreamReset { addr, source })?;
     tokio::spawn(async move {
+        let _open = slot.open;
         if let Err(e) = conn.with_upgrades().await {
             debug!(upstream = %addr, error = %e, "upstream connection closed with error");
         }
@@ -223,9 +255,11 @@ async fn connect_h1(
 async fn connect_h2(
     cluster: &Cluster,
     endpoint: &Endpoint,
+    mut slot: ConnectionSlot,
 ) -> Result<http2::SendRequest<UpstreamBody>, ProxyError> {
     let addr = endpoint.addr;
     let stream = connect_tcp(cluster, endpoint).await?;
+    slot.pending = None;
     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
@@ -234,6 +268,7 @@ async fn connect_h2(
         .await
         .map_err(|source| ProxyError::UpstreamReset { addr, source })?;
     tokio::spawn(async move {
+        let _open = slot.open;
         if let Err(e) = conn.await {
             debug!(upstream = %addr, error = %e, "upstream h2 connection closed with error");
         }
