@@ -90,6 +90,8 @@ pub struct App {
     control: Option<Control>,
     /// The upkeep task of each cluster, on the control thread.
     managers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// The task rotating TLS certificates when their files change.
+    tls_watch: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 #[derive(Debug, Default)]
@@ -129,10 +131,12 @@ pub fn build(config: Config, version: String) -> Result<App, BuildError> {
         admin_addr: None,
         control: Some(Control::start().map_err(BuildError::Workers)?),
         managers: Mutex::new(HashMap::new()),
+        tls_watch: Mutex::new(None),
     };
     let snapshot = shared.snapshot.load_full();
     app.reconcile(&[], &snapshot)?;
     app.start_managers(&snapshot);
+    app.start_tls_watch(&snapshot);
     let admin_addr: SocketAddr = admin_listen.parse().map_err(|e| BuildError::Admin {
         addr: admin_listen.clone(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
@@ -199,6 +203,7 @@ impl App {
         self.reconcile(&old.config.listeners, &new)?;
         self.shared.snapshot.store(new.clone());
         self.start_managers(&new);
+        self.start_tls_watch(&new);
         Ok(())
     }
 
@@ -221,6 +226,54 @@ impl App {
             ));
             managers.insert(name.clone(), task.abort_handle());
         }
+    }
+
+    /// Watches the snapshot's TLS files; a change installs new certificates for new
+    /// handshakes (a bad new pair is logged and the old one kept).
+    fn start_tls_watch(&self, snapshot: &Arc<Snapshot>) {
+        let Some(control) = &self.control else {
+            return;
+        };
+        let mut slot = self.tls_watch.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = slot.take() {
+            old.abort();
+        }
+        let servers: Vec<_> = snapshot.listener_tls.values().cloned().collect();
+        let clients: Vec<_> = snapshot
+            .clusters
+            .values()
+            .filter_map(|c| c.tls.clone())
+            .collect();
+        let files: Vec<String> = servers
+            .iter()
+            .flat_map(|t| t.files())
+            .chain(clients.iter().flat_map(|t| t.files()))
+            .collect();
+        if files.is_empty() {
+            return;
+        }
+        let task = control.spawn(async move {
+            let (_watcher, mut changes) = match crate::watch::watch(&files) {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!(error = %e, "cannot watch TLS files; SIGHUP reloads them");
+                    return;
+                }
+            };
+            while crate::watch::next_change(&mut changes).await {
+                for server in &servers {
+                    if let Err(e) = server.reload() {
+                        tracing::error!(error = %e, "new TLS certificate rejected; the current one keeps serving");
+                    }
+                }
+                for client in &clients {
+                    if let Err(e) = client.reload() {
+                        tracing::error!(error = %e, "new upstream TLS files rejected; the current ones stay");
+                    }
+                }
+            }
+        });
+        *slot = Some(task.abort_handle());
     }
 
     fn lock_listeners(&self) -> MutexGuard<'_, Listeners> {
@@ -366,6 +419,7 @@ fn http_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<HttpSetting
         max_concurrent_streams: http.max_concurrent_streams,
         access_log: access_log.enabled.then_some(access_log.format),
         drain_timeout: snapshot.config.runtime.drain_timeout.get(),
+        tls: snapshot.listener_tls.get(&l.name).cloned(),
     })
 }
 

@@ -17,4 +17,6 @@ pub mod http;
 pub mod listener;
 pub mod router;
 pub mod snapshot;
+pub mod tls;
+pub mod watch;
 pub mod worker;

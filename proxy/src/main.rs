@@ -63,7 +63,7 @@ fn validate(path: &std::path::Path) -> ExitCode {
         Err(config::LoadError::Invalid { path, errors }) => {
             eprintln!("{path}: {} problem(s)", errors.0.len());
             for e in &errors.0 {
-                eprintln!("{path}:{e}");
+                eprintln!("{path}: {e}");
             }
             ExitCode::FAILURE
         }

@@ -15,6 +15,8 @@ use crate::router::{
     full_match_regex, Action, HeaderMatch, HeaderMatchKind, HeaderOps, PathMatch, Redirect,
     Respond, RetryConditions, RetryPolicy, Route, RouteTable, Split, VirtualHost,
 };
+use crate::tls::client::ClientTls;
+use crate::tls::server::ServerTls;
 
 /// Default whole-request deadline of a route.
 pub const DEFAULT_ROUTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
@@ -27,6 +29,8 @@ pub struct Snapshot {
     pub config: Config,
     pub route_tables: HashMap<String, Arc<RouteTable>>,
     pub clusters: HashMap<String, Arc<Cluster>>,
+    /// TLS of each listener that terminates it, by listener name.
+    pub listener_tls: HashMap<String, Arc<ServerTls>>,
 }
 
 /// A config that passed validation but could not be compiled. Validation should make this
@@ -52,8 +56,16 @@ impl Snapshot {
         registry: &Registry,
     ) -> Result<Snapshot, CompileError> {
         let mut clusters = HashMap::new();
-        for c in &config.clusters {
-            clusters.insert(c.name.clone(), Arc::new(compile_cluster(c, registry)));
+        for (ci, c) in config.clusters.iter().enumerate() {
+            clusters.insert(c.name.clone(), Arc::new(compile_cluster(ci, c, registry)?));
+        }
+        let mut listener_tls = HashMap::new();
+        for (li, l) in config.listeners.iter().enumerate() {
+            if let Some(tls) = &l.tls {
+                let server =
+                    ServerTls::new(tls).map_err(|e| err(format!("listeners[{li}].tls"), e))?;
+                listener_tls.insert(l.name.clone(), Arc::new(server));
+            }
         }
         let mut route_tables = HashMap::new();
         for (name, table) in &config.route_tables {
@@ -66,6 +78,7 @@ impl Snapshot {
             config,
             route_tables,
             clusters,
+            listener_tls,
         })
     }
 
@@ -78,8 +91,21 @@ impl Snapshot {
     }
 }
 
-fn compile_cluster(c: &model::Cluster, registry: &Registry) -> Cluster {
-    Cluster {
+fn compile_cluster(
+    ci: usize,
+    c: &model::Cluster,
+    registry: &Registry,
+) -> Result<Cluster, CompileError> {
+    let tls = match &c.tls {
+        Some(spec) => Some(Arc::new({
+            if spec.insecure_skip_verify {
+                tracing::warn!(cluster = %c.name, "upstream TLS certificates are not verified (insecure_skip_verify)");
+            }
+            ClientTls::new(spec, c.protocol).map_err(|e| err(format!("clusters[{ci}].tls"), e))?
+        })),
+        None => None,
+    };
+    Ok(Cluster {
         name: c.name.as_str().into(),
         protocol: c.protocol,
         connect_timeout: c.connect_timeout.get(),
@@ -88,7 +114,8 @@ fn compile_cluster(c: &model::Cluster, registry: &Registry) -> Cluster {
         limits: c.circuit_breakers.clone(),
         spec: Arc::new(c.clone()),
         state: registry.cluster_state(&c.name),
-    }
+        tls,
+    })
 }
 
 fn compile_table(

@@ -39,12 +39,16 @@ pub struct Cluster {
     /// The cluster's config, for the control thread (health checks, DNS, slow start).
     pub spec: Arc<model::Cluster>,
     pub state: Arc<ClusterState>,
+    /// TLS to the endpoints, if configured.
+    pub tls: Option<Arc<crate::tls::client::ClientTls>>,
 }
 
 /// An endpoint chosen for one request or session.
 #[derive(Debug, Clone)]
 pub struct Picked {
     pub addr: SocketAddr,
+    /// The DNS name the address came from (the default TLS server name).
+    pub hostname: Option<Arc<str>>,
     pub state: Arc<EndpointState>,
 }
 
@@ -55,6 +59,7 @@ impl Cluster {
         let membership = self.state.membership.load();
         membership.pick(hash).map(|e| Picked {
             addr: e.addr,
+            hostname: e.hostname.clone(),
             state: e.state.clone(),
         })
     }
@@ -74,6 +79,7 @@ impl Cluster {
         };
         Some(Picked {
             addr: chosen.addr,
+            hostname: chosen.hostname.clone(),
             state: chosen.state.clone(),
         })
     }

@@ -86,17 +86,36 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     Err(ConfigErrors(errors))
 }
 
-/// Read, parse and validate a config file.
+/// Read, parse and validate a config file, including the files it names (certificates).
 pub fn load_file(path: &Path) -> Result<(Config, String), LoadError> {
+    load_file_with_warnings(path).map(|(config, text, _)| (config, text))
+}
+
+/// Like [`load_file`], also returning warnings (problems that do not reject the file).
+pub fn load_file_with_warnings(
+    path: &Path,
+) -> Result<(Config, String, Vec<ConfigError>), LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    let config = parse(&text).map_err(|errors| LoadError::Invalid {
+    let invalid = |errors| LoadError::Invalid {
         path: path.display().to_string(),
         errors,
-    })?;
-    Ok((config, text))
+    };
+    let config = parse(&text).map_err(invalid)?;
+    let findings = crate::tls::check::check(&config);
+    let lines = lines::LineIndex::new(&text);
+    let place = |mut list: Vec<ConfigError>| {
+        for e in &mut list {
+            e.line = lines.line_of(&e.path);
+        }
+        list
+    };
+    if !findings.errors.is_empty() {
+        return Err(invalid(ConfigErrors(place(findings.errors))));
+    }
+    Ok((config, text, place(findings.warnings)))
 }
 
 /// A short, stable identifier of a config's text, shown by `/config` and in logs.

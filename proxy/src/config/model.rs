@@ -145,6 +145,104 @@ pub struct Listener {
     /// Serve HTTP/1.1 and HTTP/2 (h2c prior knowledge) with a route table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpListener>,
+    /// Terminate TLS on this listener. Default: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS termination for a listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificate and key pairs, chosen by SNI (exact SAN, then wildcard SAN); the first is
+    /// the default for clients without SNI or with an unknown name.
+    pub certificates: Vec<CertificatePair>,
+    /// ALPN protocols offered, in preference order. Default `[h2, http/1.1]`.
+    #[serde(default = "ListenerTls::default_alpn")]
+    pub alpn: Vec<String>,
+    /// Oldest TLS version accepted: `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// Ask clients for a certificate (mTLS). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+    /// Time a client has to complete the handshake. Default `10s`.
+    #[serde(default = "ListenerTls::default_handshake_timeout")]
+    pub handshake_timeout: Duration,
+    /// Send the verified client certificate's identity upstream in
+    /// `x-forwarded-client-cert`. A client's own such header is always removed. Default `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub forward_client_cert: bool,
+}
+
+impl ListenerTls {
+    fn default_alpn() -> Vec<String> {
+        vec!["h2".to_owned(), "http/1.1".to_owned()]
+    }
+    fn default_handshake_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+/// PEM files: a certificate chain (leaf first) and its private key (RSA, ECDSA or Ed25519).
+/// Relative paths are relative to the config file's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatePair {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    /// PEM bundle of the CAs that client certificates must chain to.
+    pub ca: String,
+    /// `required` (default): no valid certificate, no connection. `optional`: clients
+    /// without one are served, unmarked.
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    #[default]
+    Required,
+    Optional,
+}
+
+/// TLS to a cluster's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Server name sent (SNI) and verified. Default: the endpoint's DNS name, else its IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// PEM bundle of trusted CAs. Default: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Client certificate chain (PEM) for mTLS; needs `client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+    /// ALPN offered. Default: `[h2]` for `protocol: http2`, `[http/1.1]` otherwise. With both,
+    /// the protocol the server picks is used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<String>,
+    /// Accept any server certificate. Dangerous; logged as a warning. Default `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub insecure_skip_verify: bool,
 }
 
 impl Listener {
@@ -463,6 +561,9 @@ pub struct Cluster {
     pub idle_timeout: Duration,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// Connect to endpoints over TLS. Default: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
     /// Active health checking. Default: none (every pooled endpoint is assumed healthy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,

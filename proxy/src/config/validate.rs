@@ -7,8 +7,9 @@ use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
 
 use super::model::{
-    Cluster, HeaderMatch, HeaderOps, HealthCheck, HttpListener, LbPolicy, Listener,
+    Cluster, HeaderMatch, HeaderOps, HealthCheck, HttpListener, LbPolicy, Listener, ListenerTls,
     OutlierDetection, Redirect, Respond, RetryPolicy, Route, RouteMatch, RouteTable, SplitTarget,
+    UpstreamTls,
 };
 use super::suggest::did_you_mean_quoted;
 use super::{Config, ConfigError, Duration};
@@ -154,9 +155,91 @@ impl<'a> Validator<'a> {
                     }
                 }
             }
+            if let Some(tls) = &listener.tls {
+                self.listener_tls(&format!("{base}.tls"), tls);
+            }
             match &listener.http {
                 Some(http) => self.http_listener(&base, http),
                 None => self.error(base, "a listener needs an `http` block"),
+            }
+        }
+    }
+
+    fn listener_tls(&mut self, base: &str, tls: &ListenerTls) {
+        if tls.certificates.is_empty() {
+            self.error(
+                format!("{base}.certificates"),
+                "needs at least one { cert, key } pair",
+            );
+        }
+        for (i, pair) in tls.certificates.iter().enumerate() {
+            self.file_path(format!("{base}.certificates[{i}].cert"), &pair.cert);
+            self.file_path(format!("{base}.certificates[{i}].key"), &pair.key);
+        }
+        self.alpn(&format!("{base}.alpn"), &tls.alpn, true);
+        if let Some(auth) = &tls.client_auth {
+            self.file_path(format!("{base}.client_auth.ca"), &auth.ca);
+        }
+        self.positive(format!("{base}.handshake_timeout"), tls.handshake_timeout);
+        if tls.forward_client_cert && tls.client_auth.is_none() {
+            self.error(
+                format!("{base}.forward_client_cert"),
+                "needs `client_auth`: without it there is no client certificate to forward",
+            );
+        }
+    }
+
+    fn upstream_tls(&mut self, base: &str, tls: &UpstreamTls) {
+        if let Some(sni) = &tls.sni {
+            if rustls_pki_types::ServerName::try_from(sni.as_str()).is_err() {
+                self.error(
+                    format!("{base}.sni"),
+                    format!("{sni:?} is not a valid server name"),
+                );
+            }
+        }
+        if let Some(ca) = &tls.ca {
+            self.file_path(format!("{base}.ca"), ca);
+        }
+        match (&tls.client_cert, &tls.client_key) {
+            (Some(c), Some(k)) => {
+                self.file_path(format!("{base}.client_cert"), c);
+                self.file_path(format!("{base}.client_key"), k);
+            }
+            (Some(_), None) => {
+                self.error(format!("{base}.client_key"), "client_cert needs client_key")
+            }
+            (None, Some(_)) => self.error(
+                format!("{base}.client_cert"),
+                "client_key needs client_cert",
+            ),
+            (None, None) => {}
+        }
+        self.alpn(&format!("{base}.alpn"), &tls.alpn, false);
+    }
+
+    fn file_path(&mut self, path: String, file: &str) {
+        if file.trim().is_empty() {
+            self.error(path, "a file path cannot be empty");
+        }
+    }
+
+    fn alpn(&mut self, path: &str, alpn: &[String], required: bool) {
+        if required && alpn.is_empty() {
+            self.error(
+                path.to_owned(),
+                "needs at least one protocol (h2, http/1.1)",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, p) in alpn.iter().enumerate() {
+            if p != "h2" && p != "http/1.1" {
+                self.error(
+                    format!("{path}[{i}]"),
+                    format!("unknown protocol {p:?}; Legate speaks h2 and http/1.1"),
+                );
+            } else if !seen.insert(p.as_str()) {
+                self.error(format!("{path}[{i}]"), format!("{p:?} is listed twice"));
             }
         }
     }
@@ -582,6 +665,9 @@ impl<'a> Validator<'a> {
             );
         }
         self.hash_on(base, cluster);
+        if let Some(tls) = &cluster.tls {
+            self.upstream_tls(&format!("{base}.tls"), tls);
+        }
         if let Some(hc) = &cluster.health_check {
             self.health_check(&format!("{base}.health_check"), hc);
         }

@@ -33,6 +33,12 @@ pub enum ProxyError {
     },
     #[error("connect to {addr} timed out")]
     ConnectTimeout { addr: std::net::SocketAddr },
+    #[error("TLS handshake with upstream {addr} failed: {source}")]
+    UpstreamTls {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("upstream {addr} reset the request: {source}")]
     UpstreamReset {
         addr: std::net::SocketAddr,
@@ -62,6 +68,7 @@ impl ProxyError {
             }
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
+            | ProxyError::UpstreamTls { .. }
             | ProxyError::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout | ProxyError::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -77,6 +84,7 @@ impl ProxyError {
             ProxyError::Overflow { .. } => "overflow",
             ProxyError::ConnectFailed { .. } => "connect-failure",
             ProxyError::ConnectTimeout { .. } => "connect-timeout",
+            ProxyError::UpstreamTls { .. } => "upstream-tls",
             ProxyError::UpstreamReset { .. } => "upstream-reset",
             ProxyError::Timeout => "timeout",
             ProxyError::PerTryTimeout => "per-try-timeout",
@@ -105,6 +113,7 @@ impl ProxyError {
                 "upstream connect error\n"
             }
             ProxyError::UpstreamReset { .. } => "upstream reset before response\n",
+            ProxyError::UpstreamTls { .. } => "upstream TLS handshake failed\n",
             ProxyError::Timeout | ProxyError::PerTryTimeout => "upstream request timeout\n",
         };
         let mut resp = Response::new(ProxyBody::full(Bytes::from_static(body.as_bytes())));

@@ -248,6 +248,13 @@ async fn forward(
     };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::set_forwarded(&mut parts.headers, ctx.peer, ctx.scheme);
+    // Only Legate vouches for a client certificate: a client's own claim never passes.
+    parts.headers.remove(&headers::X_FORWARDED_CLIENT_CERT);
+    if let Some(identity) = &ctx.client_cert {
+        parts
+            .headers
+            .insert(headers::X_FORWARDED_CLIENT_CERT.clone(), identity.clone());
+    }
     route.request_headers.apply(&mut parts.headers);
     let uri = upstream_uri(route, &parts.uri, cluster.protocol, authority.as_ref())?;
     match cluster.protocol {
@@ -416,9 +423,9 @@ async fn send_with_retries(
             }
             Err(Failure { error, unsent }) => {
                 let condition = match &error {
-                    ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. } => {
-                        RetryOn::ConnectFailure
-                    }
+                    ProxyError::ConnectFailed { .. }
+                    | ProxyError::ConnectTimeout { .. }
+                    | ProxyError::UpstreamTls { .. } => RetryOn::ConnectFailure,
                     ProxyError::PerTryTimeout => RetryOn::Timeout,
                     _ => RetryOn::Reset,
                 };
@@ -452,6 +459,7 @@ fn report_outcome(
             f.error,
             ProxyError::ConnectFailed { .. }
                 | ProxyError::ConnectTimeout { .. }
+                | ProxyError::UpstreamTls { .. }
                 | ProxyError::UpstreamReset { .. }
                 | ProxyError::PerTryTimeout
         ),

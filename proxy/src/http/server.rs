@@ -26,6 +26,8 @@ pub struct ConnCtx {
     pub activity: Arc<Activity>,
     /// `x-forwarded-proto` for requests on this connection.
     pub scheme: &'static str,
+    /// The verified client certificate's identity, when the listener forwards it.
+    pub client_cert: Option<http::HeaderValue>,
 }
 
 /// Liveness of one connection, read by its coarse idle check.
@@ -95,16 +97,68 @@ async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     listener: Arc<Listener>,
-    mut drain: drain::Watch,
-    _guard: drain::Guard,
+    drain: drain::Watch,
+    guard: drain::Guard,
 ) {
     let settings = listener.http.load_full();
+    let Some(tls) = settings.tls.clone() else {
+        return serve_http(stream, peer, listener, settings, "http", None, drain, guard).await;
+    };
+    // The config current at accept time serves this connection for its whole life.
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+    let stream = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let client_cert = if tls.forward_client_cert {
+        stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(crate::tls::server::client_cert_header)
+    } else {
+        None
+    };
+    serve_http(
+        stream,
+        peer,
+        listener,
+        settings,
+        "https",
+        client_cert,
+        drain,
+        guard,
+    )
+    .await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_http<T>(
+    stream: T,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    settings: Arc<crate::listener::HttpSettings>,
+    scheme: &'static str,
+    client_cert: Option<http::HeaderValue>,
+    mut drain: drain::Watch,
+    _guard: drain::Guard,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::default());
     let ctx = Arc::new(ConnCtx {
         listener,
         peer,
         activity: activity.clone(),
-        scheme: "http",
+        scheme,
+        client_cert,
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -176,18 +230,18 @@ async fn serve(
 }
 
 /// A client socket that notes when bytes move, for the idle check.
-struct ActivityIo {
-    inner: TcpStream,
+struct ActivityIo<T> {
+    inner: T,
     activity: Arc<Activity>,
 }
 
-impl ActivityIo {
+impl<T> ActivityIo<T> {
     fn touch(&self) {
         self.activity.touched.store(true, Ordering::Relaxed);
     }
 }
 
-impl AsyncRead for ActivityIo {
+impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -202,7 +256,7 @@ impl AsyncRead for ActivityIo {
     }
 }
 
-impl AsyncWrite for ActivityIo {
+impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -12,6 +12,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -99,7 +104,8 @@ impl Pooled {
     }
 }
 
-/// A connection to `endpoint`: an idle pooled one if there is one, else a new one.
+/// A connection to `endpoint`: the shared HTTP/2 connection or an idle HTTP/1.1 one if there
+/// is one, else a new one (whose protocol TLS ALPN may decide).
 pub async fn checkout(cluster: &Cluster, endpoint: &Endpoint) -> Result<Pooled, ProxyError> {
     let key = endpoint.state.id;
     let pooled = |sender, reused| Pooled {
@@ -109,24 +115,20 @@ pub async fn checkout(cluster: &Cluster, endpoint: &Endpoint) -> Result<Pooled, 
         sender,
         reused,
     };
-    match cluster.protocol {
-        UpstreamProtocol::Http1 => {
-            while let Some(mut tx) = take_idle(key, cluster.idle_timeout) {
-                // An idle connection the upstream has closed fails here and is discarded.
-                if tx.ready().await.is_ok() {
-                    return Ok(pooled(Sender::H1(tx), true));
-                }
-            }
-            let slot = admit_connection(cluster)?;
-            let tx = connect_h1(cluster, endpoint, slot).await?;
-            Ok(pooled(Sender::H1(tx), false))
+    if may_use_h2(cluster) {
+        if let Some(tx) = shared_h2(key) {
+            return Ok(pooled(Sender::H2(tx), true));
         }
-        UpstreamProtocol::Http2 => {
-            if let Some(tx) = shared_h2(key) {
-                return Ok(pooled(Sender::H2(tx), true));
-            }
-            let slot = admit_connection(cluster)?;
-            let tx = connect_h2(cluster, endpoint, slot).await?;
+    }
+    while let Some(mut tx) = take_idle(key, cluster.idle_timeout) {
+        // An idle connection the upstream has closed fails here and is discarded.
+        if tx.ready().await.is_ok() {
+            return Ok(pooled(Sender::H1(tx), true));
+        }
+    }
+    let slot = admit_connection(cluster)?;
+    match connect(cluster, endpoint, slot, false).await? {
+        Sender::H2(tx) => {
             POOLS.with(|p| {
                 if let Ok(mut pools) = p.try_borrow_mut() {
                     let pool = pools.entry(key).or_default();
@@ -137,7 +139,16 @@ pub async fn checkout(cluster: &Cluster, endpoint: &Endpoint) -> Result<Pooled, 
             });
             Ok(pooled(Sender::H2(tx), false))
         }
+        h1 => Ok(pooled(h1, false)),
     }
+}
+
+fn may_use_h2(cluster: &Cluster) -> bool {
+    cluster.protocol == UpstreamProtocol::Http2
+        || cluster
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.config().alpn_protocols.iter().any(|p| p == b"h2"))
 }
 
 /// A new connection for an HTTP/1.1 upgrade (WebSocket): never pooled afterwards.
@@ -146,7 +157,10 @@ pub async fn connect_for_upgrade(
     endpoint: &Endpoint,
 ) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
     let slot = admit_connection(cluster)?;
-    connect_h1(cluster, endpoint, slot).await
+    match connect(cluster, endpoint, slot, true).await? {
+        Sender::H1(tx) => Ok(tx),
+        Sender::H2(_) => Err(ProxyError::BadRequest("upgrade to an HTTP/2 upstream")),
+    }
 }
 
 /// Circuit breakers for a new connection: a pending slot while it connects, and a connection
@@ -206,22 +220,75 @@ fn shared_h2(key: u64) -> Option<http2::SendRequest<UpstreamBody>> {
     })
 }
 
-async fn connect_tcp(cluster: &Cluster, endpoint: &Endpoint) -> Result<TcpStream, ProxyError> {
+/// Connects to `endpoint` within the cluster's connect timeout (TCP and, if configured, the
+/// TLS handshake), then starts HTTP/1.1 or HTTP/2 over it: HTTP/2 when the cluster says so
+/// or TLS ALPN picked `h2` (unless `force_h1`).
+async fn connect(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    mut slot: ConnectionSlot,
+    force_h1: bool,
+) -> Result<Sender, ProxyError> {
     let addr = endpoint.addr;
-    let result = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(addr)).await;
-    let stream = match result {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => {
+    let established = tokio::time::timeout(cluster.connect_timeout, async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ProxyError::ConnectFailed { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &cluster.tls else {
+            let h2 = cluster.protocol == UpstreamProtocol::Http2;
+            return Ok((UpstreamIo::Plain(tcp), h2));
+        };
+        let name = tls.server_name(endpoint.hostname.as_deref(), addr);
+        let stream = tokio_rustls::TlsConnector::from(tls.config())
+            .connect(name, tcp)
+            .await
+            .map_err(|source| ProxyError::UpstreamTls { addr, source })?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        Ok((UpstreamIo::Tls(Box::new(stream)), h2))
+    })
+    .await;
+    let (io, h2) = match established {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(e)) => {
             count_connect_failure(endpoint);
-            return Err(ProxyError::ConnectFailed { addr, source });
+            return Err(e);
         }
         Err(_) => {
             count_connect_failure(endpoint);
             return Err(ProxyError::ConnectTimeout { addr });
         }
     };
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
+    slot.pending = None;
+    let open = slot.open;
+    let io = TokioIo::new(io);
+    if h2 && !force_h1 {
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(io)
+            .await
+            .map_err(|source| ProxyError::UpstreamReset { addr, source })?;
+        tokio::spawn(async move {
+            let _open = open;
+            if let Err(e) = conn.await {
+                debug!(upstream = %addr, error = %e, "upstream h2 connection closed with error");
+            }
+        });
+        return Ok(Sender::H2(tx));
+    }
+    let (tx, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|source| ProxyError::UpstreamReset { addr, source })?;
+    tokio::spawn(async move {
+        let _open = open;
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(upstream = %addr, error = %e, "upstream connection closed with error");
+        }
+    });
+    Ok(Sender::H1(tx))
 }
 
 fn count_connect_failure(endpoint: &Endpoint) {
@@ -231,49 +298,68 @@ fn count_connect_failure(endpoint: &Endpoint) {
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-async fn connect_h1(
-    cluster: &Cluster,
-    endpoint: &Endpoint,
-    mut slot: ConnectionSlot,
-) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
-    let addr = endpoint.addr;
-    let stream = connect_tcp(cluster, endpoint).await?;
-    slot.pending = None;
-    let (tx, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| ProxyError::UpstreamReset { addr, source })?;
-    tokio::spawn(async move {
-        let _open = slot.open;
-        if let Err(e) = conn.with_upgrades().await {
-            debug!(upstream = %addr, error = %e, "upstream connection closed with error");
-        }
-    });
-    Ok(tx)
+/// A connection to an upstream, plaintext or TLS.
+enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-async fn connect_h2(
-    cluster: &Cluster,
-    endpoint: &Endpoint,
-    mut slot: ConnectionSlot,
-) -> Result<http2::SendRequest<UpstreamBody>, ProxyError> {
-    let addr = endpoint.addr;
-    let stream = connect_tcp(cluster, endpoint).await?;
-    slot.pending = None;
-    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| ProxyError::UpstreamReset { addr, source })?;
-    tokio::spawn(async move {
-        let _open = slot.open;
-        if let Err(e) = conn.await {
-            debug!(upstream = %addr, error = %e, "upstream h2 connection closed with error");
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
-    });
-    Ok(tx)
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Drops this worker's idle connections that have outlived their idle timeout, and pools

@@ -49,6 +49,7 @@ mod tests {
             listen: listen.into(),
             backlog: 1024,
             http: Some(serde_yaml::from_str::<HttpListener>(&yaml).unwrap()),
+            tls: None,
         }
     }
 

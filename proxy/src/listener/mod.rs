@@ -34,6 +34,8 @@ pub struct HttpSettings {
     pub access_log: Option<AccessLogFormat>,
     /// How long a draining connection may take to finish before it is closed.
     pub drain_timeout: Duration,
+    /// TLS termination, if the listener has it.
+    pub tls: Option<Arc<crate::tls::server::ServerTls>>,
 }
 
 /// Binds `count` sockets to one address with SO_REUSEPORT, one per worker, so the kernel

@@ -1,0 +1,105 @@
+//! File watching: notices in-place edits, atomic renames and Kubernetes' `..data` symlink
+//! swaps of the files Legate reads, by watching their directories.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+/// Events closer together than this are one change (editors and `kubectl` write in steps).
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Watches directories until dropped; each event sends `()`.
+pub struct Watcher {
+    _inner: notify::RecommendedWatcher,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watcher")
+    }
+}
+
+/// Watches the directory of each file. A symlink swap or rename replaces the directory entry,
+/// which a watch on the file itself would miss.
+pub fn watch(files: &[String]) -> notify::Result<(Watcher, mpsc::UnboundedReceiver<()>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(e) if e.kind.is_access() => {}
+            Ok(_) => {
+                let _ = tx.send(());
+            }
+            Err(e) => warn!(error = %e, "file watch error"),
+        })?;
+    let dirs: BTreeSet<PathBuf> = files
+        .iter()
+        .map(|f| {
+            let path = Path::new(f);
+            match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            }
+        })
+        .collect();
+    for dir in dirs {
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    }
+    Ok((Watcher { _inner: watcher }, rx))
+}
+
+/// Waits for the next change, then for the burst it starts to settle.
+pub async fn next_change(rx: &mut mpsc::UnboundedReceiver<()>) -> bool {
+    if rx.recv().await.is_none() {
+        return false;
+    }
+    loop {
+        match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+            Ok(Some(())) => continue,
+            Ok(None) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn notices_edit_rename_and_symlink_swap() {
+        let dir = std::env::temp_dir().join(format!("legate-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cert.pem");
+        std::fs::write(&file, "one").unwrap();
+        let (_w, mut rx) = watch(&[file.display().to_string()]).unwrap();
+
+        std::fs::write(&file, "two").unwrap();
+        assert!(next_change(&mut rx).await, "in-place edit");
+
+        let tmp = dir.join("cert.pem.tmp");
+        std::fs::write(&tmp, "three").unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        assert!(next_change(&mut rx).await, "atomic rename");
+
+        // Kubernetes: cert.pem -> ..data/cert.pem, and ..data is swapped to a new directory.
+        let v1 = dir.join("..v1");
+        let v2 = dir.join("..v2");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(v1.join("tls.crt"), "a").unwrap();
+        std::fs::write(v2.join("tls.crt"), "b").unwrap();
+        std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/tls.crt", dir.join("tls.crt")).unwrap();
+        let (_w2, mut rx2) = watch(&[dir.join("tls.crt").display().to_string()]).unwrap();
+        std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        assert!(next_change(&mut rx2).await, "symlink swap");
+        assert_eq!(std::fs::read_to_string(dir.join("tls.crt")).unwrap(), "b");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
