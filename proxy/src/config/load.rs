@@ -391,7 +391,7 @@ mod tests {
             &[(
                 "listeners[0].htp",
                 4,
-                "unknown field `htp`, expected one of `name`, `listen`, `backlog`, `http` (did you mean `http`?)",
+                "unknown field `htp`, expected one of `name`, `listen`, `backlog`, `http`, `tls` (did you mean `http`?)",
             )],
         );
         assert_errors(
