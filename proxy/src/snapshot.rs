@@ -115,6 +115,7 @@ fn compile_cluster(
         spec: Arc::new(c.clone()),
         state: registry.cluster_state(&c.name),
         tls,
+        transport: crate::cluster::transport_key(c),
     })
 }
 

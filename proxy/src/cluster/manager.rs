@@ -51,7 +51,7 @@ pub fn endpoints(cluster: &Cluster, registry: &Registry) -> Vec<Endpoint> {
                 weight: spec.weight,
                 effective_weight: spec.weight,
                 pooled: spec.pooled,
-                state: registry.endpoint_state(&cluster.name, addr, cluster.protocol),
+                state: registry.endpoint_state(&cluster.name, addr, cluster.transport),
             });
         }
     }

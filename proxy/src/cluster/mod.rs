@@ -41,6 +41,14 @@ pub struct Cluster {
     pub state: Arc<ClusterState>,
     /// TLS to the endpoints, if configured.
     pub tls: Option<Arc<crate::tls::client::ClientTls>>,
+    /// Identifies how connections to endpoints are made (protocol and TLS settings), so a
+    /// change of either never reuses a pooled connection made the old way.
+    pub transport: u64,
+}
+
+/// The [`Cluster::transport`] of a cluster config.
+pub fn transport_key(spec: &model::Cluster) -> u64 {
+    lb::hash_bytes(format!("{:?}|{:?}", spec.protocol, spec.tls).as_bytes())
 }
 
 /// An endpoint chosen for one request or session.
@@ -407,7 +415,7 @@ pub struct Registry {
 struct RegistryInner {
     next_id: u64,
     clusters: HashMap<Arc<str>, Weak<ClusterState>>,
-    endpoints: HashMap<(Arc<str>, SocketAddr, UpstreamProtocol), Weak<EndpointState>>,
+    endpoints: HashMap<(Arc<str>, SocketAddr, u64), Weak<EndpointState>>,
 }
 
 impl Registry {
@@ -422,14 +430,15 @@ impl Registry {
         state
     }
 
+    /// `transport` is the cluster's [`Cluster::transport`].
     pub fn endpoint_state(
         &self,
         cluster: &str,
         addr: SocketAddr,
-        protocol: UpstreamProtocol,
+        transport: u64,
     ) -> Arc<EndpointState> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (Arc::<str>::from(cluster), addr, protocol);
+        let key = (Arc::<str>::from(cluster), addr, transport);
         if let Some(state) = inner.endpoints.get(&key).and_then(Weak::upgrade) {
             return state;
         }
@@ -449,17 +458,15 @@ mod tests {
     fn state_is_shared_across_snapshots_and_reset_when_gone() {
         let reg = Registry::default();
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let a = reg.endpoint_state("c", addr, UpstreamProtocol::Http1);
-        let b = reg.endpoint_state("c", addr, UpstreamProtocol::Http1);
+        let a = reg.endpoint_state("c", addr, 1);
+        let b = reg.endpoint_state("c", addr, 1);
         assert!(Arc::ptr_eq(&a, &b));
-        let other = reg.endpoint_state("d", addr, UpstreamProtocol::Http1);
+        let other = reg.endpoint_state("d", addr, 1);
+        assert!(!Arc::ptr_eq(&a, &reg.endpoint_state("c", addr, 2)));
         assert!(!Arc::ptr_eq(&a, &other));
         let id = a.id;
         drop((a, b));
-        assert_ne!(
-            reg.endpoint_state("c", addr, UpstreamProtocol::Http1).id,
-            id
-        );
+        assert_ne!(reg.endpoint_state("c", addr, 1).id, id);
         let c1 = reg.cluster_state("c");
         assert!(Arc::ptr_eq(&c1, &reg.cluster_state("c")));
     }
