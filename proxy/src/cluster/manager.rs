@@ -235,3 +235,171 @@ async fn resolve(cluster: &Cluster, names: &[String]) -> bool {
     }
     answered
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{outlier, Health};
+    use crate::snapshot::Snapshot;
+    use std::sync::atomic::Ordering;
+
+    fn cluster(yaml: &str, registry: &Registry) -> Arc<Cluster> {
+        let config = crate::config::parse(yaml).unwrap();
+        let snapshot = Snapshot::compile(config, "v".into(), registry).unwrap();
+        snapshot.clusters["c"].clone()
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn weights(c: &Cluster) -> Vec<(u16, u32)> {
+        c.state
+            .membership
+            .load()
+            .endpoints
+            .iter()
+            .map(|e| (e.addr.port(), e.effective_weight))
+            .collect()
+    }
+
+    fn picks(c: &Cluster, n: usize) -> HashSet<u16> {
+        (0..n)
+            .filter_map(|_| c.pick(None))
+            .map(|p| p.addr.port())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_endpoint_returns_after_back_off_and_ramps_up() {
+        let registry = Arc::new(Registry::default());
+        let c = cluster(
+            r#"
+            clusters:
+              - name: c
+                lb: round_robin
+                slow_start: 10s
+                outlier_detection: { consecutive_failures: 2, base_ejection: 30s, max_ejected_percent: 50 }
+                endpoints: ["127.0.0.1:1", { address: "127.0.0.1:2", weight: 10 }]
+            "#,
+            &registry,
+        );
+        publish(&c, &registry, None);
+        let task = tokio::spawn(run(c.clone(), registry.clone(), None));
+        settle().await;
+        assert_eq!(picks(&c, 20), HashSet::from([1, 2]));
+        assert!(c.state.warmed.load(Ordering::Acquire));
+
+        let victim = c.pick_other("127.0.0.1:1".parse().unwrap(), None).unwrap();
+        assert_eq!(victim.addr.port(), 2);
+        let cfg = c.spec.outlier_detection.clone().unwrap();
+        assert!(!outlier::record_failure(
+            &victim.state,
+            &c.state,
+            &cfg,
+            2,
+            now_ms()
+        ));
+        assert!(outlier::record_failure(
+            &victim.state,
+            &c.state,
+            &cfg,
+            2,
+            now_ms()
+        ));
+        c.state.changed.notify_one();
+        settle().await;
+        assert_eq!(picks(&c, 20), HashSet::from([1]), "ejected");
+
+        tokio::time::advance(Duration::from_secs(29)).await;
+        settle().await;
+        assert_eq!(picks(&c, 20), HashSet::from([1]), "still ejected");
+
+        tokio::time::advance(Duration::from_secs(2)).await;
+        settle().await;
+        assert_eq!(picks(&c, 50), HashSet::from([1, 2]), "back after 30s");
+        // Back from ejection, it starts at a tenth of its weight and ramps up.
+        assert_eq!(weights(&c), vec![(1, 1), (2, 1)]);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        settle().await;
+        assert_eq!(weights(&c), vec![(1, 1), (2, 6)]);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        settle().await;
+        assert_eq!(weights(&c), vec![(1, 1), (2, 10)]);
+
+        // The second ejection lasts twice as long.
+        outlier::record_failure(&victim.state, &c.state, &cfg, 2, now_ms());
+        assert!(outlier::record_failure(
+            &victim.state,
+            &c.state,
+            &cfg,
+            2,
+            now_ms()
+        ));
+        c.state.changed.notify_one();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        settle().await;
+        assert_eq!(picks(&c, 20), HashSet::from([1]));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        settle().await;
+        assert!(picks(&c, 50).contains(&2));
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_checks_gate_new_endpoints_and_follow_thresholds() {
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap();
+        // A port with nothing listening: bind, note, close.
+        let down_addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let registry = Arc::new(Registry::default());
+        let yaml = format!(
+            r#"
+            clusters:
+              - name: c
+                panic_threshold: 0
+                health_check: {{ tcp: {{}}, interval: 5s, timeout: 1s, unhealthy_threshold: 2, healthy_threshold: 2 }}
+                endpoints: ["{up_addr}", "{down_addr}"]
+            "#
+        );
+        let c = cluster(&yaml, &registry);
+        publish(&c, &registry, None);
+        assert!(
+            c.pick(None).is_none(),
+            "nothing is usable before its first check"
+        );
+        let task = tokio::spawn(run(c.clone(), registry.clone(), None));
+        let health = |c: &Cluster| -> Vec<Health> {
+            c.state
+                .membership
+                .load()
+                .endpoints
+                .iter()
+                .map(|e| e.state.health())
+                .collect()
+        };
+        for _ in 0..50 {
+            if !health(&c).contains(&Health::Unknown) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(health(&c), vec![Health::Healthy, Health::Unhealthy]);
+        assert!(c.state.warmed.load(Ordering::Acquire));
+        assert_eq!(picks(&c, 20), HashSet::from([up_addr.port()]));
+
+        // One failed check is not enough to mark it down; the second is.
+        drop(up);
+        tokio::time::sleep(Duration::from_secs(5) + Duration::from_millis(100)).await;
+        assert_eq!(health(&c)[0], Health::Healthy);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(health(&c)[0], Health::Unhealthy);
+        assert!(c.pick(None).is_none());
+        task.abort();
+    }
+}
