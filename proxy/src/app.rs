@@ -16,8 +16,7 @@ use crate::cluster::Registry;
 use crate::config::{self, model, Config};
 use crate::control::Control;
 use crate::drain;
-use crate::http::server;
-use crate::listener::{self, diff, HttpSettings, Listener};
+use crate::listener::{self, accept, diff, HttpSettings, Listener, Protocol, TcpSettings};
 use crate::snapshot::{CompileError, Snapshot};
 use crate::worker::Workers;
 
@@ -318,8 +317,8 @@ impl App {
             match op {
                 diff::Op::Keep(name) => {
                     if let (Some(running), Some(l)) = (listeners.running.get(&name), spec(&name)) {
-                        if let Some(settings) = http_settings(l, new) {
-                            running.ctx.http.store(Arc::new(settings));
+                        if let Some(settings) = listener_settings(l, new) {
+                            running.ctx.settings.store(Arc::new(settings));
                         }
                     }
                 }
@@ -328,7 +327,7 @@ impl App {
                     else {
                         continue;
                     };
-                    let Some(settings) = http_settings(l, new) else {
+                    let Some(settings) = listener_settings(l, new) else {
                         continue;
                     };
                     let running = start_listener(workers, &name, addr, sockets, settings);
@@ -407,20 +406,35 @@ impl Drop for App {
     }
 }
 
-fn http_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<HttpSettings> {
+fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protocol> {
+    let drain_timeout = snapshot.config.runtime.drain_timeout.get();
+    if let Some(tcp) = &l.tcp {
+        let cluster = snapshot.clusters.get(&tcp.cluster)?.clone();
+        return Some(Protocol::Tcp(Arc::new(TcpSettings {
+            endpoint_drain_timeout: tcp
+                .drain_timeout
+                .or(cluster.spec.drain_timeout)
+                .map(|d| d.get()),
+            cluster,
+            postgres: tcp.protocol == Some(model::TcpProtocol::Postgres),
+            idle_timeout: tcp.idle_timeout.map(|d| d.get()),
+            connect_attempts: tcp.connect_attempts,
+            drain_timeout,
+        })));
+    }
     let http = l.http.as_ref()?;
     let route_table = snapshot.route_tables.get(&http.route_table)?.clone();
     let access_log = &snapshot.config.access_log;
-    Some(HttpSettings {
+    Some(Protocol::Http(Arc::new(HttpSettings {
         route_table,
         header_read_timeout: http.header_read_timeout.get(),
         idle_timeout: http.idle_timeout.get(),
         max_header_size: http.max_header_size,
         max_concurrent_streams: http.max_concurrent_streams,
         access_log: access_log.enabled.then_some(access_log.format),
-        drain_timeout: snapshot.config.runtime.drain_timeout.get(),
+        drain_timeout,
         tls: snapshot.listener_tls.get(&l.name).cloned(),
-    })
+    })))
 }
 
 fn start_listener(
@@ -428,12 +442,12 @@ fn start_listener(
     name: &str,
     addr: SocketAddr,
     sockets: Vec<std::net::TcpListener>,
-    settings: HttpSettings,
+    settings: Protocol,
 ) -> Running {
     let ctx = Arc::new(Listener {
         name: name.into(),
         addr,
-        http: ArcSwap::from_pointee(settings),
+        settings: ArcSwap::from_pointee(settings),
     });
     let (trigger, watch) = drain::channel();
     for (i, socket) in sockets.into_iter().enumerate() {
@@ -443,7 +457,7 @@ fn start_listener(
             i % workers.len().max(1),
             Box::new(move || match tokio::net::TcpListener::from_std(socket) {
                 Ok(socket) => {
-                    tokio::spawn(server::accept_loop(ctx, socket, watch));
+                    tokio::spawn(accept::accept_loop(ctx, socket, watch));
                 }
                 Err(e) => warn!(listener = %ctx.name, error = %e, "cannot register socket"),
             }),

@@ -93,6 +93,9 @@ pub async fn run(
 /// One probe: whether the endpoint passed within the timeout.
 pub async fn probe(addr: SocketAddr, spec: &HealthCheck) -> bool {
     let attempt = async {
+        if let Some(pg) = &spec.postgres {
+            return crate::tcp::postgres::probe(addr, pg).await;
+        }
         let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         match &spec.http {
             Some(http) => probe_http(addr, stream, http).await,

@@ -77,7 +77,27 @@ pub fn publish(cluster: &Cluster, registry: &Registry, local_zone: Option<&str>)
         endpoints(cluster, registry),
         &inputs(cluster, local_zone, now),
     );
-    cluster.state.membership.store(Arc::new(m));
+    store(cluster, m, now);
+}
+
+/// Publishes a membership. Endpoints that were pooled and no longer are (depooled or
+/// removed) start draining, so their TCP sessions can be closed after a drain timeout;
+/// endpoints pooled again stop draining.
+fn store(cluster: &Cluster, next: Membership, now: u64) {
+    let previous = cluster.state.membership.load_full();
+    for old in previous.endpoints.iter().filter(|e| e.pooled) {
+        let still_pooled = next
+            .endpoints
+            .iter()
+            .any(|e| Arc::ptr_eq(&e.state, &old.state) && e.pooled);
+        if !still_pooled {
+            old.state.set_draining(true, now);
+        }
+    }
+    for e in next.endpoints.iter().filter(|e| e.pooled) {
+        e.state.set_draining(false, now);
+    }
+    cluster.state.membership.store(Arc::new(next));
 }
 
 /// Aborts a task when dropped, so stopping a manager stops its health checks too.
@@ -162,7 +182,7 @@ pub async fn run(cluster: Arc<Cluster>, registry: Arc<Registry>, local_zone: Opt
 
         let membership = Membership::build(eps, &inputs);
         let ramping = membership.ramping();
-        state.membership.store(Arc::new(membership));
+        store(&cluster, membership, now);
         debug!(cluster = %cluster.name, endpoints = total, "membership published");
 
         if !state.warmed.load(Ordering::Acquire) {

@@ -46,6 +46,10 @@ impl Endpoint {
             active_requests: s.active_requests.load(Ordering::Relaxed),
             active_sessions: s.active_sessions.load(Ordering::Relaxed),
             total_requests: s.total_requests.load(Ordering::Relaxed),
+            total_sessions: s.total_sessions.load(Ordering::Relaxed),
+            bytes_to_upstream: s.bytes_to_upstream.load(Ordering::Relaxed),
+            bytes_to_client: s.bytes_to_client.load(Ordering::Relaxed),
+            draining_since: s.draining_since_ms().map(super::ms_to_rfc3339),
             connect_failures: s.connect_failures.load(Ordering::Relaxed),
         }
     }

@@ -131,6 +131,8 @@ impl Cluster {
             connections: s.connections.load(Ordering::Relaxed),
             retries: s.retries.load(Ordering::Relaxed),
             overflows: s.overflows.load(Ordering::Relaxed),
+            cancels_routed: s.cancels_routed.load(Ordering::Relaxed),
+            cancels_broadcast: s.cancels_broadcast.load(Ordering::Relaxed),
             dns_error: s.dns_error(),
             endpoints: membership
                 .endpoints
@@ -163,6 +165,8 @@ pub struct ClusterStatus {
     pub connections: usize,
     pub retries: usize,
     pub overflows: u64,
+    pub cancels_routed: u64,
+    pub cancels_broadcast: u64,
     pub dns_error: Option<String>,
     pub endpoints: Vec<EndpointStatus>,
 }
@@ -182,6 +186,10 @@ pub struct EndpointStatus {
     pub active_requests: usize,
     pub active_sessions: usize,
     pub total_requests: u64,
+    pub total_sessions: u64,
+    pub bytes_to_upstream: u64,
+    pub bytes_to_client: u64,
+    pub draining_since: Option<String>,
     pub connect_failures: u64,
 }
 
@@ -206,6 +214,13 @@ pub struct ClusterState {
     /// Set once DNS has answered and every endpoint has been health checked once.
     pub warmed: AtomicBool,
     pub dns: Mutex<DnsState>,
+    /// Postgres cancel keys (process id, secret) of live sessions → the server that owns
+    /// each. Touched once per session, never per byte.
+    pub cancel_keys: Mutex<HashMap<(i32, i32), SocketAddr>>,
+    pub cancels_routed: AtomicU64,
+    /// Cancels for keys Legate has not seen (e.g. sessions with TLS end to end), sent to every
+    /// pooled endpoint.
+    pub cancels_broadcast: AtomicU64,
 }
 
 /// The latest DNS answers for a cluster's named endpoints.
@@ -217,7 +232,7 @@ pub struct DnsState {
 }
 
 impl ClusterState {
-    fn new(name: &str) -> Self {
+    pub fn new(name: &str) -> Self {
         ClusterState {
             name: name.into(),
             membership: ArcSwap::from_pointee(Membership::empty()),
@@ -230,6 +245,9 @@ impl ClusterState {
             changed: Notify::new(),
             warmed: AtomicBool::new(false),
             dns: Mutex::new(DnsState::default()),
+            cancel_keys: Mutex::new(HashMap::new()),
+            cancels_routed: AtomicU64::new(0),
+            cancels_broadcast: AtomicU64::new(0),
         }
     }
 
@@ -302,6 +320,15 @@ pub struct EndpointState {
     pub active_sessions: Arc<AtomicUsize>,
     pub total_requests: AtomicU64,
     pub connect_failures: AtomicU64,
+    pub total_sessions: AtomicU64,
+    /// Bytes relayed by TCP sessions, client to endpoint and back.
+    pub bytes_to_upstream: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    /// When the endpoint was depooled or removed (0 = it is not draining), so its TCP
+    /// sessions can be closed after their drain timeout.
+    pub(crate) draining_since_ms: AtomicU64,
+    /// Wakes the endpoint's sessions when it starts or stops draining.
+    pub drain_changed: Notify,
     health: AtomicU8,
     /// Failures in a row seen by requests, for outlier detection.
     pub(crate) consecutive_failures: AtomicU32,
@@ -320,6 +347,11 @@ impl EndpointState {
             active_sessions: Arc::new(AtomicUsize::new(0)),
             total_requests: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            total_sessions: AtomicU64::new(0),
+            bytes_to_upstream: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            draining_since_ms: AtomicU64::new(0),
+            drain_changed: Notify::new(),
             health: AtomicU8::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejected: AtomicBool::new(false),
@@ -344,6 +376,29 @@ impl EndpointState {
             Health::Unhealthy => 2,
         };
         self.health.store(v, Ordering::Release);
+    }
+
+    /// When the endpoint started draining, if it is.
+    pub fn draining_since_ms(&self) -> Option<u64> {
+        match self.draining_since_ms.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// Marks the endpoint as draining (depooled or removed) or not; wakes its sessions on a
+    /// change.
+    pub fn set_draining(&self, draining: bool, now_ms: u64) {
+        let changed = if draining {
+            self.draining_since_ms
+                .compare_exchange(0, now_ms.max(1), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        } else {
+            self.draining_since_ms.swap(0, Ordering::AcqRel) != 0
+        };
+        if changed {
+            self.drain_changed.notify_waiters();
+        }
     }
 
     pub fn is_ejected(&self) -> bool {
@@ -371,6 +426,24 @@ impl ActiveRequest {
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a TCP session against an endpoint for as long as the guard lives.
+#[derive(Debug)]
+pub struct ActiveSession(Arc<EndpointState>);
+
+impl ActiveSession {
+    pub fn start(state: &Arc<EndpointState>) -> Self {
+        state.active_sessions.fetch_add(1, Ordering::Relaxed);
+        state.total_sessions.fetch_add(1, Ordering::Relaxed);
+        ActiveSession(state.clone())
+    }
+}
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        self.0.active_sessions.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -391,7 +391,7 @@ mod tests {
             &[(
                 "listeners[0].htp",
                 4,
-                "unknown field `htp`, expected one of `name`, `listen`, `backlog`, `http`, `tls` (did you mean `http`?)",
+                "unknown field `htp`, expected one of `name`, `listen`, `backlog`, `http`, `tls`, `tcp` (did you mean `http`?)",
             )],
         );
         assert_errors(
@@ -585,7 +585,7 @@ mod tests {
             &[
                 ("clusters[0].bogus", 2, "unknown field"),
                 ("clusters[1].endpoints[0].address", 3, "has no port"),
-                ("listeners[0]", 5, "needs an `http` block"),
+                ("listeners[0]", 5, "needs an `http` or `tcp` block"),
                 ("listeners[1].http", 6, "invalid type"),
                 (
                     "listeners[2].http.route_table",

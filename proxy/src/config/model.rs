@@ -145,9 +145,47 @@ pub struct Listener {
     /// Serve HTTP/1.1 and HTTP/2 (h2c prior knowledge) with a route table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpListener>,
-    /// Terminate TLS on this listener. Default: plaintext.
+    /// Terminate TLS on this listener (HTTP listeners). Default: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
+    /// Forward TCP connections to a cluster (L4), instead of `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpListener>,
+}
+
+/// An L4 listener: every connection is relayed byte for byte to one endpoint of a cluster.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpListener {
+    /// Name of the cluster sessions go to.
+    pub cluster: String,
+    /// `postgres` adds cancel routing (a CancelRequest goes to the server that owns the
+    /// session). Default: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<TcpProtocol>,
+    /// A session with no bytes moving either way for this long is closed. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+    /// Endpoints tried when connecting fails or is refused. Default `3`.
+    #[serde(default = "TcpListener::default_connect_attempts")]
+    pub connect_attempts: u32,
+    /// When a session's endpoint is depooled or removed, close the session after this long
+    /// (overrides the cluster's `drain_timeout`). Default: the cluster's; none means sessions
+    /// end only when their clients end them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<Duration>,
+}
+
+impl TcpListener {
+    fn default_connect_attempts() -> u32 {
+        3
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpProtocol {
+    Postgres,
 }
 
 /// TLS termination for a listener.
@@ -577,6 +615,10 @@ pub struct Cluster {
     /// long. Default: none (full weight at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_start: Option<Duration>,
+    /// When an endpoint is depooled or removed, close its TCP sessions after this long.
+    /// Default: none (sessions end when their clients end them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<Duration>,
     /// How often DNS names in endpoint addresses are resolved again. Default `30s`.
     #[serde(default = "Cluster::default_dns_refresh")]
     pub dns_refresh: Duration,
@@ -655,6 +697,10 @@ pub struct HealthCheck {
     /// A TCP connect that must succeed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpHealthCheck>,
+    /// A PostgreSQL server that accepts connections (and, with credentials, is a replica
+    /// that is not lagging).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresHealthCheck>,
     /// Time between checks of one endpoint. Default `5s`.
     #[serde(default = "HealthCheck::default_interval")]
     pub interval: Duration,
@@ -714,6 +760,41 @@ impl HttpHealthCheck {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TcpHealthCheck {}
+
+/// Without credentials: a StartupMessage is sent and a server that asks for authentication
+/// (or refuses it) is up; one that is starting up, shutting down, out of connection slots or
+/// silent is down. With `password` or `password_file`, the check also logs in and queries.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresHealthCheck {
+    /// Default `postgres`.
+    #[serde(default = "PostgresHealthCheck::default_name")]
+    pub user: String,
+    /// Default `postgres`.
+    #[serde(default = "PostgresHealthCheck::default_name")]
+    pub database: String,
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    /// A file holding the password (trailing newline ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// Down when the server is not in recovery (a primary). Needs credentials. Default `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub require_replica: bool,
+    /// Down when replay lags the primary by more than this. Needs credentials. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag: Option<Duration>,
+}
+
+impl PostgresHealthCheck {
+    fn default_name() -> String {
+        "postgres".to_owned()
+    }
+
+    pub fn has_credentials(&self) -> bool {
+        self.password.is_some() || self.password_file.is_some()
+    }
+}
 
 /// An inclusive range of HTTP status codes, written `200` or `200-299`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

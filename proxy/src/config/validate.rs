@@ -9,7 +9,7 @@ use http::uri::Authority;
 use super::model::{
     Cluster, HeaderMatch, HeaderOps, HealthCheck, HttpListener, LbPolicy, Listener, ListenerTls,
     OutlierDetection, Redirect, Respond, RetryPolicy, Route, RouteMatch, RouteTable, SplitTarget,
-    UpstreamTls,
+    TcpListener, UpstreamTls,
 };
 use super::suggest::did_you_mean_quoted;
 use super::{Config, ConfigError, Duration};
@@ -158,10 +158,39 @@ impl<'a> Validator<'a> {
             if let Some(tls) = &listener.tls {
                 self.listener_tls(&format!("{base}.tls"), tls);
             }
-            match &listener.http {
-                Some(http) => self.http_listener(&base, http),
-                None => self.error(base, "a listener needs an `http` block"),
+            match (&listener.http, &listener.tcp) {
+                (Some(http), None) => self.http_listener(&base, http),
+                (None, Some(tcp)) => {
+                    self.tcp_listener(&base, tcp);
+                    if listener.tls.is_some() {
+                        self.error(
+                            format!("{base}.tls"),
+                            "TLS termination applies to http listeners; a tcp listener relays bytes as they are",
+                        );
+                    }
+                }
+                (Some(_), Some(_)) => self.error(
+                    base,
+                    "a listener needs exactly one of `http`, `tcp` (found both)",
+                ),
+                (None, None) => self.error(base, "a listener needs an `http` or `tcp` block"),
             }
+        }
+    }
+
+    fn tcp_listener(&mut self, base: &str, tcp: &TcpListener) {
+        self.cluster_ref(format!("{base}.tcp.cluster"), &tcp.cluster);
+        if tcp.connect_attempts == 0 || tcp.connect_attempts > MAX_ATTEMPTS {
+            self.error(
+                format!("{base}.tcp.connect_attempts"),
+                format!(
+                    "must be between 1 and {MAX_ATTEMPTS} (got {})",
+                    tcp.connect_attempts
+                ),
+            );
+        }
+        if let Some(d) = tcp.idle_timeout {
+            self.positive(format!("{base}.tcp.idle_timeout"), d);
         }
     }
 
@@ -1190,7 +1219,7 @@ mod tests {
             "#,
             &[
                 ("listeners[1].name", 3, "a listener needs a name"),
-                ("listeners[2]", 4, "a listener needs an `http` block"),
+                ("listeners[2]", 4, "a listener needs an `http` or `tcp` block"),
                 (
                     "listeners[3].name",
                     5,

@@ -23,7 +23,7 @@ use super::upstream::{self, Pooled};
 use crate::access_log::AccessRecord;
 use crate::cluster::{outlier, ActiveRequest, Admitted, Cluster, Picked};
 use crate::config::model::{RetryOn, UpstreamProtocol};
-use crate::listener::HttpSettings;
+use crate::listener::{HttpSettings, Protocol};
 use crate::router::{Action, PathMatch, Redirect, Respond, Route};
 
 /// What the access log and the end-of-request work learn while a request is handled.
@@ -45,7 +45,12 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let in_flight = InFlight::start(&ctx.activity);
-    let settings = ctx.listener.http.load_full();
+    // Each request routes with the listener's current settings, so a reload reaches
+    // keep-alive connections too.
+    let settings = match &**ctx.listener.settings.load() {
+        Protocol::Http(current) => current.clone(),
+        Protocol::Tcp(_) => ctx.settings.clone(),
+    };
     let request_id = headers::ensure_request_id(req.headers_mut());
     let record = settings.access_log.map(|format| AccessRecord {
         format,

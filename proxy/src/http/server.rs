@@ -1,27 +1,27 @@
 //! Downstream side: the accept loop and one task per client connection (HTTP/1.1 or h2c).
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info_span, warn, Instrument};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tracing::debug;
 
 use crate::drain;
-use crate::listener::Listener;
+use crate::io::Touching;
+use crate::listener::{HttpSettings, Listener};
 
 /// What every request on one client connection shares.
 #[derive(Debug)]
 pub struct ConnCtx {
     pub listener: Arc<Listener>,
+    /// The settings the connection started with (used if the listener stops being HTTP).
+    pub settings: Arc<HttpSettings>,
     pub peer: SocketAddr,
     pub activity: Arc<Activity>,
     /// `x-forwarded-proto` for requests on this connection.
@@ -33,7 +33,7 @@ pub struct ConnCtx {
 /// Liveness of one connection, read by its coarse idle check.
 #[derive(Debug, Default)]
 pub struct Activity {
-    touched: AtomicBool,
+    touched: Arc<AtomicBool>,
     in_flight: AtomicUsize,
 }
 
@@ -54,53 +54,18 @@ impl Drop for InFlight {
     }
 }
 
-/// Accepts connections until the listener drains. One bad accept never stops the loop.
-pub async fn accept_loop(listener: Arc<Listener>, socket: TcpListener, mut drain: drain::Watch) {
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = drain.signaled() => break,
-            accepted = socket.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let guard = drain.guard();
-                let span = info_span!("conn", listener = %listener.name, %peer);
-                tokio::spawn(
-                    serve(stream, peer, listener.clone(), drain.clone(), guard).instrument(span),
-                );
-            }
-            Err(e) if is_transient(&e) => debug!(error = %e, "accept aborted by peer"),
-            Err(e) => {
-                // Out of file descriptors or memory: back off briefly rather than spin.
-                warn!(listener = %listener.name, error = %e, "accept failed; retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    debug!(listener = %listener.name, "stopped accepting");
-}
-
-fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    )
-}
-
 /// How many idle checks without traffic close a connection.
 const IDLE_CHECKS: u32 = 4;
 
-async fn serve(
+/// Serves one client connection: TLS first if the listener has it, then HTTP/1.1 or HTTP/2.
+pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     listener: Arc<Listener>,
+    settings: Arc<HttpSettings>,
     drain: drain::Watch,
     guard: drain::Guard,
 ) {
-    let settings = listener.http.load_full();
     let Some(tls) = settings.tls.clone() else {
         return serve_http(stream, peer, listener, settings, "http", None, drain, guard).await;
     };
@@ -144,7 +109,7 @@ async fn serve_http<T>(
     stream: T,
     peer: SocketAddr,
     listener: Arc<Listener>,
-    settings: Arc<crate::listener::HttpSettings>,
+    settings: Arc<HttpSettings>,
     scheme: &'static str,
     client_cert: Option<http::HeaderValue>,
     mut drain: drain::Watch,
@@ -155,6 +120,7 @@ async fn serve_http<T>(
     let activity = Arc::new(Activity::default());
     let ctx = Arc::new(ConnCtx {
         listener,
+        settings: settings.clone(),
         peer,
         activity: activity.clone(),
         scheme,
@@ -176,10 +142,7 @@ async fn serve_http<T>(
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
 
-    let io = TokioIo::new(ActivityIo {
-        inner: stream,
-        activity: activity.clone(),
-    });
+    let io = TokioIo::new(Touching::new(stream, activity.touched.clone()));
     let service = service_fn(move |req| super::proxy::handle(ctx.clone(), req));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
@@ -226,70 +189,5 @@ async fn serve_http<T>(
                 }
             }
         }
-    }
-}
-
-/// A client socket that notes when bytes move, for the idle check.
-struct ActivityIo<T> {
-    inner: T,
-    activity: Arc<Activity>,
-}
-
-impl<T> ActivityIo<T> {
-    fn touch(&self) {
-        self.activity.touched.store(true, Ordering::Relaxed);
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.touch();
-        }
-        res
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        res
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

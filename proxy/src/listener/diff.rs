@@ -50,6 +50,7 @@ mod tests {
             backlog: 1024,
             http: Some(serde_yaml::from_str::<HttpListener>(&yaml).unwrap()),
             tls: None,
+            tcp: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Listeners: binding sockets, the per-listener state shared by workers, and reconciliation.
 
+pub mod accept;
 pub mod diff;
 
 use std::io;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Socket, Type};
 
 use crate::config::model::AccessLogFormat;
 use crate::router::RouteTable;
@@ -19,8 +20,29 @@ pub struct Listener {
     pub name: Arc<str>,
     /// The bound address (with the real port when the config said port 0).
     pub addr: SocketAddr,
-    /// Swapped on reload; each request loads it once.
-    pub http: ArcSwap<HttpSettings>,
+    /// Swapped on reload; each connection (and each HTTP request) loads it once.
+    pub settings: ArcSwap<Protocol>,
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone)]
+pub enum Protocol {
+    Http(Arc<HttpSettings>),
+    Tcp(Arc<TcpSettings>),
+}
+
+/// Everything a TCP session on this listener needs from the config.
+#[derive(Debug)]
+pub struct TcpSettings {
+    pub cluster: Arc<crate::cluster::Cluster>,
+    pub postgres: bool,
+    pub idle_timeout: Option<Duration>,
+    pub connect_attempts: u32,
+    /// Closes sessions on a depooled or removed endpoint after this long; `None` defers to
+    /// the cluster's `drain_timeout`.
+    pub endpoint_drain_timeout: Option<Duration>,
+    /// How long sessions may run on after the listener itself starts draining.
+    pub drain_timeout: Duration,
 }
 
 /// Everything an HTTP connection on this listener needs from the config.
@@ -59,7 +81,11 @@ pub fn bind_group(
 /// socket per worker), TCP_NODELAY inherited by accepted sockets, IPv6 sockets v6-only so
 /// `[::]:p` and `0.0.0.0:p` can be separate listeners.
 pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     if addr.is_ipv6() {

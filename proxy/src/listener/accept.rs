@@ -1,0 +1,63 @@
+//! The accept loop: one per listener per worker. It never dies on a bad accept, and hands each
+//! connection to the protocol the listener serves at that moment.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{debug, info_span, warn, Instrument};
+
+use super::{Listener, Protocol};
+use crate::drain;
+
+/// Accepts connections until the listener drains.
+pub async fn accept_loop(listener: Arc<Listener>, socket: TcpListener, mut drain: drain::Watch) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = drain.signaled() => break,
+            accepted = socket.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let guard = drain.guard();
+                let span = info_span!("conn", listener = %listener.name, %peer);
+                let watch = drain.clone();
+                let protocol = (**listener.settings.load()).clone();
+                match protocol {
+                    Protocol::Http(settings) => tokio::spawn(
+                        crate::http::server::serve(
+                            stream,
+                            peer,
+                            listener.clone(),
+                            settings,
+                            watch,
+                            guard,
+                        )
+                        .instrument(span),
+                    ),
+                    Protocol::Tcp(settings) => tokio::spawn(
+                        crate::tcp::serve(stream, peer, settings, watch, guard).instrument(span),
+                    ),
+                };
+            }
+            Err(e) if is_transient(&e) => debug!(error = %e, "accept aborted by peer"),
+            Err(e) => {
+                // Out of file descriptors or memory: back off briefly rather than spin.
+                warn!(listener = %listener.name, error = %e, "accept failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    debug!(listener = %listener.name, "stopped accepting");
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}

@@ -1,0 +1,219 @@
+//! L4 proxying: each client connection is relayed byte for byte to one endpoint of a cluster,
+//! with half-close in both directions, bounded buffers, idle timeouts and drains that close a
+//! session only when its endpoint's (or listener's) drain timeout says so.
+
+pub mod postgres;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use crate::cluster::{now_ms, ActiveSession, Cluster, Picked};
+use crate::drain;
+use crate::io::Touching;
+use crate::listener::TcpSettings;
+
+/// Bytes buffered per direction: a slow reader stalls its writer rather than grow memory.
+const BUFFER: usize = 16 * 1024;
+
+/// Serves one client connection on a TCP listener.
+pub async fn serve(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    settings: Arc<TcpSettings>,
+    drain: drain::Watch,
+    _guard: drain::Guard,
+) {
+    let cluster = &settings.cluster;
+    let mut first = Vec::new();
+    let mut sniff = false;
+    if settings.postgres {
+        match postgres::read_first(&mut client).await {
+            Ok(postgres::First::Cancel { key, raw }) => {
+                postgres::route_cancel(cluster, key, &raw).await;
+                return;
+            }
+            Ok(postgres::First::Startup(raw)) => {
+                first = raw;
+                sniff = true;
+            }
+            Ok(postgres::First::Encrypted(raw)) => first = raw,
+            Err(e) => {
+                debug!(%peer, error = %e, "not a postgres client");
+                return;
+            }
+        }
+    }
+
+    let Some((server, endpoint)) = connect(cluster, settings.connect_attempts).await else {
+        if sniff {
+            postgres::refuse(&mut client, "no database server is available").await;
+        }
+        return;
+    };
+    let _session = ActiveSession::start(&endpoint.state);
+    debug!(%peer, upstream = %endpoint.addr, "session started");
+    let (to_upstream, to_client) =
+        relay(client, server, first, sniff, &settings, &endpoint, drain).await;
+    endpoint
+        .state
+        .bytes_to_upstream
+        .fetch_add(to_upstream, Ordering::Relaxed);
+    endpoint
+        .state
+        .bytes_to_client
+        .fetch_add(to_client, Ordering::Relaxed);
+    debug!(%peer, upstream = %endpoint.addr, to_upstream, to_client, "session ended");
+}
+
+/// Connects to an endpoint, trying others when a connect fails or is refused.
+async fn connect(cluster: &Cluster, attempts: u32) -> Option<(TcpStream, Picked)> {
+    let mut previous = None;
+    for _ in 0..attempts.max(1) {
+        let endpoint = match previous {
+            None => cluster.pick(None),
+            Some(addr) => cluster.pick_other(addr, None),
+        };
+        let Some(endpoint) = endpoint else {
+            debug!(cluster = %cluster.name, "no endpoint available");
+            return None;
+        };
+        previous = Some(endpoint.addr);
+        let attempt =
+            tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(endpoint.addr));
+        match attempt.await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Some((stream, endpoint));
+            }
+            Ok(Err(e)) => debug!(upstream = %endpoint.addr, error = %e, "connect failed"),
+            Err(_) => debug!(upstream = %endpoint.addr, "connect timed out"),
+        }
+        endpoint
+            .state
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    None
+}
+
+/// Relays until both directions are done, the session idles out, or a drain deadline passes.
+/// Returns the bytes relayed each way.
+async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    first: Vec<u8>,
+    sniff: bool,
+    settings: &TcpSettings,
+    endpoint: &Picked,
+    mut drain: drain::Watch,
+) -> (u64, u64) {
+    let touched = Arc::new(AtomicBool::new(false));
+    let mut client = Touching::new(client, touched.clone());
+    let registration =
+        sniff.then(|| postgres::Registration::new(settings.cluster.state.clone(), endpoint.addr));
+    let mut server =
+        postgres::KeySniffer::new(Touching::new(server, touched.clone()), registration);
+    if !first.is_empty() {
+        if let Err(e) = server.write_all(&first).await {
+            debug!(error = %e, "upstream closed before the first bytes");
+            return (server.to_upstream, server.to_client);
+        }
+    }
+    let ended = copy_until_done(
+        &mut client,
+        &mut server,
+        &touched,
+        settings,
+        endpoint,
+        &mut drain,
+    )
+    .await;
+    if !ended {
+        // A session cut short still tells both sides it is gone.
+        let _ = server.shutdown().await;
+        let _ = client.shutdown().await;
+    }
+    (server.to_upstream, server.to_client)
+}
+
+/// Copies both ways; returns whether the copy ended by itself (rather than by a timeout).
+async fn copy_until_done<C, S>(
+    client: &mut C,
+    server: &mut S,
+    touched: &AtomicBool,
+    settings: &TcpSettings,
+    endpoint: &Picked,
+    drain: &mut drain::Watch,
+) -> bool
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let copy = tokio::io::copy_bidirectional_with_sizes(client, server, BUFFER, BUFFER);
+    tokio::pin!(copy);
+
+    let idle = settings.idle_timeout;
+    let period = idle.map_or(Duration::from_secs(3600), |d| {
+        (d / 4).max(Duration::from_millis(100))
+    });
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut quiet = 0u32;
+    let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    let deadline = tokio::time::sleep_until(far);
+    tokio::pin!(deadline);
+    let mut listener_draining = false;
+    let state = &endpoint.state;
+
+    loop {
+        // Registered before checking, so a drain that starts in between is not missed.
+        let drain_changed = state.drain_changed.notified();
+        tokio::pin!(drain_changed);
+        drain_changed.as_mut().enable();
+        if let (Some(since), Some(timeout)) =
+            (state.draining_since_ms(), settings.endpoint_drain_timeout)
+        {
+            let left = (since + timeout.as_millis() as u64).saturating_sub(now_ms());
+            let at = tokio::time::Instant::now() + Duration::from_millis(left);
+            if at < deadline.deadline() {
+                deadline.as_mut().reset(at);
+            }
+        }
+        tokio::select! {
+            res = copy.as_mut() => {
+                if let Err(e) = res {
+                    debug!(upstream = %endpoint.addr, error = %e, "session ended with error");
+                }
+                return true;
+            }
+            _ = drain.signaled(), if !listener_draining => {
+                listener_draining = true;
+                let at = tokio::time::Instant::now() + settings.drain_timeout;
+                if at < deadline.deadline() {
+                    deadline.as_mut().reset(at);
+                }
+            }
+            _ = &mut drain_changed => {}
+            _ = &mut deadline => {
+                info!(upstream = %endpoint.addr, "drain deadline reached; closing session");
+                return false;
+            }
+            _ = tick.tick(), if idle.is_some() => {
+                if touched.swap(false, Ordering::Relaxed) {
+                    quiet = 0;
+                } else {
+                    quiet += 1;
+                    if quiet >= 4 {
+                        debug!(upstream = %endpoint.addr, "idle timeout; closing session");
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
