@@ -792,12 +792,42 @@ impl Validator<'_> {
     }
 
     fn health_check(&mut self, base: &str, hc: &HealthCheck) {
-        let kinds = [hc.http.is_some(), hc.tcp.is_some()];
+        let kinds = [hc.http.is_some(), hc.tcp.is_some(), hc.postgres.is_some()];
         if kinds.iter().filter(|b| **b).count() != 1 {
             self.error(
                 base.to_owned(),
-                "a health check needs exactly one of http, tcp",
+                "a health check needs exactly one of http, tcp, postgres",
             );
+        }
+        if let Some(pg) = &hc.postgres {
+            if pg.password.is_some() && pg.password_file.is_some() {
+                self.error(
+                    format!("{base}.postgres.password_file"),
+                    "give either password or password_file, not both",
+                );
+            }
+            if !pg.has_credentials() {
+                if pg.require_replica {
+                    self.error(
+                        format!("{base}.postgres.require_replica"),
+                        "needs credentials (password or password_file) to query the server",
+                    );
+                }
+                if pg.max_lag.is_some() {
+                    self.error(
+                        format!("{base}.postgres.max_lag"),
+                        "needs credentials (password or password_file) to query the server",
+                    );
+                }
+            }
+            for (field, v) in [("user", &pg.user), ("database", &pg.database)] {
+                if v.is_empty() || v.contains('\0') {
+                    self.error(
+                        format!("{base}.postgres.{field}"),
+                        "must be a non-empty name",
+                    );
+                }
+            }
         }
         self.positive(format!("{base}.interval"), hc.interval);
         self.positive(format!("{base}.timeout"), hc.timeout);
@@ -1219,7 +1249,11 @@ mod tests {
             "#,
             &[
                 ("listeners[1].name", 3, "a listener needs a name"),
-                ("listeners[2]", 4, "a listener needs an `http` or `tcp` block"),
+                (
+                    "listeners[2]",
+                    4,
+                    "a listener needs an `http` or `tcp` block",
+                ),
                 (
                     "listeners[3].name",
                     5,

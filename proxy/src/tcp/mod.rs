@@ -38,11 +38,12 @@ pub async fn serve(
                 postgres::route_cancel(cluster, key, &raw).await;
                 return;
             }
-            Ok(postgres::First::Startup(raw)) => {
+            // After SSL/GSS negotiation the server may refuse encryption ('N'), and the
+            // session's key is visible again; the sniffer follows the negotiation.
+            Ok(postgres::First::Startup(raw) | postgres::First::Encrypted(raw)) => {
                 first = raw;
                 sniff = true;
             }
-            Ok(postgres::First::Encrypted(raw)) => first = raw,
             Err(e) => {
                 debug!(%peer, error = %e, "not a postgres client");
                 return;
