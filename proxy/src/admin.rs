@@ -17,13 +17,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tracing::{debug, warn};
 
 use crate::app::Shared;
-use crate::control::Control;
 
 /// Binds the admin address and serves it on the control thread. Returns the bound address.
 pub fn start(
     addr: SocketAddr,
     shared: Arc<Shared>,
-    control: &Control,
+    control: &tokio::runtime::Handle,
 ) -> std::io::Result<SocketAddr> {
     let std_listener = crate::listener::bind(addr, 128)?;
     let bound = std_listener.local_addr()?;
@@ -65,6 +64,17 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
 }
 
 fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() == Method::POST && req.uri().path() == "/reload" {
+        return match shared.reload.get().map(crate::app::Reloader::reload) {
+            Some(Ok(version)) => json(&serde_json::json!({ "result": "ok", "version": version })),
+            Some(Err(error)) => {
+                let mut resp = json(&serde_json::json!({ "result": "rejected", "error": error }));
+                *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                resp
+            }
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        };
+    }
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
@@ -94,6 +104,10 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "version": snapshot.version,
                 "loaded_at": humantime::format_rfc3339_millis(snapshot.loaded_at).to_string(),
                 "last_reload": &**last_reload,
+                "reloads": {
+                    "ok": shared.reloads_ok.load(Ordering::Relaxed),
+                    "rejected": shared.reloads_rejected.load(Ordering::Relaxed),
+                },
                 "listeners": &**shared.listener_addrs.load(),
                 "config": &snapshot.config,
             }))

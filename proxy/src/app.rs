@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -29,6 +29,27 @@ pub struct Shared {
     pub last_reload: ArcSwap<Option<ReloadStatus>>,
     /// Bound address of each listener, by name.
     pub listener_addrs: ArcSwap<HashMap<String, SocketAddr>>,
+    /// Reloads the config file (`POST /reload`); set once the app is built.
+    pub reload: OnceLock<Reloader>,
+    /// Reload attempts, by outcome.
+    pub reloads_ok: AtomicU64,
+    pub reloads_rejected: AtomicU64,
+}
+
+/// Reloads the config file on request (`POST /reload`).
+pub struct Reloader(Box<dyn Fn() -> Result<String, String> + Send + Sync>);
+
+impl Reloader {
+    /// Reloads; the new version, or why the file was rejected.
+    pub fn reload(&self) -> Result<String, String> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloader")
+    }
 }
 
 /// The outcome of the latest reload attempt, shown by `GET /config`.
@@ -82,15 +103,24 @@ pub enum ReloadError {
 /// A running proxy. Dropping it closes everything at once; [`App::shutdown`] drains first.
 #[derive(Debug)]
 pub struct App {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     shared: Arc<Shared>,
-    workers: Option<Workers>,
+    workers: Mutex<Option<Workers>>,
     listeners: Mutex<Listeners>,
-    admin_addr: Option<SocketAddr>,
-    control: Option<Control>,
+    admin_addr: OnceLock<SocketAddr>,
+    control: Mutex<Option<Control>>,
+    /// Spawns onto the control thread.
+    control_handle: tokio::runtime::Handle,
     /// The upkeep task of each cluster, on the control thread.
     managers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     /// The task rotating TLS certificates when their files change.
     tls_watch: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The config file and the task reloading it when it changes.
+    config_file: Mutex<Option<(PathBuf, tokio::task::AbortHandle)>>,
 }
 
 #[derive(Debug, Default)]
@@ -122,32 +152,47 @@ pub fn build(config: Config, version: String) -> Result<App, BuildError> {
         draining: AtomicBool::new(false),
         last_reload: ArcSwap::from_pointee(None),
         listener_addrs: ArcSwap::from_pointee(HashMap::new()),
+        reload: OnceLock::new(),
+        reloads_ok: AtomicU64::new(0),
+        reloads_rejected: AtomicU64::new(0),
     });
-    let mut app = App {
+    let control = Control::start().map_err(BuildError::Workers)?;
+    let app = Inner {
         shared: shared.clone(),
-        workers: Some(Workers::start(workers).map_err(BuildError::Workers)?),
+        workers: Mutex::new(Some(Workers::start(workers).map_err(BuildError::Workers)?)),
         listeners: Mutex::new(Listeners::default()),
-        admin_addr: None,
-        control: Some(Control::start().map_err(BuildError::Workers)?),
+        admin_addr: OnceLock::new(),
+        control_handle: control.handle(),
+        control: Mutex::new(Some(control)),
         managers: Mutex::new(HashMap::new()),
         tls_watch: Mutex::new(None),
+        config_file: Mutex::new(None),
     };
+    let app = App {
+        inner: Arc::new(app),
+    };
+    let reloader = Arc::downgrade(&app.inner);
+    let _ = shared
+        .reload
+        .set(Reloader(Box::new(move || match reloader.upgrade() {
+            Some(inner) => inner.reload_config_file(),
+            None => Err("shutting down".to_owned()),
+        })));
     let snapshot = shared.snapshot.load_full();
-    app.reconcile(&[], &snapshot)?;
-    app.start_managers(&snapshot);
-    app.start_tls_watch(&snapshot);
+    app.inner.reconcile(&[], &snapshot)?;
+    app.inner.start_managers(&snapshot);
+    app.inner.start_tls_watch(&snapshot);
     let admin_addr: SocketAddr = admin_listen.parse().map_err(|e| BuildError::Admin {
         addr: admin_listen.clone(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
     })?;
-    if let Some(control) = &app.control {
-        app.admin_addr = Some(admin::start(admin_addr, shared, control).map_err(|source| {
-            BuildError::Admin {
-                addr: admin_listen,
-                source,
-            }
-        })?);
-    }
+    let bound = admin::start(admin_addr, shared, &app.inner.control_handle).map_err(|source| {
+        BuildError::Admin {
+            addr: admin_listen,
+            source,
+        }
+    })?;
+    let _ = app.inner.admin_addr.set(bound);
     info!(version = %snapshot.version, listeners = snapshot.config.listeners.len(), workers, "legate started");
     Ok(app)
 }
@@ -155,19 +200,58 @@ pub fn build(config: Config, version: String) -> Result<App, BuildError> {
 impl App {
     /// The bound address of a listener (the real port when the config said port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.shared.listener_addrs.load().get(name).copied()
+        self.inner.shared.listener_addrs.load().get(name).copied()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
+        self.inner.admin_addr.get().copied()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.shared.snapshot.load_full()
+        self.inner.shared.snapshot.load_full()
     }
 
     /// Validates and applies a config file, all or nothing. On error the running config stays.
     pub fn reload_file(&self, path: &Path) -> Result<String, ReloadError> {
+        self.inner.reload_file(path)
+    }
+
+    /// Applies a validated config: compiles it, reconciles listeners, publishes the snapshot.
+    /// Requests in flight finish on the snapshot they started with.
+    pub fn apply(&self, config: Config, version: String) -> Result<(), ApplyError> {
+        self.inner.apply(config, version)
+    }
+
+    /// Reloads `path` whenever it (or its directory entry: rename, symlink swap) changes, and
+    /// on `POST /reload`. A rejected file leaves the running config untouched.
+    pub fn watch_config(&self, path: &Path) {
+        self.inner.watch_config(path);
+    }
+
+    /// Graceful shutdown: `/ready` turns 503, listeners stop accepting, connections finish
+    /// their requests (HTTP/1.1 gets `Connection: close`, HTTP/2 GOAWAY) and TCP sessions
+    /// run on, until `timeout`; then everything left is closed. Returns whether everything
+    /// finished in time.
+    pub async fn shutdown(self, timeout: Duration) -> bool {
+        let clean = self.inner.drain(timeout).await;
+        self.inner.stop();
+        clean
+    }
+
+    /// Whether a graceful shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner.shared.draining.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.inner.stop();
+    }
+}
+
+impl Inner {
+    fn reload_file(&self, path: &Path) -> Result<String, ReloadError> {
         let result =
             config::load_file(path)
                 .map_err(ReloadError::from)
@@ -182,15 +266,19 @@ impl App {
             error: result.as_ref().err().map(ToString::to_string),
         })));
         match &result {
-            Ok(v) => info!(version = %v, "config reloaded"),
-            Err(e) => warn!(error = %e, "config reload rejected; the running config stays"),
+            Ok(v) => {
+                self.shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                info!(version = %v, "config reloaded");
+            }
+            Err(e) => {
+                self.shared.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "config reload rejected; the running config stays");
+            }
         }
         result
     }
 
-    /// Applies a validated config: compiles it, reconciles listeners, publishes the snapshot.
-    /// Requests in flight finish on the snapshot they started with.
-    pub fn apply(&self, config: Config, version: String) -> Result<(), ApplyError> {
+    fn apply(&self, config: Config, version: String) -> Result<(), ApplyError> {
         let old = self.shared.snapshot.load_full();
         if config.admin != old.config.admin {
             warn!("admin.listen changed; it takes effect on restart");
@@ -209,9 +297,7 @@ impl App {
     /// Restarts cluster upkeep (health checks, DNS, ejections) for a newly applied snapshot.
     /// Health and ejection state live in the registry, so a restart loses nothing.
     fn start_managers(&self, snapshot: &Snapshot) {
-        let Some(control) = &self.control else {
-            return;
-        };
+        let control = &self.control_handle;
         let zone: Option<Arc<str>> = snapshot.config.node.zone.as_deref().map(Into::into);
         let mut managers = self.managers.lock().unwrap_or_else(|e| e.into_inner());
         for (_, task) in managers.drain() {
@@ -230,9 +316,7 @@ impl App {
     /// Watches the snapshot's TLS files; a change installs new certificates for new
     /// handshakes (a bad new pair is logged and the old one kept).
     fn start_tls_watch(&self, snapshot: &Arc<Snapshot>) {
-        let Some(control) = &self.control else {
-            return;
-        };
+        let control = &self.control_handle;
         let mut slot = self.tls_watch.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = slot.take() {
             old.abort();
@@ -282,7 +366,8 @@ impl App {
     /// Moves the running listeners to `new`'s: binds first (failing without side effects),
     /// then swaps settings, starts new accept loops and drains what is gone.
     fn reconcile(&self, old: &[model::Listener], new: &Snapshot) -> Result<(), ApplyError> {
-        let Some(workers) = &self.workers else {
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(workers) = workers.as_ref() else {
             return Ok(());
         };
         let zone = new.config.node.zone.as_deref();
@@ -356,10 +441,7 @@ impl App {
         Ok(())
     }
 
-    /// Graceful shutdown: `/ready` turns 503, listeners stop accepting, connections finish
-    /// their requests (HTTP/1.1 gets `Connection: close`, HTTP/2 GOAWAY) until `timeout`;
-    /// then everything left is closed. Returns whether everything finished in time.
-    pub async fn shutdown(mut self, timeout: Duration) -> bool {
+    async fn drain(&self, timeout: Duration) -> bool {
         self.shared.draining.store(true, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + timeout;
         let triggers: Vec<drain::Trigger> = {
@@ -376,33 +458,71 @@ impl App {
             clean &= t.drain_until(deadline).await;
         }
         info!(clean, "drained");
-        self.stop();
         clean
     }
 
-    /// Whether a graceful shutdown has begun.
-    pub fn is_draining(&self) -> bool {
-        self.shared.draining.load(Ordering::SeqCst)
-    }
-
-    /// Marks the proxy as draining without waiting (for `/ready` to turn 503 first).
-    pub fn begin_drain(&self) {
-        self.shared.draining.store(true, Ordering::SeqCst);
-    }
-
-    fn stop(&mut self) {
-        if let Some(workers) = self.workers.take() {
+    fn stop(&self) {
+        let workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(workers) = workers {
             workers.stop();
         }
-        if let Some(control) = self.control.take() {
+        let control = self
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(control) = control {
             control.stop();
         }
     }
-}
 
-impl Drop for App {
-    fn drop(&mut self) {
-        self.stop();
+    fn watch_config(&self, path: &Path) {
+        let mut slot = self.config_file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, old)) = slot.take() {
+            old.abort();
+        }
+        let file = path.display().to_string();
+        let shared = self.shared.clone();
+        let task = self.control_handle.spawn(async move {
+            let (_watcher, mut changes) = match crate::watch::watch(std::slice::from_ref(&file)) {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!(file = %file, error = %e, "cannot watch the config file; SIGHUP and POST /reload still reload it");
+                    return;
+                }
+            };
+            let mut last = std::fs::read(&file).ok();
+            while crate::watch::next_change(&mut changes).await {
+                // A directory event may concern another file; reload only on a real change.
+                let now = std::fs::read(&file).ok();
+                if now.is_none() || now == last {
+                    continue;
+                }
+                last = now;
+                if let Some(reloader) = shared.reload.get() {
+                    let _ = reloader.reload();
+                }
+            }
+        });
+        *slot = Some((path.to_path_buf(), task.abort_handle()));
+    }
+
+    /// Reloads the watched config file (for `POST /reload`).
+    fn reload_config_file(&self) -> Result<String, String> {
+        let path = self
+            .config_file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(p, _)| p.clone())
+            .ok_or_else(|| {
+                "no config file to reload (the config was not loaded from a file)".to_owned()
+            })?;
+        self.reload_file(&path).map_err(|e| e.to_string())
     }
 }
 

@@ -37,6 +37,11 @@ impl Control {
         })
     }
 
+    /// A handle that spawns onto the control thread.
+    pub fn handle(&self) -> RuntimeHandle {
+        self.handle.clone()
+    }
+
     /// Runs `task` on the control thread.
     pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
     where
