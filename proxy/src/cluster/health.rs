@@ -66,14 +66,15 @@ impl Thresholds {
 
 /// Probes one endpoint forever; publishes health changes and wakes the cluster's manager.
 pub async fn run(
-    addr: SocketAddr,
+    target: Target,
     spec: HealthCheck,
     state: Arc<EndpointState>,
     cluster: Arc<ClusterState>,
 ) {
+    let addr = target.addr;
     let mut thresholds = Thresholds::new(spec.healthy_threshold, spec.unhealthy_threshold);
     loop {
-        let ok = probe(addr, &spec).await;
+        let ok = probe_target(&target, &spec).await;
         let current = state.health();
         if let Some(next) = thresholds.record(current, ok) {
             info!(cluster = %cluster.name, endpoint = %addr, from = ?current, to = ?next, "health changed");
@@ -90,14 +91,47 @@ pub async fn run(
     }
 }
 
-/// One probe: whether the endpoint passed within the timeout.
+/// What a probe connects to: the endpoint, and the cluster's TLS if it has one (so a check
+/// sees what requests see: a TLS endpoint is checked over TLS).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub tls: Option<Arc<crate::tls::client::ClientTls>>,
+    pub hostname: Option<Arc<str>>,
+}
+
+/// One probe of a plaintext endpoint: whether it passed within the timeout.
 pub async fn probe(addr: SocketAddr, spec: &HealthCheck) -> bool {
+    let target = Target {
+        addr,
+        tls: None,
+        hostname: None,
+    };
+    probe_target(&target, spec).await
+}
+
+/// One probe: whether the endpoint passed within the timeout.
+pub async fn probe_target(target: &Target, spec: &HealthCheck) -> bool {
+    let addr = target.addr;
     let attempt = async {
         if let Some(pg) = &spec.postgres {
             return crate::tcp::postgres::probe(addr, pg).await;
         }
         let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let Some(tls) = &target.tls else {
+            return match &spec.http {
+                Some(http) => probe_http(addr, stream, http).await,
+                None => Ok(()),
+            };
+        };
+        let name = tls.server_name(target.hostname.as_deref(), addr);
+        let stream = tokio_rustls::TlsConnector::from(tls.config())
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         match &spec.http {
+            Some(http) if h2 => probe_h2(addr, stream, http).await,
             Some(http) => probe_http(addr, stream, http).await,
             None => Ok(()),
         }
@@ -115,11 +149,10 @@ pub async fn probe(addr: SocketAddr, spec: &HealthCheck) -> bool {
     }
 }
 
-async fn probe_http(
-    addr: SocketAddr,
-    stream: TcpStream,
-    spec: &HttpHealthCheck,
-) -> Result<(), String> {
+async fn probe_http<T>(addr: SocketAddr, stream: T, spec: &HttpHealthCheck) -> Result<(), String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
@@ -133,7 +166,32 @@ async fn probe_http(
         .map_err(|e| e.to_string())?;
     let resp = tx.send_request(req).await.map_err(|e| e.to_string());
     driver.abort();
-    let status: StatusCode = resp?.status();
+    check_status(resp?.status(), spec)
+}
+
+async fn probe_h2<T>(addr: SocketAddr, stream: T, spec: &HttpHealthCheck) -> Result<(), String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(conn);
+    let host = spec.host.clone().unwrap_or_else(|| addr.to_string());
+    let uri = format!("https://{host}{}", spec.path);
+    let req = Request::get(uri)
+        .header(http::header::USER_AGENT, "legate-health-check")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = tx.send_request(req).await.map_err(|e| e.to_string());
+    driver.abort();
+    check_status(resp?.status(), spec)
+}
+
+fn check_status(status: StatusCode, spec: &HttpHealthCheck) -> Result<(), String> {
     if spec.expect.iter().any(|r| r.contains(status.as_u16())) {
         Ok(())
     } else {

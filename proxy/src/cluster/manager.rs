@@ -126,8 +126,8 @@ pub async fn run(cluster: Arc<Cluster>, registry: Arc<Registry>, local_zone: Opt
     let mut dns_due = tokio::time::Instant::now();
     let mut dns_answered = names.is_empty();
     let mut checks: HashMap<SocketAddr, AbortOnDrop> = HashMap::new();
-    let mut was_usable: HashMap<SocketAddr, bool> = HashMap::new();
-    let mut first_round = true;
+    // Only the very first round of a cluster's very first manager counts as its start.
+    let mut starting = !state.managed.swap(true, Ordering::AcqRel);
 
     loop {
         if !names.is_empty() && tokio::time::Instant::now() >= dns_due {
@@ -142,8 +142,13 @@ pub async fn run(cluster: Arc<Cluster>, registry: Arc<Registry>, local_zone: Opt
             checks.retain(|addr, _| current.contains(addr));
             for e in &eps {
                 checks.entry(e.addr).or_insert_with(|| {
+                    let target = health::Target {
+                        addr: e.addr,
+                        tls: cluster.tls.clone(),
+                        hostname: e.hostname.clone(),
+                    };
                     let task = tokio::spawn(health::run(
-                        e.addr,
+                        target,
                         spec.clone(),
                         e.state.clone(),
                         state.clone(),
@@ -155,7 +160,7 @@ pub async fn run(cluster: Arc<Cluster>, registry: Arc<Registry>, local_zone: Opt
         let total = eps.len();
         let mut next_ejection_end: Option<u64> = None;
         for e in &eps {
-            if outlier::expire(&e.state, &state, now) {
+            if outlier::expire(&e.state, now) {
                 info!(cluster = %cluster.name, endpoint = %e.addr, "ejection ended");
             }
             if let Some(until) = e.state.ejected_until_ms() {
@@ -166,19 +171,15 @@ pub async fn run(cluster: Arc<Cluster>, registry: Arc<Registry>, local_zone: Opt
         let inputs = inputs(&cluster, zone, now);
         for e in &eps {
             let usable = membership::is_usable(e, &inputs);
-            let before = was_usable.insert(e.addr, usable);
-            // An endpoint that becomes usable (new, healthy again, back from ejection) ramps
-            // up; at start-up every endpoint is new, which ramps none relative to the others.
-            let became = match before {
-                Some(prev) => usable && !prev,
-                None => usable && !first_round,
-            };
-            if became || (usable && first_round) {
+            let was = e.state.was_usable.swap(usable, Ordering::AcqRel);
+            // An endpoint that becomes usable (added, healthy again, back from ejection)
+            // ramps up. The endpoints a cluster starts with do not: there is nothing to ramp
+            // them against. Reloads keep this state, so they restart no ramp.
+            if usable && !was && !starting {
                 e.state.usable_since_ms.store(now.max(1), Ordering::Release);
             }
         }
-        was_usable.retain(|addr, _| eps.iter().any(|e| e.addr == *addr));
-        first_round = false;
+        starting = false;
 
         let membership = Membership::build(eps, &inputs);
         let ramping = membership.ramping();
@@ -317,18 +318,12 @@ mod tests {
         let cfg = c.spec.outlier_detection.clone().unwrap();
         assert!(!outlier::record_failure(
             &victim.state,
-            &c.state,
             &cfg,
             2,
+            0,
             now_ms()
         ));
-        assert!(outlier::record_failure(
-            &victim.state,
-            &c.state,
-            &cfg,
-            2,
-            now_ms()
-        ));
+        assert!(outlier::record_failure(&victim.state, &cfg, 2, 0, now_ms()));
         c.state.changed.notify_one();
         settle().await;
         assert_eq!(picks(&c, 20), HashSet::from([1]), "ejected");
@@ -350,14 +345,8 @@ mod tests {
         assert_eq!(weights(&c), vec![(1, 1), (2, 10)]);
 
         // The second ejection lasts twice as long.
-        outlier::record_failure(&victim.state, &c.state, &cfg, 2, now_ms());
-        assert!(outlier::record_failure(
-            &victim.state,
-            &c.state,
-            &cfg,
-            2,
-            now_ms()
-        ));
+        outlier::record_failure(&victim.state, &cfg, 2, 0, now_ms());
+        assert!(outlier::record_failure(&victim.state, &cfg, 2, 0, now_ms()));
         c.state.changed.notify_one();
         tokio::time::advance(Duration::from_secs(59)).await;
         settle().await;

@@ -87,10 +87,7 @@ impl Pool {
                 Member {
                     weight: e.effective_weight,
                     hash_key: hash_addr(e.addr),
-                    load: match lb {
-                        LbPolicy::LeastConnections => e.state.active_sessions.clone(),
-                        _ => e.state.active_requests.clone(),
-                    },
+                    load: e.state.load.clone(),
                 }
             })
             .collect();
@@ -138,59 +135,85 @@ impl Membership {
         for e in &mut endpoints {
             e.effective_weight = slow_start_weight(e, inputs);
         }
-        let usable = |e: &Endpoint| is_usable(e, inputs);
-        let pooled = endpoints.iter().filter(|e| e.pooled).count();
-        let mut chosen: Vec<usize> = (0..endpoints.len())
-            .filter(|&i| usable(&endpoints[i]))
+        let usable: Vec<usize> = (0..endpoints.len())
+            .filter(|&i| is_usable(&endpoints[i], inputs))
             .collect();
-        let panic = pooled > 0
+        let local_zone = inputs
+            .local_zone
+            .filter(|z| endpoints.iter().any(|e| e.zone.as_deref() == Some(*z)));
+
+        // How much of the traffic the usable endpoints can take: the usable share of pooled
+        // endpoints, counted as Envoy counts hosts, per zone when zones apply (a healthy remote
+        // zone makes up for a failed local one, as priorities do in Envoy).
+        let weight = |_: &usize| 1u64;
+        let share_of = |filter: &dyn Fn(&Endpoint) -> bool| -> f64 {
+            let pooled: u64 = (0..endpoints.len())
+                .filter(|i| endpoints[*i].pooled && filter(&endpoints[*i]))
+                .map(|i| weight(&i))
+                .sum();
+            let up: u64 = usable
+                .iter()
+                .filter(|i| filter(&endpoints[**i]))
+                .map(weight)
+                .sum();
+            if pooled == 0 {
+                0.0
+            } else {
+                up as f64 / pooled as f64
+            }
+        };
+        let (capacity, local_share) = match local_zone {
+            None => (share_of(&|_| true), 1.0),
+            Some(zone) => {
+                let local =
+                    (share_of(&|e| e.zone.as_deref() == Some(zone)) * OVERPROVISION).min(1.0);
+                let remote =
+                    (share_of(&|e| e.zone.as_deref() != Some(zone)) * OVERPROVISION).min(1.0);
+                let total = local + remote.min(1.0 - local);
+                let share = if total > 0.0 { local / total } else { 0.0 };
+                (total.min(1.0), share)
+            }
+        };
+        let any_pooled = endpoints.iter().any(|e| e.pooled);
+        let panic = any_pooled
             && inputs.panic_threshold > 0
-            && chosen.len() * 100 < pooled * inputs.panic_threshold as usize;
+            && capacity * 100.0 < f64::from(inputs.panic_threshold);
+
         if panic {
-            // Spread over every pooled endpoint that has been seen at least once, rather
-            // than overload the few left; never-checked ones still wait for their check.
-            chosen = (0..endpoints.len())
+            // Spread over every pooled endpoint that has been seen at least once, rather than
+            // overload the few left; never-checked ones still wait for their check. Zones are
+            // set aside, as in Envoy.
+            let all: Vec<usize> = (0..endpoints.len())
                 .filter(|&i| {
                     let e = &endpoints[i];
                     e.pooled && !(inputs.health_checked && e.state.health() == Health::Unknown)
                 })
                 .collect();
+            return Membership {
+                local: Pool::new(inputs.lb, &endpoints, all),
+                remote: None,
+                local_permille: 1000,
+                panic,
+                endpoints,
+            };
         }
-
-        let local_zone = inputs
-            .local_zone
-            .filter(|z| endpoints.iter().any(|e| e.zone.as_deref() == Some(*z)));
-        let (local, remote, local_permille) = match local_zone {
-            None => (Pool::new(inputs.lb, &endpoints, chosen), None, 1000),
+        let (local, remote) = match local_zone {
+            None => (Pool::new(inputs.lb, &endpoints, usable), None),
             Some(zone) => {
-                let in_zone = |i: &usize| endpoints[*i].zone.as_deref() == Some(zone);
-                let (l, r): (Vec<usize>, Vec<usize>) = chosen.into_iter().partition(in_zone);
-                let weight = |e: &Endpoint| u64::from(e.weight);
-                let zone_total: u64 = endpoints
-                    .iter()
-                    .filter(|e| e.pooled && e.zone.as_deref() == Some(zone))
-                    .map(weight)
-                    .sum();
-                let zone_usable: u64 = l.iter().map(|&i| weight(&endpoints[i])).sum();
-                let health = if zone_total == 0 {
-                    0.0
-                } else {
-                    zone_usable as f64 / zone_total as f64
-                };
-                let share = (health * OVERPROVISION).min(1.0);
-                let permille = (share * 1000.0).round() as u32;
+                let (l, r): (Vec<usize>, Vec<usize>) = usable
+                    .into_iter()
+                    .partition(|i| endpoints[*i].zone.as_deref() == Some(zone));
                 (
                     Pool::new(inputs.lb, &endpoints, l),
                     Pool::new(inputs.lb, &endpoints, r),
-                    permille,
                 )
             }
         };
         Membership {
+            local_permille: (local_share * 1000.0).round() as u32,
             endpoints,
             local,
             remote,
-            local_permille,
             panic,
         }
     }
@@ -209,6 +232,36 @@ impl Membership {
             (None, None) => None,
         }?;
         self.endpoints.get(index)
+    }
+
+    /// Like [`Membership::pick`], but never `avoid` while another endpoint can be picked.
+    pub fn pick_other(&self, avoid: SocketAddr, hash: Option<u64>) -> Option<&Endpoint> {
+        let first = self.pick(hash)?;
+        if first.addr != avoid {
+            return Some(first);
+        }
+        if let Some(e) = (0..3)
+            .filter_map(|_| self.pick(None))
+            .find(|e| e.addr != avoid)
+        {
+            return Some(e);
+        }
+        // Redraws keep landing on `avoid` (it dominates the weights): take any other
+        // candidate, from a random starting point so retries still spread.
+        let candidates: Vec<usize> = [&self.local, &self.remote]
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p.index.iter().copied())
+            .filter(|i| self.endpoints.get(*i).is_some_and(|e| e.addr != avoid))
+            .collect();
+        if candidates.is_empty() {
+            return Some(first);
+        }
+        let start = fastrand::usize(..candidates.len());
+        candidates
+            .get(start)
+            .and_then(|i| self.endpoints.get(*i))
+            .or(Some(first))
     }
 
     /// Share of picks kept in the local zone, when zone-aware routing applies.

@@ -75,20 +75,10 @@ impl Cluster {
     /// Like [`Cluster::pick`], avoiding `avoid` when another endpoint is available (retries).
     pub fn pick_other(&self, avoid: SocketAddr, hash: Option<u64>) -> Option<Picked> {
         let membership = self.state.membership.load();
-        let first = membership.pick(hash)?;
-        let chosen = if first.addr != avoid {
-            first
-        } else {
-            // A few more draws find another endpoint unless one dominates the weights.
-            (0..3)
-                .filter_map(|_| membership.pick(None))
-                .find(|e| e.addr != avoid)
-                .unwrap_or(first)
-        };
-        Some(Picked {
-            addr: chosen.addr,
-            hostname: chosen.hostname.clone(),
-            state: chosen.state.clone(),
+        membership.pick_other(avoid, hash).map(|e| Picked {
+            addr: e.addr,
+            hostname: e.hostname.clone(),
+            state: e.state.clone(),
         })
     }
 
@@ -207,12 +197,12 @@ pub struct ClusterState {
     pub connections: AtomicUsize,
     pub retries: AtomicUsize,
     pub overflows: AtomicU64,
-    /// Endpoints currently ejected by outlier detection.
-    pub ejected: AtomicUsize,
     /// Wakes the control thread to rebuild the membership (an ejection, a health change).
     pub changed: Notify,
     /// Set once DNS has answered and every endpoint has been health checked once.
     pub warmed: AtomicBool,
+    /// Set once a manager has run for this cluster (later managers come from reloads).
+    pub managed: AtomicBool,
     pub dns: Mutex<DnsState>,
     /// Postgres cancel keys (process id, secret) of live sessions → the server that owns
     /// each. Touched once per session, never per byte.
@@ -241,9 +231,9 @@ impl ClusterState {
             connections: AtomicUsize::new(0),
             retries: AtomicUsize::new(0),
             overflows: AtomicU64::new(0),
-            ejected: AtomicUsize::new(0),
             changed: Notify::new(),
             warmed: AtomicBool::new(false),
+            managed: AtomicBool::new(false),
             dns: Mutex::new(DnsState::default()),
             cancel_keys: Mutex::new(HashMap::new()),
             cancels_routed: AtomicU64::new(0),
@@ -316,8 +306,10 @@ pub enum Health {
 pub struct EndpointState {
     /// Keys this endpoint's connection pool in each worker.
     pub id: u64,
-    pub active_requests: Arc<AtomicUsize>,
-    pub active_sessions: Arc<AtomicUsize>,
+    /// Requests plus sessions in flight: what `least_request` and `least_connections` compare.
+    pub load: Arc<AtomicUsize>,
+    pub active_requests: AtomicUsize,
+    pub active_sessions: AtomicUsize,
     pub total_requests: AtomicU64,
     pub connect_failures: AtomicU64,
     pub total_sessions: AtomicU64,
@@ -337,14 +329,17 @@ pub struct EndpointState {
     pub(crate) ejections: AtomicU32,
     /// When the endpoint last became usable (for slow start); 0 = never.
     pub(crate) usable_since_ms: AtomicU64,
+    /// Whether it was usable at the last membership build.
+    pub(crate) was_usable: AtomicBool,
 }
 
 impl EndpointState {
     fn new(id: u64) -> Self {
         EndpointState {
             id,
-            active_requests: Arc::new(AtomicUsize::new(0)),
-            active_sessions: Arc::new(AtomicUsize::new(0)),
+            load: Arc::new(AtomicUsize::new(0)),
+            active_requests: AtomicUsize::new(0),
+            active_sessions: AtomicUsize::new(0),
             total_requests: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             total_sessions: AtomicU64::new(0),
@@ -358,6 +353,7 @@ impl EndpointState {
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             usable_since_ms: AtomicU64::new(0),
+            was_usable: AtomicBool::new(false),
         }
     }
 
@@ -417,6 +413,7 @@ pub struct ActiveRequest(Arc<EndpointState>);
 
 impl ActiveRequest {
     pub fn start(state: &Arc<EndpointState>) -> Self {
+        state.load.fetch_add(1, Ordering::Relaxed);
         state.active_requests.fetch_add(1, Ordering::Relaxed);
         state.total_requests.fetch_add(1, Ordering::Relaxed);
         ActiveRequest(state.clone())
@@ -426,6 +423,7 @@ impl ActiveRequest {
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+        self.0.load.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -435,6 +433,7 @@ pub struct ActiveSession(Arc<EndpointState>);
 
 impl ActiveSession {
     pub fn start(state: &Arc<EndpointState>) -> Self {
+        state.load.fetch_add(1, Ordering::Relaxed);
         state.active_sessions.fetch_add(1, Ordering::Relaxed);
         state.total_sessions.fetch_add(1, Ordering::Relaxed);
         ActiveSession(state.clone())
@@ -444,6 +443,7 @@ impl ActiveSession {
 impl Drop for ActiveSession {
     fn drop(&mut self) {
         self.0.active_sessions.fetch_sub(1, Ordering::Relaxed);
+        self.0.load.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

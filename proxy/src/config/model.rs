@@ -223,7 +223,7 @@ impl ListenerTls {
 }
 
 /// PEM files: a certificate chain (leaf first) and its private key (RSA, ECDSA or Ed25519).
-/// Relative paths are relative to the config file's directory.
+/// Relative paths are relative to the process's working directory.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificatePair {

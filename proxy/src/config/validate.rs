@@ -17,7 +17,7 @@ use super::{Config, ConfigError, Duration};
 /// Upper bound of `weight` for split targets and endpoints.
 pub const MAX_WEIGHT: u32 = 10_000;
 /// Smallest `http.max_header_size`: below 1 KiB ordinary browsers' requests fail.
-pub const MIN_HEADER_SIZE: usize = 1024;
+pub const MIN_HEADER_SIZE: usize = 8 * 1024;
 /// Largest `http.max_header_size`: more than 1 MiB of headers is abuse, not traffic.
 pub const MAX_HEADER_SIZE: usize = 1024 * 1024;
 /// Largest `runtime.workers` (the smallest is 1).
@@ -1272,7 +1272,7 @@ mod tests {
                 listen: 0.0.0.0:80
                 http:
                   route_table: mpas
-                  max_header_size: 1023
+                  max_header_size: 8191
                   max_concurrent_streams: 0
                   header_read_timeout: 0s
                   idle_timeout: 0ms
@@ -1294,7 +1294,7 @@ mod tests {
                 (
                     "listeners[0].http.max_header_size",
                     6,
-                    "at least 1024 bytes (got 1023)",
+                    "at least 8192 bytes (got 8191)",
                 ),
                 ("listeners[0].http.max_concurrent_streams", 7, "at least 1"),
                 (

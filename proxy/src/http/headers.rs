@@ -73,11 +73,19 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto`.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, proto: &'static str) {
     let ip = peer.ip();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {ip}")),
-        None => HeaderValue::from_str(&ip.to_string()),
-    };
-    if let Ok(value) = value {
+    // Every earlier hop counts, however many header lines carried them.
+    let mut chain = String::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(v) = v.to_str() {
+            let v = v.trim();
+            if !v.is_empty() {
+                chain.push_str(v);
+                chain.push_str(", ");
+            }
+        }
+    }
+    chain.push_str(&ip.to_string());
+    if let Ok(value) = HeaderValue::from_str(&chain) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -158,6 +166,9 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
         set_forwarded(&mut h, "[::1]:1".parse().unwrap(), "http");
         assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3, ::1");
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.7"));
+        set_forwarded(&mut h, peer, "http");
+        assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3, ::1, 192.0.2.7, 10.1.2.3");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
     }
 

@@ -131,6 +131,10 @@ async fn route(
     req: Request<Incoming>,
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    // HTTP/1.1 requires a Host (RFC 9112 §3.2); HTTP/1.0 and HTTP/2 without one route by `*`.
+    if req.version() == Version::HTTP_11 && host_of(&req).is_empty() {
+        return Err(ProxyError::MissingHost);
+    }
     let Some(route) = settings
         .route_table
         .route(host_of(&req), req.uri().path(), req.headers())
@@ -473,13 +477,15 @@ fn report_outcome(
         outlier::record_success(&endpoint.state);
         return;
     }
-    let members = cluster.state.membership.load().endpoints.len();
+    let now = crate::cluster::now_ms();
+    let membership = cluster.state.membership.load();
+    let ejected = outlier::ejected_count(&membership, now);
     if outlier::record_failure(
         &endpoint.state,
-        &cluster.state,
         cfg,
-        members,
-        crate::cluster::now_ms(),
+        membership.endpoints.len(),
+        ejected,
+        now,
     ) {
         tracing::warn!(cluster = %cluster.name, endpoint = %endpoint.addr, "endpoint ejected");
         cluster.state.changed.notify_one();

@@ -132,7 +132,8 @@ async fn serve_http<T>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        // hyper refuses buffers under 8 KiB; a smaller head limit is enforced by validation.
+        // The read buffer bounds the request head; validation keeps the limit at 8 KiB or more,
+        // the smallest buffer hyper accepts.
         .max_buf_size(settings.max_header_size.max(8192));
     builder
         .http2()
