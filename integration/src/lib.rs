@@ -4,6 +4,7 @@
 //! - [`upstream`]: echo servers and misbehaving ones, counting what reaches them;
 //! - [`proxy`]: Legate in process from a YAML template;
 //! - [`process`]: the `legate` binary as a subprocess, with signals and its output;
+//! - [`postgres`]: real PostgreSQL servers (a primary and streaming replicas) and clients;
 //! - [`client`]: HTTP/1.1 and HTTP/2 client connections, and `curl`;
 //! - [`body`]: request/response bodies, including streamed ones;
 //! - [`eventually`]: retry an assertion that has no readiness signal until a deadline.
@@ -28,7 +29,9 @@
 //! ```
 
 pub mod body;
+pub mod certs;
 pub mod client;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod upstream;

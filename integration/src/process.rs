@@ -1,0 +1,272 @@
+//! The real `legate` binary, run as a subprocess from a config file in a temporary directory.
+//!
+//! The binary must have been built (`cargo build -p legate --bin legate`); it is found next to
+//! the test executable's directory (`target/debug/legate` for `target/debug/deps/<test>`).
+//!
+//! The config is a [`Yaml`] template like the in-process one, plus `${ADMIN}`, which the
+//! harness fills with a free port it picked (the admin port must be known before start to
+//! poll `/ready`). Listeners use port 0; their real addresses come from `GET /config`.
+//! Stdout (the access log) and stderr (Legate's log) are collected line by line.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::client;
+use crate::proxy::Yaml;
+
+/// How long the binary may take to become ready, and any `wait_*` helper to succeed.
+const WAIT_LIMIT: Duration = Duration::from_secs(10);
+
+/// The path of the built `legate` binary; panics with instructions if it is missing.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/<test> → target/<profile>/legate
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable lives in target/<profile>/deps");
+    let path = profile_dir.join(format!("legate{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "the legate binary is missing at {}; build it first with \
+         `cargo build -p legate --bin legate`",
+        path.display()
+    );
+    path
+}
+
+/// A `legate` command with Legate's own log at `info`, whatever the caller's environment.
+pub fn command() -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs `legate ARGS…` to completion and returns its output.
+pub async fn run(args: &[&str]) -> Result<std::process::Output> {
+    tokio::time::timeout(WAIT_LIMIT, command().args(args).output())
+        .await
+        .context("legate did not exit in time")?
+        .context("running legate")
+}
+
+/// Runs `legate ARGS…` in working directory `dir` to completion and returns its output.
+pub async fn run_in(dir: &Path, args: &[&str]) -> Result<std::process::Output> {
+    tokio::time::timeout(WAIT_LIMIT, command().current_dir(dir).args(args).output())
+        .await
+        .context("legate did not exit in time")?
+        .context("running legate")
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released: another process could take it).
+pub fn free_port() -> u16 {
+    crate::upstream::closed_port().port()
+}
+
+/// A running `legate run --config FILE`; killed when dropped.
+#[derive(Debug)]
+pub struct Legate {
+    child: Child,
+    pid: u32,
+    _dir: tempfile::TempDir,
+    config_path: PathBuf,
+    admin: SocketAddr,
+    listeners: HashMap<String, SocketAddr>,
+    stdout: watch::Sender<Vec<String>>,
+    stderr: watch::Sender<Vec<String>>,
+}
+
+impl Legate {
+    /// Writes the config, starts the binary and waits until `/ready` answers 200.
+    pub async fn start(config: impl Into<Yaml>) -> Result<Legate> {
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let config_path = dir.path().join("legate.yaml");
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        write_config(&config_path, config.into(), admin)?;
+
+        let mut child = command()
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning legate")?;
+        let pid = child.id().context("legate has a pid")?;
+        let (stdout, _) = watch::channel(Vec::new());
+        let (stderr, _) = watch::channel(Vec::new());
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(collect_lines(out, stdout.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(collect_lines(err, stderr.clone()));
+        }
+        let mut legate = Legate {
+            child,
+            pid,
+            _dir: dir,
+            config_path,
+            admin,
+            listeners: HashMap::new(),
+            stdout,
+            stderr,
+        };
+        legate.wait_ready().await?;
+        let config = legate.admin_json("/config").await?;
+        let listeners = config["listeners"]
+            .as_object()
+            .context("/config has a listeners map")?;
+        for (name, addr) in listeners {
+            let addr = addr.as_str().context("listener address is a string")?;
+            legate.listeners.insert(name.clone(), addr.parse()?);
+        }
+        Ok(legate)
+    }
+
+    /// Polls `/ready` until it answers 200: Legate's readiness signal.
+    async fn wait_ready(&mut self) -> Result<()> {
+        for _ in 0..500 {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "legate exited ({status}) before it was ready; stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            if let Ok(reply) = client::get(self.admin, "admin", "/ready").await {
+                if reply.status == 200 {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!(
+            "legate was not ready after 10s; stderr:\n{}",
+            self.stderr_text()
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The bound address of listener `name`, as reported by `/config` at start.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        *self
+            .listeners
+            .get(name)
+            .unwrap_or_else(|| panic!("legate has no listener named {name:?}"))
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// `GET path` on the admin listener, parsed as JSON.
+    pub async fn admin_json(&self, path: &str) -> Result<serde_json::Value> {
+        client::get(self.admin, "admin", path).await?.json()
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, `INT`, …) with the `kill` command.
+    pub async fn signal(&self, signal: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg("-s")
+            .arg(signal)
+            .arg(self.pid.to_string())
+            .status()
+            .await
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -s {signal} {} failed: {status}", self.pid);
+        }
+        Ok(())
+    }
+
+    /// Replaces the config file (atomically, so a reload never reads half of it).
+    /// `${ADMIN}` is filled with the same admin address.
+    pub fn write_config(&self, config: impl Into<Yaml>) -> Result<()> {
+        write_config(&self.config_path, config.into(), self.admin)
+    }
+
+    /// Every stdout line so far (the access log).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.borrow().clone()
+    }
+
+    /// Everything on stderr so far (Legate's log).
+    pub fn stderr_text(&self) -> String {
+        self.stderr.borrow().join("\n")
+    }
+
+    /// Waits until stdout has at least `n` lines, and returns them all.
+    pub async fn wait_stdout_lines(&self, n: usize) -> Result<Vec<String>> {
+        let mut rx = self.stdout.subscribe();
+        let lines = tokio::time::timeout(WAIT_LIMIT, rx.wait_for(|l| l.len() >= n))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "expected {n} stdout lines, got {:?}; stderr:\n{}",
+                    self.stdout_lines(),
+                    self.stderr_text()
+                )
+            })?
+            .map_err(|_| anyhow!("stdout closed"))?
+            .clone();
+        Ok(lines)
+    }
+
+    /// Waits until a stderr line contains `needle`, and returns that line.
+    pub async fn wait_stderr(&self, needle: &str) -> Result<String> {
+        let mut rx = self.stderr.subscribe();
+        let found = tokio::time::timeout(
+            WAIT_LIMIT,
+            rx.wait_for(|lines| lines.iter().any(|l| l.contains(needle))),
+        )
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "stderr never contained {needle:?}; it has:\n{}",
+                self.stderr_text()
+            )
+        })?
+        .map_err(|_| anyhow!("stderr closed"))?
+        .iter()
+        .find(|l| l.contains(needle))
+        .cloned()
+        .unwrap_or_default();
+        Ok(found)
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Result<ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .map_err(|_| anyhow!("legate did not exit within {limit:?}"))?
+            .context("waiting for legate")
+    }
+}
+
+fn write_config(path: &Path, config: Yaml, admin: SocketAddr) -> Result<()> {
+    let config = config.set("ADMIN", admin);
+    let text = config.text()?;
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).context("writing the config")?;
+    std::fs::rename(&tmp, path).context("moving the config into place")?;
+    Ok(())
+}
+
+async fn collect_lines(stream: impl AsyncRead + Unpin, sink: watch::Sender<Vec<String>>) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        sink.send_modify(|all| all.push(line));
+    }
+}

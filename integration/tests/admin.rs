@@ -1,0 +1,130 @@
+//! The admin listener: readiness and liveness probes, the effective config, and live cluster
+//! state.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _, Result};
+use http::{Method, StatusCode};
+use legate_integration::client::{self, request, Http1};
+use legate_integration::eventually;
+use legate_integration::proxy::{yaml, Proxy};
+use legate_integration::upstream::Upstream;
+
+const CONFIG: &str = r#"
+admin: { listen: 127.0.0.1:0 }
+access_log: { enabled: false }
+listeners:
+  - { name: front, listen: 127.0.0.1:0, http: { route_table: main } }
+route_tables:
+  main:
+    virtual_hosts:
+      - hosts: ["*"]
+        routes: [{ match: { prefix: / }, cluster: app }]
+clusters:
+  - name: app
+    endpoints:
+      - { address: "${APP}", weight: 3 }
+      - { address: "127.0.0.1:9", weight: 1, pooled: false }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_and_healthz_answer_200() -> Result<()> {
+    // `/ready` turning 503 while draining is covered by tests/lifecycle.rs and tests/binary.rs.
+    let app = Upstream::echo("app").await?;
+    let proxy = Proxy::start(yaml(CONFIG).set("APP", app.addr()))?;
+    let admin = proxy.admin();
+
+    // Ready once the clusters are warmed, which happens in the background after start.
+    proxy.wait_ready().await?;
+    let ready = client::get(admin, "admin", "/ready").await?;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.text(), "ready\n");
+    let healthz = client::get(admin, "admin", "/healthz").await?;
+    assert_eq!(healthz.status, StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_shows_the_version_listeners_and_effective_config() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let config = yaml(CONFIG).set("APP", app.addr());
+    let proxy = Proxy::start(config.clone())?;
+
+    let reply = client::get(proxy.admin(), "admin", "/config").await?;
+
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let json = reply.json()?;
+    assert_eq!(json["version"], legate::config::version_of(config.text()?));
+    assert_eq!(json["listeners"]["front"], proxy.addr("front").to_string());
+    assert!(json["last_reload"].is_null(), "no reload yet: {json}");
+    let clusters = &json["config"]["clusters"];
+    assert_eq!(clusters[0]["name"], "app");
+    assert_eq!(
+        clusters[0]["endpoints"][0]["address"],
+        app.addr().to_string()
+    );
+    assert_eq!(clusters[0]["endpoints"][1]["pooled"], false);
+    assert_eq!(
+        json["config"]["listeners"][0]["http"]["route_table"],
+        "main"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_show_endpoints_with_weight_pooled_and_active_requests() -> Result<()> {
+    let app = Upstream::builder("app")
+        .delay(Duration::from_millis(600))
+        .start()
+        .await?;
+    let proxy = Proxy::start(yaml(CONFIG).set("APP", app.addr()))?;
+    let admin = proxy.admin();
+    let mut client = Http1::connect(proxy.addr("front")).await?;
+    let in_flight = tokio::spawn(async move { client.get("app.example.org", "/").await });
+    app.wait_requests(1).await?;
+
+    let during = client::get(admin, "admin", "/clusters").await?.json()?;
+    let cluster = &during["clusters"][0];
+    assert_eq!(cluster["name"], "app");
+    let live = &cluster["endpoints"][0];
+    assert_eq!(live["address"], app.addr().to_string());
+    assert_eq!(live["weight"], 3);
+    assert_eq!(live["pooled"], true);
+    assert_eq!(
+        live["active_requests"], 1,
+        "one request in flight: {during}"
+    );
+    let depooled = &cluster["endpoints"][1];
+    assert_eq!(depooled["weight"], 1);
+    assert_eq!(depooled["pooled"], false);
+    assert_eq!(depooled["active_requests"], 0);
+
+    assert_eq!(in_flight.await??.status, StatusCode::OK);
+    eventually(Duration::from_secs(2), || async {
+        let after = client::get(admin, "admin", "/clusters").await?.json()?;
+        let active = &after["clusters"][0]["endpoints"][0]["active_requests"];
+        ensure!(
+            *active == 0,
+            "active_requests is {active} after the request ended"
+        );
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_admin_paths_are_404_and_other_methods_405() -> Result<()> {
+    let proxy = Proxy::start(yaml(CONFIG).set("APP", "127.0.0.1:8"))?;
+    let admin = proxy.admin();
+
+    let missing = client::get(admin, "admin", "/nope").await?;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let post = Http1::connect(admin)
+        .await?
+        .request(request(Method::POST, "admin", "/ready"))
+        .await
+        .context("POST /ready")?;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! The real `legate` binary: signals (SIGTERM drains, SIGHUP reloads, SIGINT exits at once)
+//! and the access log it writes on stdout, in text and JSON.
+//!
+//! Needs `cargo build -p legate --bin legate` first.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _, Result};
+use http::{Method, StatusCode};
+use legate_integration::client::{self, request, Http1};
+use legate_integration::eventually;
+use legate_integration::process::Legate;
+use legate_integration::proxy::yaml;
+use legate_integration::upstream::Upstream;
+
+/// Route `/` → cluster `app` at `${APP}`; access log in `${FORMAT}`.
+const CONFIG: &str = r#"
+admin: { listen: "${ADMIN}" }
+runtime: { workers: 2, drain_timeout: 5s }
+access_log: { enabled: true, format: ${FORMAT} }
+listeners:
+  - { name: front, listen: 127.0.0.1:0, http: { route_table: main } }
+route_tables:
+  main:
+    virtual_hosts:
+      - hosts: [app.example.org]
+        routes: [{ match: { prefix: / }, cluster: app }]
+clusters:
+  - { name: app, endpoints: ["${APP}"] }
+"#;
+
+async fn start(app: &Upstream, format: &str) -> Result<Legate> {
+    Legate::start(yaml(CONFIG).set("APP", app.addr()).set("FORMAT", format)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_in_flight_request_and_exits_zero() -> Result<()> {
+    let slow = Upstream::echo("slow").await?;
+    let mut legate = start(&slow, "text").await?;
+    let front = legate.addr("front");
+    let admin = legate.admin();
+    let mut client = Http1::connect(front).await?;
+    let in_flight = tokio::spawn(async move { client.get("app.example.org", "/delay/2000").await });
+    slow.wait_requests(1).await?;
+
+    legate.signal("TERM").await?;
+
+    // Draining: `/ready` turns 503 while the request is still in flight.
+    eventually(Duration::from_secs(1), || async {
+        let ready = client::get(admin, "admin", "/ready").await?;
+        ensure!(
+            ready.status == StatusCode::SERVICE_UNAVAILABLE,
+            "/ready said {}",
+            ready.status
+        );
+        Ok(())
+    })
+    .await?;
+    ensure!(
+        !in_flight.is_finished(),
+        "the request ended before /ready was checked"
+    );
+    let reply = in_flight.await??;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "the in-flight request completes"
+    );
+    assert_eq!(reply.header("connection"), Some("close"));
+    let status = legate.wait_exit(Duration::from_secs(10)).await?;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", legate.stderr_text());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_exits_at_once_even_with_a_request_in_flight() -> Result<()> {
+    let slow = Upstream::echo("slow").await?;
+    let mut legate = start(&slow, "text").await?;
+    let mut client = Http1::connect(legate.addr("front")).await?;
+    let in_flight = tokio::spawn(async move { client.get("app.example.org", "/delay/5000").await });
+    slow.wait_requests(1).await?;
+
+    legate.signal("INT").await?;
+
+    let status = legate.wait_exit(Duration::from_secs(2)).await?;
+    assert!(!status.success(), "SIGINT is not a clean exit: {status}");
+    let cut = tokio::time::timeout(Duration::from_secs(2), in_flight).await??;
+    assert!(cut.is_err(), "the in-flight request is cut off: {cut:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_good_config_and_in_flight_requests_finish() -> Result<()> {
+    let a = Upstream::echo("a").await?;
+    let b = Upstream::echo("b").await?;
+    let legate = start(&a, "text").await?;
+    let front = legate.addr("front");
+    let before = legate.admin_json("/config").await?;
+    let mut slow_client = Http1::connect(front).await?;
+    let in_flight =
+        tokio::spawn(async move { slow_client.get("app.example.org", "/delay/1500").await });
+    a.wait_requests(1).await?;
+
+    let next = yaml(CONFIG).set("APP", b.addr()).set("FORMAT", "text");
+    legate.write_config(next.clone())?;
+    legate.signal("HUP").await?;
+
+    let expected_version = legate::config::version_of(next.set("ADMIN", legate.admin()).text()?);
+    eventually(Duration::from_secs(5), || async {
+        let reply = client::get(front, "app.example.org", "/").await?;
+        ensure!(
+            reply.echo()?.upstream == "b",
+            "still routed to {}",
+            reply.echo()?.upstream
+        );
+        Ok(())
+    })
+    .await?;
+    ensure!(
+        !in_flight.is_finished(),
+        "the slow request ended before the reload took effect"
+    );
+    let after = legate.admin_json("/config").await?;
+    assert_ne!(after["version"], before["version"]);
+    assert_eq!(after["version"], expected_version.as_str());
+    assert_eq!(after["last_reload"]["version"], expected_version.as_str());
+    assert!(after["last_reload"]["error"].is_null(), "{after}");
+    assert_eq!(legate.addr("front"), front, "the listener kept its port");
+
+    let reply = in_flight.await??;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "the request in flight during the reload"
+    );
+    assert_eq!(reply.echo()?.upstream, "a");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_bad_config_keeps_serving_the_old_one() -> Result<()> {
+    let a = Upstream::echo("a").await?;
+    let legate = start(&a, "text").await?;
+    let front = legate.addr("front");
+    let before = legate.admin_json("/config").await?;
+
+    let broken = CONFIG.replace("cluster: app", "cluster: typo");
+    legate.write_config(yaml(&broken).set("APP", a.addr()).set("FORMAT", "text"))?;
+    legate.signal("HUP").await?;
+
+    // Logged as a warning followed by the file's problems, one per line.
+    legate.wait_stderr("config reload rejected").await?;
+    legate.wait_stderr("unknown cluster \"typo\"").await?;
+    let after = legate.admin_json("/config").await?;
+    assert_eq!(after["version"], before["version"], "the old config stays");
+    let error = after["last_reload"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("unknown cluster \"typo\""), "{after}");
+    let reply = client::get(front, "app.example.org", "/").await?;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.echo()?.upstream, "a");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_text_has_one_line_per_request() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let legate = start(&app, "text").await?;
+    let front = legate.addr("front");
+    let mut client = Http1::connect(front).await?;
+
+    let mut tagged = request(Method::GET, "app.example.org", "/first?q=1");
+    tagged
+        .headers_mut()
+        .insert("x-request-id", "req-abc-123".parse()?);
+    client.request(tagged).await?;
+    client
+        .request(request(Method::DELETE, "app.example.org", "/second"))
+        .await?;
+    client.get("nowhere.example.org", "/third").await?;
+
+    let lines = legate.wait_stdout_lines(3).await?;
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let upstream = format!("upstream={}", app.addr());
+    let first = &lines[0];
+    for part in [
+        " front ",
+        "\"GET app.example.org /first?q=1 HTTP/1.1\" 200 ",
+        "cluster=app",
+        &upstream,
+        "request_id=req-abc-123",
+    ] {
+        assert!(first.contains(part), "{part:?} missing from {first:?}");
+    }
+    let second = &lines[1];
+    assert!(
+        second.contains("\"DELETE app.example.org /second HTTP/1.1\" 200 "),
+        "{second}"
+    );
+    assert!(second.contains(&upstream), "{second}");
+    let id = second
+        .split(" request_id=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .context("a request id")?;
+    assert_eq!(id.len(), 36, "a generated id: {second}");
+    let third = &lines[2];
+    assert!(
+        third.contains("\"GET nowhere.example.org /third HTTP/1.1\" 404 "),
+        "{third}"
+    );
+    assert!(
+        third.contains("upstream=-") && third.contains("error=no-route"),
+        "{third}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_json_lines_parse_with_every_field() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let legate = start(&app, "json").await?;
+    let front = legate.addr("front");
+
+    let mut req = request(Method::POST, "app.example.org", "/orders");
+    req.headers_mut().insert("x-request-id", "json-1".parse()?);
+    Http1::connect(front).await?.request(req).await?;
+    client::h2_get(front, "app.example.org", "/h2").await?;
+
+    let lines = legate.wait_stdout_lines(2).await?;
+    let records: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+        .collect::<Result<_>>()?;
+    let post = records
+        .iter()
+        .find(|r| r["method"] == "POST")
+        .context("a POST record")?;
+    assert_eq!(post["listener"], "front");
+    assert_eq!(post["host"], "app.example.org");
+    assert_eq!(post["path"], "/orders");
+    assert_eq!(post["status"], 200);
+    assert_eq!(post["upstream"], app.addr().to_string());
+    assert_eq!(post["request_id"], "json-1");
+    let get = records
+        .iter()
+        .find(|r| r["method"] == "GET")
+        .context("a GET record")?;
+    assert_eq!(get["path"], "/h2");
+    assert_eq!(get["host"], "app.example.org");
+    assert_eq!(get["status"], 200);
+    assert_eq!(get["request_id"].as_str().map(str::len), Some(36));
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! The `legate` command line: `--version`, `validate` (exit codes and every problem reported
+//! with its line and field path), and `run` refusing configs it cannot serve.
+//!
+//! Needs `cargo build -p legate --bin legate` first.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use legate_integration::process::{self, free_port};
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+async fn validate(path: &Path) -> Result<(Option<i32>, String, String)> {
+    validate_in(Path::new("."), path).await
+}
+
+/// `legate validate --config PATH` run in working directory `dir`.
+async fn validate_in(dir: &Path, path: &Path) -> Result<(Option<i32>, String, String)> {
+    let path = path.to_str().context("utf-8 path")?;
+    let out = process::run_in(dir, &["validate", "--config", path]).await?;
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+const GOOD: &str = r#"admin: { listen: 127.0.0.1:9901 }
+listeners:
+  - { name: front, listen: 127.0.0.1:8080, http: { route_table: main } }
+route_tables:
+  main:
+    virtual_hosts:
+      - hosts: ["*"]
+        routes: [{ match: { prefix: / }, cluster: app }]
+clusters:
+  - { name: app, endpoints: ["10.0.0.1:80"] }
+"#;
+
+#[tokio::test]
+async fn version_flag_prints_the_version() -> Result<()> {
+    let out = process::run(&["--version"]).await?;
+
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        format!("legate {}", env!("CARGO_PKG_VERSION"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn validate_accepts_a_good_file_and_prints_its_version() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = write(dir.path(), "good.yaml", GOOD)?;
+
+    let (code, stdout, stderr) = validate(&path).await?;
+
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    let version = legate::config::version_of(GOOD);
+    assert!(
+        stdout.contains(&format!("ok (version {version})")),
+        "{stdout}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn validate_reports_every_problem_with_its_line_and_path() -> Result<()> {
+    // One problem in each of three sections.
+    let text = r#"admin: { listen: 127.0.0.1 }
+listeners:
+  - name: front
+    listen: 127.0.0.1:8080
+    http: { route_table: mian }
+route_tables:
+  main:
+    virtual_hosts:
+      - hosts: ["*"]
+        routes:
+          - match: { prefix: / }
+            cluster: app
+clusters:
+  - name: app
+    endpoints: ["10.0.0.1"]
+"#;
+    let dir = tempfile::tempdir()?;
+    let path = write(dir.path(), "bad.yaml", text)?;
+
+    let (code, _, stderr) = validate(&path).await?;
+
+    assert_ne!(code, Some(0), "an invalid file fails validation");
+    assert!(stderr.contains("3 problem(s)"), "{stderr}");
+    for expected in [
+        "line 1: admin.listen: \"127.0.0.1\" has no port",
+        "line 5: listeners[0].http.route_table: unknown route table \"mian\" (did you mean \"main\"?)",
+        "line 15: clusters[0].endpoints[0].address: \"10.0.0.1\" has no port",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} missing from:\n{stderr}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn validate_names_an_unknown_key() -> Result<()> {
+    let text = GOOD.replace("http: { route_table: main }", "htp: { route_table: main }");
+    let dir = tempfile::tempdir()?;
+    let path = write(dir.path(), "typo.yaml", &text)?;
+
+    let (code, _, stderr) = validate(&path).await?;
+
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("line 3: listeners[0].htp:"), "{stderr}");
+    assert!(stderr.contains("unknown field `htp`"), "{stderr}");
+    assert!(stderr.contains("did you mean `http`?"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn validate_fails_on_a_missing_file() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+
+    let (code, _, stderr) = validate(&dir.path().join("nope.yaml")).await?;
+
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("cannot read config file"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn config_examples_pass_legate_validate() -> Result<()> {
+    // Certificate paths are relative to the working directory and the certificates are not
+    // shipped, so an example naming them may fail on those files alone — never on its config.
+    // (tests/tls.rs validates such an example with certificates in place.)
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config-examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples)? {
+        let path = entry?.path();
+        if !matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            continue;
+        }
+        let (code, stdout, stderr) = validate_in(&examples, &path).await?;
+        checked += 1;
+        if code == Some(0) {
+            assert!(stdout.contains("ok (version "), "{stdout}");
+            continue;
+        }
+        let problems: Vec<&str> = stderr.lines().skip(1).collect();
+        assert!(!problems.is_empty(), "{}:\n{stderr}", path.display());
+        for problem in problems {
+            assert!(
+                problem.contains(": cannot read certs/") && problem.contains("No such file"),
+                "{} has a problem other than an unshipped certificate:\n{stderr}",
+                path.display()
+            );
+        }
+    }
+    assert!(checked > 0, "no examples found in {}", examples.display());
+    Ok(())
+}
+
+#[tokio::test]
+async fn run_refuses_an_invalid_config() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let text = GOOD.replace("cluster: app", "cluster: nothing");
+    let path = write(dir.path(), "bad.yaml", &text)?;
+
+    let out = process::run(&["run", "--config", path.to_str().context("utf-8")?]).await?;
+
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown cluster"), "{stderr}");
+    assert!(stderr.contains("nothing"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn run_fails_to_start_when_a_listener_port_is_taken() -> Result<()> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port();
+    let text = GOOD
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:9901", &format!("127.0.0.1:{}", free_port()));
+    let dir = tempfile::tempdir()?;
+    let path = write(dir.path(), "taken.yaml", &text)?;
+
+    let out = process::run(&["run", "--config", path.to_str().context("utf-8")?]).await?;
+
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot bind"), "{stderr}");
+    drop(taken);
+    Ok(())
+}

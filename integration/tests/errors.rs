@@ -1,0 +1,291 @@
+//! Answers Legate gives itself when it cannot proxy — each with its status and `legate-error`
+//! reason — and the limits it enforces on what clients send.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use http::{Method, Request, StatusCode};
+use legate_integration::body;
+use legate_integration::client::{self, h2_request, H2};
+use legate_integration::proxy::{yaml, Proxy};
+use legate_integration::upstream::{closed_port, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Routes: `/app` → cluster `app` at `${APP}` (route timeout 200ms); `/gone` → `gone`, whose
+/// only endpoint is depooled; no catch-all host.
+const ERRORS: &str = r#"
+admin: { listen: 127.0.0.1:0 }
+access_log: { enabled: false }
+listeners:
+  - name: front
+    listen: 127.0.0.1:0
+    http: { route_table: main, max_header_size: 16384, max_concurrent_streams: 7 }
+  - name: tight
+    listen: 127.0.0.1:0
+    http: { route_table: main, max_header_size: 2048 }
+route_tables:
+  main:
+    virtual_hosts:
+      - hosts: [app.example.org]
+        routes:
+          - match: { prefix: /app }
+            cluster: app
+            timeout: 200ms
+          - match: { prefix: /gone }
+            cluster: gone
+          - match: { prefix: /ok }
+            respond: { status: 200, body: ok }
+clusters:
+  - { name: app, endpoints: ["${APP}"], connect_timeout: 500ms }
+  - name: gone
+    endpoints:
+      - { address: "127.0.0.1:9", pooled: false }
+      - { address: "127.0.0.1:10", pooled: false }
+"#;
+
+fn start(app: SocketAddr) -> Result<Proxy> {
+    Proxy::start(yaml(ERRORS).set("APP", app))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_host_or_path_is_404_no_route() -> Result<()> {
+    let proxy = start(closed_port())?;
+    let front = proxy.addr("front");
+
+    let unknown_host = client::get(front, "nobody.example.org", "/app").await?;
+    assert_eq!(unknown_host.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown_host.legate_error(), Some("no-route"));
+
+    let unknown_path = client::get(front, "app.example.org", "/elsewhere").await?;
+    assert_eq!(unknown_path.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown_path.legate_error(), Some("no-route"));
+
+    let over_h2 = client::h2_get(front, "nobody.example.org", "/").await?;
+    assert_eq!(over_h2.status, StatusCode::NOT_FOUND);
+    assert_eq!(over_h2.legate_error(), Some("no-route"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_upstream_port_is_502_connect_failure() -> Result<()> {
+    let proxy = start(closed_port())?;
+
+    let reply = client::get(proxy.addr("front"), "app.example.org", "/app").await?;
+
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.legate_error(), Some("connect-failure"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_without_answer_is_502_upstream_reset() -> Result<()> {
+    let rude = Upstream::builder("rude").close_after_head().start().await?;
+    let proxy = start(rude.addr())?;
+
+    let reply = client::get(proxy.addr("front"), "app.example.org", "/app").await?;
+
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.legate_error(), Some("upstream-reset"));
+    assert!(rude.connections() >= 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_without_pooled_endpoints_is_503_no_endpoint() -> Result<()> {
+    let proxy = start(closed_port())?;
+
+    let reply = client::get(proxy.addr("front"), "app.example.org", "/gone").await?;
+
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.legate_error(), Some("no-endpoint"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_is_504_timeout_at_the_route_deadline() -> Result<()> {
+    let slow = Upstream::builder("slow")
+        .delay(Duration::from_secs(3))
+        .start()
+        .await?;
+    let proxy = start(slow.addr())?;
+
+    let started = Instant::now();
+    let reply = client::get(proxy.addr("front"), "app.example.org", "/app").await?;
+    let took = started.elapsed();
+
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(reply.legate_error(), Some("timeout"));
+    assert!(
+        took >= Duration::from_millis(190) && took < Duration::from_secs(2),
+        "the 200ms route timeout should answer long before the 3s upstream, took {took:?}"
+    );
+    Ok(())
+}
+
+/// Sends raw bytes and returns the status of the answer, or `None` if the connection was
+/// closed (or reset) without one.
+async fn raw_status(addr: SocketAddr, request: &[u8]) -> Result<Option<u16>> {
+    let mut stream = TcpStream::connect(addr).await?;
+    // The proxy may stop reading and close while the head is still being written.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .context("the proxy neither answered nor closed")?;
+    if read.is_err() && answer.is_empty() {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    Ok(text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok()))
+}
+
+fn request_with_header_of(size: usize) -> Vec<u8> {
+    format!(
+        "GET /ok HTTP/1.1\r\nhost: app.example.org\r\nx-big: {}\r\nconnection: close\r\n\r\n",
+        "a".repeat(size)
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_head_over_max_header_size_is_refused() -> Result<()> {
+    let proxy = start(closed_port())?;
+    let front = proxy.addr("front");
+
+    // Within the limit: answered.
+    let small = raw_status(front, &request_with_header_of(4 * 1024)).await?;
+    assert_eq!(small, Some(200));
+    // Four times the 16 KiB limit: 431, or the connection is closed without an answer.
+    let big = raw_status(front, &request_with_header_of(64 * 1024)).await?;
+    assert!(
+        matches!(big, None | Some(431)),
+        "a 64 KiB head on a 16 KiB limit must be refused, got {big:?}"
+    );
+
+    // HTTP/2: a header list over the limit never gets a successful answer either.
+    let h2 = H2::connect(front).await?;
+    let mut req = h2_request(Method::GET, "app.example.org", "/ok", body::empty());
+    req.headers_mut()
+        .insert("x-big", "a".repeat(64 * 1024).parse()?);
+    match h2.request(req).await {
+        Ok(reply) => assert_eq!(reply.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(_refused) => {}
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_header_size_below_8_kib_is_enforced() -> Result<()> {
+    // `max_header_size: 2048` is a valid config (the minimum is 1024), so a 6 KiB head — three
+    // times the limit — must be refused like any other oversized head.
+    let proxy = start(closed_port())?;
+
+    let within = raw_status(proxy.addr("tight"), &request_with_header_of(1024)).await?;
+    assert_eq!(within, Some(200));
+    let over = raw_status(proxy.addr("tight"), &request_with_header_of(6 * 1024)).await?;
+    assert!(
+        matches!(over, None | Some(431)),
+        "a 6 KiB head on a 2 KiB limit must be refused, got {over:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_settings_advertise_max_concurrent_streams() -> Result<()> {
+    let proxy = start(closed_port())?;
+    let tcp = TcpStream::connect(proxy.addr("front")).await?;
+    let (client, connection) = h2::client::handshake(tcp).await?;
+    tokio::spawn(connection);
+
+    // A full exchange guarantees the server's SETTINGS have been received and applied.
+    let mut client = client.ready().await?;
+    let req = Request::get("http://app.example.org/ok").body(())?;
+    let (response, _) = client.send_request(req, true)?;
+    let response = response.await?;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    assert_eq!(client.current_max_send_streams(), 7);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_to_an_http2_cluster_is_400_bad_request() -> Result<()> {
+    let app = Upstream::builder("h2").http2_only().start().await?;
+    let proxy = Proxy::start(
+        yaml(
+            r#"
+admin: { listen: 127.0.0.1:0 }
+access_log: { enabled: false }
+listeners:
+  - { name: front, listen: 127.0.0.1:0, http: { route_table: main } }
+route_tables:
+  main:
+    virtual_hosts:
+      - hosts: ["*"]
+        routes: [{ match: { prefix: / }, cluster: h2 }]
+clusters:
+  - { name: h2, protocol: http2, endpoints: ["${APP}"] }
+"#,
+        )
+        .set("APP", app.addr()),
+    )?;
+    let mut req = client::request(Method::GET, "ws.example.org", "/chat");
+    req.headers_mut().insert("connection", "upgrade".parse()?);
+    req.headers_mut().insert("upgrade", "websocket".parse()?);
+
+    let reply = client::Http1::connect(proxy.addr("front"))
+        .await?
+        .request(req)
+        .await?;
+
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.legate_error(), Some("bad-request"));
+    assert_eq!(app.requests(), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_request_without_host_is_400_missing_host() -> Result<()> {
+    // Even with a catch-all virtual host, an HTTP/1.1 request must name its host
+    // (RFC 9112 §3.2); Legate has a `missing-host` answer for it.
+    let app = Upstream::echo("app").await?;
+    let proxy = Proxy::start(
+        yaml(
+            r#"
+admin: { listen: 127.0.0.1:0 }
+access_log: { enabled: false }
+listeners:
+  - { name: front, listen: 127.0.0.1:0, http: { route_table: main } }
+route_tables:
+  main:
+    virtual_hosts:
+      - hosts: ["*"]
+        routes: [{ match: { prefix: / }, cluster: app }]
+clusters:
+  - { name: app, endpoints: ["${APP}"] }
+"#,
+        )
+        .set("APP", app.addr()),
+    )?;
+    let mut stream = TcpStream::connect(proxy.addr("front")).await?;
+    stream
+        .write_all(b"GET /no-host HTTP/1.1\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+
+    assert!(answer.starts_with("http/1.1 400"), "{answer}");
+    assert!(answer.contains("legate-error: missing-host"), "{answer}");
+    assert_eq!(
+        app.requests(),
+        0,
+        "the request was forwarded without a Host"
+    );
+    Ok(())
+}

@@ -1,0 +1,814 @@
+//! PostgreSQL through Legate's L4 listener, end to end: a real primary and two streaming
+//! replicas per test (see `legate_integration::postgres`), real clients (tokio-postgres, psql,
+//! pgbench), and Legate's `/clusters` for what it decided.
+//!
+//! - sessions spread over both replicas, and `/clusters` counts them;
+//! - a replica killed (`pg_ctl stop -m immediate`) is marked down within a few check
+//!   intervals while sessions on the other one carry on; restarted, it comes back;
+//! - pgbench runs without a failed transaction while a replica is depooled by a reload
+//!   (SIGHUP to the binary); the depooled replica keeps its open session until the client
+//!   ends it, or until `drain_timeout`;
+//! - a CancelRequest reaches the server that owns the session (tokio-postgres and psql), and
+//!   one with an unknown key is broadcast;
+//! - the credential-free check marks a server with no free connection slots down; the check
+//!   with credentials marks a primary down when replicas are required;
+//! - plain TCP: half-close in both directions, and back-pressure from a slow upstream.
+//!
+//! The SIGHUP test runs the binary; it needs `cargo build -p legate --bin legate` first.
+//! PostgreSQL must be installed (`/usr/lib/postgresql/*/bin`, or `$LEGATE_PG_BIN`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use legate_integration::eventually;
+use legate_integration::postgres::{
+    self, endpoint, psql, psql_command, wait_endpoint, wait_health, PgSet, Pgbench, Session,
+    CHECK_PASSWORD, CHECK_USER,
+};
+use legate_integration::process::Legate;
+use legate_integration::proxy::{yaml, Proxy, Yaml};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+const CLUSTER: &str = "replicas";
+
+/// One Postgres listener over cluster `replicas`, checked every 250 ms with the
+/// credential-free probe (two failures to go down, two successes to come back).
+/// `${ADMIN}`: the admin address (the binary's harness fills it); `${LB}`; `${ENDPOINTS}`: a
+/// YAML list body; `${LISTENER}` and `${CLUSTER}`: extra settings (`, key: value` for the
+/// listener's flow map, indented lines for the cluster).
+const PG_CONFIG: &str = r#"
+admin: { listen: "${ADMIN}" }
+access_log: { enabled: false }
+runtime: { workers: 2 }
+listeners:
+  - name: pg
+    listen: 127.0.0.1:0
+    tcp: { cluster: replicas, protocol: postgres, idle_timeout: 1h, connect_attempts: 3${LISTENER} }
+clusters:
+  - name: replicas
+    lb: ${LB}
+    connect_timeout: 1s
+    health_check:
+      postgres: { user: postgres, database: postgres }
+      interval: 250ms
+      timeout: 250ms
+      jitter: 0s
+      unhealthy_threshold: 2
+      healthy_threshold: 2
+    endpoints: [${ENDPOINTS}]
+${CLUSTER}"#;
+
+fn pg_config(lb: &str, endpoints: &str) -> Yaml {
+    pg_config_with(lb, endpoints, "", "")
+}
+
+/// [`PG_CONFIG`] with extra listener settings (`, key: value`) and cluster lines.
+fn pg_config_with(lb: &str, endpoints: &str, listener: &str, cluster: &str) -> Yaml {
+    yaml(PG_CONFIG)
+        .set("LB", lb)
+        .set("ENDPOINTS", endpoints)
+        .set("LISTENER", listener)
+        .set("CLUSTER", cluster)
+}
+
+/// `"a", "b"` for a YAML flow list.
+fn list(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Starts Legate in process and waits until every endpoint has been checked once.
+async fn start_proxy(config: Yaml) -> Result<Proxy> {
+    let proxy = Proxy::start(config.set("ADMIN", "127.0.0.1:0"))?;
+    proxy.wait_ready().await?;
+    Ok(proxy)
+}
+
+/// Opens sessions through `front` until one lands on the server listening on `port` (at most
+/// 30 tries; the others are closed).
+async fn session_on(front: SocketAddr, port: u16) -> Result<Session> {
+    let mut seen = Vec::new();
+    for _ in 0..30 {
+        let s = Session::connect(front).await?;
+        let p = s.server_port().await?;
+        if p == port {
+            return Ok(s);
+        }
+        seen.push(p);
+    }
+    bail!("30 sessions through {front} never reached port {port}: {seen:?}")
+}
+
+fn count(e: &Value, field: &str) -> u64 {
+    e[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} in {e}"))
+}
+
+// === balancing ===
+
+#[tokio::test]
+async fn sessions_spread_over_both_replicas() -> Result<()> {
+    let pg = PgSet::start(2).await?;
+    let proxy = start_proxy(pg_config("least_connections", &list(&pg.replica_addrs()))).await?;
+    let (front, admin) = (proxy.addr("pg"), proxy.admin());
+
+    // psql offers TLS first (sslmode=prefer); the server declines and the session goes on.
+    assert_eq!(psql(front, "SELECT 40 + 2").await?, "42");
+
+    let mut sessions = Vec::new();
+    let mut by_port: BTreeMap<u16, u64> = BTreeMap::new();
+    for _ in 0..10 {
+        let s = Session::connect(front).await?;
+        *by_port.entry(s.server_port().await?).or_default() += 1;
+        assert_eq!(
+            s.value("SELECT pg_is_in_recovery()").await?,
+            "t",
+            "a replica answered"
+        );
+        sessions.push(s);
+    }
+    let replica_ports: BTreeSet<u16> = pg.replicas.iter().map(|r| r.port()).collect();
+    assert_eq!(
+        by_port.keys().copied().collect::<BTreeSet<_>>(),
+        replica_ports,
+        "sessions used both replicas: {by_port:?}"
+    );
+    for r in &pg.replicas {
+        let e = endpoint(admin, CLUSTER, r.addr()).await?;
+        assert_eq!(e["health"], "healthy", "{e}");
+        assert_eq!(
+            count(&e, "active_sessions"),
+            by_port[&r.port()],
+            "/clusters counts the open sessions of {}: {e}",
+            r.name()
+        );
+    }
+    // Every session still answers (a second query on each, in turn).
+    for s in &sessions {
+        assert_eq!(
+            s.value("SELECT count(*) FROM pg_class WHERE false").await?,
+            "0"
+        );
+    }
+
+    drop(sessions);
+    for r in &pg.replicas {
+        let e = wait_endpoint(
+            admin,
+            CLUSTER,
+            r.addr(),
+            Duration::from_secs(5),
+            "without sessions",
+            |e| e["active_sessions"] == 0,
+        )
+        .await?;
+        assert!(count(&e, "total_sessions") >= by_port[&r.port()], "{e}");
+        assert!(count(&e, "bytes_to_upstream") > 0, "{e}");
+        assert!(count(&e, "bytes_to_client") > 0, "{e}");
+    }
+    Ok(())
+}
+
+// === failure and recovery ===
+
+#[tokio::test]
+async fn killed_replica_is_marked_down_and_comes_back() -> Result<()> {
+    let pg = PgSet::start(2).await?;
+    let (victim, survivor) = (&pg.replicas[0], &pg.replicas[1]);
+    let proxy = start_proxy(pg_config("least_connections", &list(&pg.replica_addrs()))).await?;
+    let (front, admin) = (proxy.addr("pg"), proxy.admin());
+    let limit = Duration::from_secs(5);
+    wait_health(admin, CLUSTER, victim.addr(), "healthy", limit).await?;
+    wait_health(admin, CLUSTER, survivor.addr(), "healthy", limit).await?;
+
+    let open = session_on(front, survivor.port()).await?;
+    let mut doomed = session_on(front, victim.port()).await?;
+
+    victim.stop_immediate().await?;
+    let stopped = Instant::now();
+    wait_health(admin, CLUSTER, victim.addr(), "unhealthy", limit)
+        .await
+        .with_context(|| pg.logs())?;
+    // Two failed checks 250 ms apart, plus a probe's time.
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(3), "marked down after {took:?}");
+    doomed
+        .closed(limit)
+        .await
+        .context("a session on the killed replica ends")?;
+
+    for _ in 0..6 {
+        let s = Session::connect(front).await?;
+        assert_eq!(
+            s.server_port().await?,
+            survivor.port(),
+            "new sessions avoid it"
+        );
+    }
+    assert!(!open.is_closed(), "the survivor's session is untouched");
+    assert_eq!(open.server_port().await?, survivor.port());
+    assert_eq!(open.value("SELECT 6 * 7").await?, "42");
+
+    victim.start().await?;
+    wait_health(admin, CLUSTER, victim.addr(), "healthy", limit).await?;
+    // The survivor holds sessions, so least-connections sends new ones to the victim.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(session_on(front, survivor.port()).await?);
+    }
+    let back = session_on(front, victim.port()).await?;
+    assert_eq!(back.value("SELECT pg_is_in_recovery()").await?, "t");
+    assert_eq!(
+        open.value("SELECT 1").await?,
+        "1",
+        "still open through it all"
+    );
+    Ok(())
+}
+
+// === depooling ===
+
+/// A config over both replicas with the first pooled or not, and extra listener and
+/// cluster settings (see [`pg_config_with`]).
+fn depool_config(pg: &PgSet, first_pooled: bool, listener: &str, cluster: &str) -> Yaml {
+    let endpoints = format!(
+        "{{ address: \"{}\", pooled: {first_pooled} }}, \"{}\"",
+        pg.replicas[0].addr(),
+        pg.replicas[1].addr()
+    );
+    pg_config_with("least_connections", &endpoints, listener, cluster)
+}
+
+#[tokio::test]
+async fn pgbench_has_no_failures_while_a_replica_is_depooled_by_sighup() -> Result<()> {
+    let pg = PgSet::start(2).await?;
+    pg.pgbench_init(1).await?;
+    let (depooled, kept) = (&pg.replicas[0], &pg.replicas[1]);
+    let legate = Legate::start(depool_config(&pg, true, "", "")).await?;
+    let (front, admin) = (legate.addr("pg"), legate.admin());
+
+    let long = session_on(front, depooled.port()).await?;
+    let before = endpoint(admin, CLUSTER, depooled.addr()).await?;
+
+    // A new connection per transaction (-C), so sessions keep being placed throughout.
+    let mut cmd = postgres::pgbench(front)?;
+    cmd.args(["-S", "-C", "-n", "-c", "4", "-j", "2", "-T", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let bench = tokio::spawn(cmd.output());
+
+    // Reload once pgbench's sessions have reached the replica about to be depooled.
+    let started = count(&before, "total_sessions");
+    wait_endpoint(
+        admin,
+        CLUSTER,
+        depooled.addr(),
+        Duration::from_secs(10),
+        "used by pgbench",
+        |e| e["total_sessions"].as_u64().unwrap_or(0) >= started + 10,
+    )
+    .await?;
+    legate.write_config(depool_config(&pg, false, "", ""))?;
+    legate.signal("HUP").await?;
+    legate.wait_stderr("config reloaded").await?;
+
+    let at_reload = endpoint(admin, CLUSTER, depooled.addr()).await?;
+    assert_eq!(at_reload["pooled"], false, "{at_reload}");
+    assert!(!at_reload["draining_since"].is_null(), "{at_reload}");
+    assert!(
+        count(&at_reload, "active_sessions") >= 1,
+        "the long session is still there: {at_reload}"
+    );
+    assert_eq!(long.value("SELECT 1").await?, "1", "and still answers");
+    let kept_at_reload = count(
+        &endpoint(admin, CLUSTER, kept.addr()).await?,
+        "total_sessions",
+    );
+
+    let out = bench.await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "pgbench failed ({}):\n{stdout}\n{stderr}\nlegate:\n{}",
+        out.status,
+        legate.stderr_text()
+    );
+    let report = Pgbench::parse(&stdout)?;
+    assert_eq!(report.failed, 0, "{stdout}\n{stderr}");
+    assert!(report.processed > 20, "{stdout}");
+    assert!(
+        !stderr.contains("error"),
+        "pgbench reported errors:\n{stderr}"
+    );
+
+    let after = endpoint(admin, CLUSTER, depooled.addr()).await?;
+    // Sessions placed before the reload may have been counted just after it: at most one
+    // per pgbench client.
+    let late = count(&after, "total_sessions") - count(&at_reload, "total_sessions");
+    assert!(
+        late <= 4,
+        "{late} sessions reached the depooled replica: {after}"
+    );
+    let kept_after = count(
+        &endpoint(admin, CLUSTER, kept.addr()).await?,
+        "total_sessions",
+    );
+    assert!(
+        kept_after >= kept_at_reload + 20,
+        "pgbench went on on the other replica ({kept_at_reload} → {kept_after})"
+    );
+
+    // Without a drain timeout, the depooled replica keeps its session until the client ends it.
+    wait_endpoint(
+        admin,
+        CLUSTER,
+        depooled.addr(),
+        Duration::from_secs(5),
+        "left with the long session only",
+        |e| e["active_sessions"] == 1,
+    )
+    .await?;
+    assert_eq!(long.server_port().await?, depooled.port());
+    drop(long);
+    wait_endpoint(
+        admin,
+        CLUSTER,
+        depooled.addr(),
+        Duration::from_secs(5),
+        "without sessions",
+        |e| e["active_sessions"] == 0,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn drain_timeout_closes_sessions_of_a_depooled_replica() -> Result<()> {
+    let pg = PgSet::start(2).await?;
+    let (depooled, kept) = (&pg.replicas[0], &pg.replicas[1]);
+    // The listener's drain timeout overrides the cluster's.
+    let config = |first_pooled: bool| {
+        depool_config(&pg, first_pooled, ", drain_timeout: 1s", "    drain_timeout: 1h\n")
+            .set("ADMIN", "127.0.0.1:0")
+    };
+    let proxy = start_proxy(config(true)).await?;
+    let (front, admin) = (proxy.addr("pg"), proxy.admin());
+    let mut doomed = session_on(front, depooled.port()).await?;
+    let other = session_on(front, kept.port()).await?;
+
+    proxy.apply(config(false))?;
+    let applied = Instant::now();
+    assert_eq!(
+        doomed.value("SELECT 1").await?,
+        "1",
+        "the session lives on during the drain"
+    );
+    if let Err(e) = doomed.closed(Duration::from_secs(5)).await {
+        let status = postgres::cluster(admin, CLUSTER).await?;
+        bail!("{e:#}; Legate did not close it: {status}");
+    }
+    let took = applied.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "closed {took:?} after the depool, not about 1s"
+    );
+    let err = doomed
+        .value("SELECT 1")
+        .await
+        .expect_err("the next query fails");
+    assert!(format!("{err:#}").contains("closed"), "{err:#}");
+
+    assert_eq!(
+        other.value("SELECT 2").await?,
+        "2",
+        "the kept replica's session lives"
+    );
+    let e = wait_endpoint(
+        admin,
+        CLUSTER,
+        depooled.addr(),
+        Duration::from_secs(5),
+        "without sessions",
+        |e| e["active_sessions"] == 0,
+    )
+    .await?;
+    assert!(!e["draining_since"].is_null(), "{e}");
+
+    // Pooled again: no longer draining, and it takes sessions.
+    proxy.apply(config(true))?;
+    let e = endpoint(admin, CLUSTER, depooled.addr()).await?;
+    assert!(e["draining_since"].is_null(), "{e}");
+    let back = session_on(front, depooled.port()).await?;
+    assert_eq!(back.value("SELECT 3").await?, "3");
+    Ok(())
+}
+
+// === cancel routing ===
+
+/// Waits until `sql` runs on `server` (as seen in pg_stat_activity).
+async fn wait_running(server: &postgres::Server, sql: &str) -> Result<()> {
+    let probe = server.connect().await?;
+    let check =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = '{sql}'");
+    eventually(Duration::from_secs(5), || async {
+        let n = probe.value(&check).await?;
+        ensure!(n == "1", "{sql:?} runs {n} times on {}", server.name());
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn cancel_requests_reach_the_server_that_owns_the_session() -> Result<()> {
+    let pg = PgSet::start(2).await?;
+    // Round robin over two: whatever connection follows a session would be placed on the
+    // *other* replica, so a cancel that is balanced like a session misses its query.
+    let proxy = start_proxy(pg_config("round_robin", &list(&pg.replica_addrs()))).await?;
+    let (front, admin) = (proxy.addr("pg"), proxy.admin());
+
+    // tokio-postgres: the cancel token aims at the address it connected to, Legate's.
+    let session = Session::connect(front).await?;
+    let owner = pg
+        .replica_on(session.server_port().await?)
+        .context("on a replica")?;
+    let token = session.client.cancel_token();
+    let sleep = "SELECT pg_sleep(30)";
+    let query = tokio::spawn(async move {
+        let result = session.client.simple_query(sleep).await;
+        (result, session)
+    });
+    wait_running(owner, sleep).await?;
+    let sent = Instant::now();
+    token.cancel_query(NoTls).await?;
+    let (result, session) = tokio::time::timeout(Duration::from_secs(5), query)
+        .await
+        .context("the query was not cancelled")??;
+    let took = sent.elapsed();
+    let err = result.expect_err("the sleep is cancelled");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    let message = err.as_db_error().map(|e| e.message().to_owned());
+    assert_eq!(
+        message.as_deref(),
+        Some("canceling statement due to user request"),
+        "{err:?}"
+    );
+    assert!(took < Duration::from_secs(2), "cancelled after {took:?}");
+    assert_eq!(session.value("SELECT 1").await?, "1", "the session goes on");
+    let c = postgres::cluster(admin, CLUSTER).await?;
+    assert_eq!(c["cancels_routed"], 1, "{c}");
+    assert_eq!(c["cancels_broadcast"], 0, "{c}");
+
+    // psql, interrupted: it sends the cancel to the host and port it connected to.
+    let mut cmd = psql_command(front, sleep)?;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn()?;
+    let pid = child.id().context("psql has a pid")?;
+    eventually(Duration::from_secs(5), || async {
+        for r in &pg.replicas {
+            if is_running(r, sleep).await? {
+                return Ok(());
+            }
+        }
+        bail!("psql's query is not running yet")
+    })
+    .await?;
+    let sent = Instant::now();
+    let status = tokio::process::Command::new("kill")
+        .args(["-s", "INT", &pid.to_string()])
+        .status()
+        .await?;
+    ensure!(status.success(), "kill -s INT {pid}");
+    let out = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output())
+        .await
+        .context("psql was not cancelled")??;
+    let took = sent.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "psql said: {stderr}"
+    );
+    assert!(!out.status.success());
+    assert!(took < Duration::from_secs(2), "cancelled after {took:?}");
+    let c = postgres::cluster(admin, CLUSTER).await?;
+    assert_eq!(c["cancels_routed"], 2, "{c}");
+    assert_eq!(c["cancels_broadcast"], 0, "{c}");
+
+    // A key Legate has not seen goes to every pooled endpoint (which ignore it).
+    let mut cancel = Vec::new();
+    for word in [16i32, 80_877_102, 12_345, -6_789] {
+        cancel.extend_from_slice(&word.to_be_bytes());
+    }
+    let mut raw = TcpStream::connect(front).await?;
+    raw.write_all(&cancel).await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest))
+        .await
+        .context("Legate closes a cancel connection")??;
+    assert!(rest.is_empty(), "a cancel gets no answer: {rest:?}");
+    let c = eventually(Duration::from_secs(5), || async {
+        let c = postgres::cluster(admin, CLUSTER).await?;
+        ensure!(c["cancels_broadcast"] == 1, "{c}");
+        Ok(c)
+    })
+    .await?;
+    assert_eq!(c["cancels_routed"], 2, "{c}");
+    Ok(())
+}
+
+/// Whether `sql` is running on `server` right now.
+async fn is_running(server: &postgres::Server, sql: &str) -> Result<bool> {
+    let n = server
+        .value(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = '{sql}'"
+        ))
+        .await?;
+    Ok(n == "1")
+}
+
+// === health checks ===
+
+#[tokio::test]
+async fn server_out_of_connection_slots_is_marked_down() -> Result<()> {
+    let pg = PgSet::start_with(
+        0,
+        &[
+            "-c max_connections=3",
+            "-c superuser_reserved_connections=0",
+        ],
+    )
+    .await?;
+    let server = &pg.primary;
+    let config = pg_config_with(
+        "least_connections",
+        &list(&[server.addr()]),
+        "",
+        "    panic_threshold: 0\n",
+    );
+    let proxy = start_proxy(config).await?;
+    let (front, admin) = (proxy.addr("pg"), proxy.admin());
+    let limit = Duration::from_secs(5);
+    wait_health(admin, CLUSTER, server.addr(), "healthy", limit).await?;
+
+    // Take every slot (a health check may hold one for a moment: retry).
+    let mut hogs = Vec::new();
+    for _ in 0..3 {
+        hogs.push(eventually(limit, || server.connect()).await?);
+    }
+    let refused = server.connect().await.expect_err("no slot is left");
+    assert!(
+        format!("{refused:#}").contains("too many clients"),
+        "{refused:#}"
+    );
+
+    wait_health(admin, CLUSTER, server.addr(), "unhealthy", limit).await?;
+    let err = psql(front, "SELECT 1")
+        .await
+        .expect_err("Legate has no server to offer");
+    assert!(
+        format!("{err:#}").contains("no database server is available"),
+        "{err:#}"
+    );
+
+    drop(hogs);
+    wait_health(admin, CLUSTER, server.addr(), "healthy", limit).await?;
+    assert_eq!(psql(front, "SELECT 1").await?, "1");
+    Ok(())
+}
+
+#[tokio::test]
+async fn check_with_credentials_requires_a_replica() -> Result<()> {
+    let pg = PgSet::start(1).await?;
+    let (primary, replica) = (&pg.primary, &pg.replicas[0]);
+    let dir = tempfile::tempdir()?;
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, format!("{CHECK_PASSWORD}\n"))?;
+    let both = list(&[primary.addr(), replica.addr()]);
+    let config = yaml(
+        r#"
+admin: { listen: 127.0.0.1:0 }
+access_log: { enabled: false }
+listeners:
+  - name: pg
+    listen: 127.0.0.1:0
+    tcp: { cluster: replicas, protocol: postgres }
+clusters:
+  - name: replicas
+    lb: least_connections
+    health_check:
+      { postgres: { user: ${USER}, password: ${PASSWORD}, require_replica: true, max_lag: 30s }${CHECKS} }
+    endpoints: [${BOTH}]
+  - name: from_file
+    health_check:
+      { postgres: { user: ${USER}, password_file: "${FILE}", require_replica: true }${CHECKS} }
+    endpoints: [${BOTH}]
+  - name: wrong_password
+    health_check: { postgres: { user: ${USER}, password: wrong }${CHECKS} }
+    endpoints: [${BOTH}]
+  - name: any_server
+    health_check: { postgres: { user: ${USER} }${CHECKS} }
+    endpoints: [${BOTH}]
+"#,
+    )
+    .set("USER", CHECK_USER)
+    .set("PASSWORD", CHECK_PASSWORD)
+    .set("FILE", password_file.display())
+    .set(
+        "CHECKS",
+        ", interval: 500ms, timeout: 500ms, jitter: 0s, unhealthy_threshold: 2, healthy_threshold: 2",
+    )
+    .set("BOTH", &both);
+    let proxy = start_proxy(config).await?;
+    let (front, admin) = (proxy.addr("pg"), proxy.admin());
+    let limit = Duration::from_secs(5);
+
+    for name in ["replicas", "from_file"] {
+        let p = wait_health(admin, name, primary.addr(), "unhealthy", limit).await?;
+        let r = wait_health(admin, name, replica.addr(), "healthy", limit).await?;
+        assert_eq!(p["pooled"], true, "{p}");
+        assert_eq!(r["pooled"], true, "{r}");
+    }
+    // Logging in fails: down, whatever the server is.
+    for addr in [primary.addr(), replica.addr()] {
+        wait_health(admin, "wrong_password", addr, "unhealthy", limit).await?;
+        // Asked for a password, the credential-free check calls the server up.
+        wait_health(admin, "any_server", addr, "healthy", limit).await?;
+    }
+    // Sessions go to the replica only.
+    for _ in 0..6 {
+        let s = Session::connect(front).await?;
+        assert_eq!(s.value("SELECT pg_is_in_recovery()").await?, "t");
+        assert_eq!(s.server_port().await?, replica.port());
+    }
+    // The role really needs its password (the check logged in with SCRAM).
+    let err = Session::connect_as(replica.addr(), CHECK_USER, Some("wrong"))
+        .await
+        .expect_err("a wrong password is refused");
+    assert!(format!("{err:#}").contains("password"), "{err:#}");
+    Session::connect_as(replica.addr(), CHECK_USER, Some(CHECK_PASSWORD)).await?;
+    Ok(())
+}
+
+// === plain TCP ===
+
+const TCP_CONFIG: &str = r#"
+admin: { listen: 127.0.0.1:0 }
+access_log: { enabled: false }
+listeners:
+  - name: raw
+    listen: 127.0.0.1:0
+    tcp: { cluster: upstream }
+clusters:
+  - name: upstream
+    endpoints: ["${UPSTREAM}"]
+"#;
+
+#[tokio::test]
+async fn plain_tcp_relays_both_ways_and_half_closes() -> Result<()> {
+    // Reads until the client's EOF, then answers with what it got and closes.
+    let upstream = TcpListener::bind("127.0.0.1:0").await?;
+    let upstream_addr = upstream.local_addr()?;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await?;
+        s.write_all(b"hello\n").await?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await?;
+        let digest: u64 = got.iter().map(|b| u64::from(*b)).sum();
+        s.write_all(format!("got {} bytes, sum {digest}\n", got.len()).as_bytes())
+            .await?;
+        s.shutdown().await?;
+        anyhow::Ok(got.len())
+    });
+    let proxy = start_proxy(yaml(TCP_CONFIG).set("UPSTREAM", upstream_addr)).await?;
+    let admin = proxy.admin();
+
+    let mut client = TcpStream::connect(proxy.addr("raw")).await?;
+    let mut greeting = [0u8; 6];
+    client.read_exact(&mut greeting).await?;
+    assert_eq!(
+        &greeting, b"hello\n",
+        "bytes flow before the client sends any"
+    );
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let digest: u64 = payload.iter().map(|b| u64::from(*b)).sum();
+    client.write_all(&payload).await?;
+    client.shutdown().await?; // half-close: no more from the client, still reading
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_string(&mut answer))
+        .await
+        .context("the upstream's last bytes never came")??;
+    assert_eq!(answer, format!("got 1000000 bytes, sum {digest}\n"));
+    assert_eq!(server.await??, payload.len());
+
+    let e = wait_endpoint(
+        admin,
+        "upstream",
+        upstream_addr,
+        Duration::from_secs(5),
+        "done with its session",
+        |e| e["active_sessions"] == 0 && e["total_sessions"] == 1,
+    )
+    .await?;
+    assert_eq!(count(&e, "bytes_to_upstream"), 1_000_000, "{e}");
+    assert_eq!(
+        count(&e, "bytes_to_client"),
+        (6 + answer.len()) as u64,
+        "{e}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn plain_tcp_upstream_half_close_reaches_the_client() -> Result<()> {
+    // The server speaks first and closes its side; the client then still sends, and the
+    // server reads it all.
+    let upstream = TcpListener::bind("127.0.0.1:0").await?;
+    let upstream_addr = upstream.local_addr()?;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await?;
+        s.write_all(b"banner, then my side is closed\n").await?;
+        s.shutdown().await?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await?;
+        anyhow::Ok(got)
+    });
+    let proxy = start_proxy(yaml(TCP_CONFIG).set("UPSTREAM", upstream_addr)).await?;
+    let mut client = TcpStream::connect(proxy.addr("raw")).await?;
+    let mut banner = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut banner))
+        .await
+        .context("the upstream's EOF never reached the client")??;
+    assert_eq!(banner, b"banner, then my side is closed\n");
+    client.write_all(b"late words").await?;
+    client.shutdown().await?;
+    let got = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .context("the upstream never saw the client's EOF")???;
+    assert_eq!(got, b"late words");
+    Ok(())
+}
+
+#[tokio::test]
+async fn plain_tcp_slow_upstream_stalls_the_client_instead_of_buffering() -> Result<()> {
+    // The upstream accepts, then reads nothing until told to.
+    let upstream = TcpListener::bind("127.0.0.1:0").await?;
+    let upstream_addr = upstream.local_addr()?;
+    let (go, gate) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await?;
+        let _ = gate.await;
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                return anyhow::Ok(total);
+            }
+            total += n as u64;
+        }
+    });
+    let proxy = start_proxy(yaml(TCP_CONFIG).set("UPSTREAM", upstream_addr)).await?;
+    let mut client = TcpStream::connect(proxy.addr("raw")).await?;
+
+    // Write until a write makes no progress for a second: then every buffer on the way
+    // (the sockets' and Legate's 16 KiB per direction) is full.
+    let chunk = vec![7u8; 64 * 1024];
+    let cap: u64 = 256 * 1024 * 1024;
+    let mut sent = 0u64;
+    while sent < cap {
+        match tokio::time::timeout(Duration::from_secs(1), client.write(&chunk)).await {
+            Ok(n) => sent += n? as u64,
+            Err(_) => break,
+        }
+    }
+    // Loopback socket buffers autotune up to a few MiB each (client send, Legate receive and
+    // send, upstream receive); a proxy that buffered without bound would take all 256 MiB.
+    assert!(
+        sent < 64 * 1024 * 1024,
+        "Legate accepted {sent} bytes the upstream never read"
+    );
+
+    let _ = go.send(());
+    client.shutdown().await?;
+    let total = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .context("the upstream never got everything")???;
+    assert_eq!(
+        total, sent,
+        "every byte written arrived once the upstream read"
+    );
+    Ok(())
+}
