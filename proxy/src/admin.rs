@@ -83,6 +83,12 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             if shared.draining.load(Ordering::SeqCst) {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
             }
+            if !shared.xds.ready.load(Ordering::Acquire) {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "waiting for the first config from the control plane\n",
+                );
+            }
             // Ready once every cluster has its first DNS answers and health check results,
             // so a new proxy does not take traffic it would answer with 503s.
             let snapshot = shared.snapshot.load();
@@ -109,6 +115,9 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                     "rejected": shared.reloads_rejected.load(Ordering::Relaxed),
                 },
                 "listeners": &**shared.listener_addrs.load(),
+                "xds": snapshot.config.xds.as_ref().map(|_| {
+                    shared.xds.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+                }),
                 "config": &snapshot.config,
             }))
         }

@@ -31,6 +31,8 @@ pub struct Shared {
     pub listener_addrs: ArcSwap<HashMap<String, SocketAddr>>,
     /// Reloads the config file (`POST /reload`); set once the app is built.
     pub reload: OnceLock<Reloader>,
+    /// The control plane session, if the config names one.
+    pub xds: Arc<crate::xds::Shared>,
     /// Reload attempts, by outcome.
     pub reloads_ok: AtomicU64,
     pub reloads_rejected: AtomicU64,
@@ -121,6 +123,8 @@ struct Inner {
     tls_watch: Mutex<Option<tokio::task::AbortHandle>>,
     /// The config file and the task reloading it when it changes.
     config_file: Mutex<Option<(PathBuf, tokio::task::AbortHandle)>>,
+    /// With a control plane: the bootstrap config its client assembles resources with.
+    xds_bootstrap: Mutex<Option<tokio::sync::watch::Sender<Config>>>,
 }
 
 #[derive(Debug, Default)]
@@ -153,6 +157,7 @@ pub fn build(config: Config, version: String) -> Result<App, BuildError> {
         last_reload: ArcSwap::from_pointee(None),
         listener_addrs: ArcSwap::from_pointee(HashMap::new()),
         reload: OnceLock::new(),
+        xds: Arc::new(crate::xds::Shared::default()),
         reloads_ok: AtomicU64::new(0),
         reloads_rejected: AtomicU64::new(0),
     });
@@ -167,6 +172,7 @@ pub fn build(config: Config, version: String) -> Result<App, BuildError> {
         managers: Mutex::new(HashMap::new()),
         tls_watch: Mutex::new(None),
         config_file: Mutex::new(None),
+        xds_bootstrap: Mutex::new(None),
     };
     let app = App {
         inner: Arc::new(app),
@@ -182,6 +188,7 @@ pub fn build(config: Config, version: String) -> Result<App, BuildError> {
     app.inner.reconcile(&[], &snapshot)?;
     app.inner.start_managers(&snapshot);
     app.inner.start_tls_watch(&snapshot);
+    app.inner.start_xds(&app.inner, &snapshot.config);
     let admin_addr: SocketAddr = admin_listen.parse().map_err(|e| BuildError::Admin {
         addr: admin_listen.clone(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
@@ -257,7 +264,19 @@ impl Inner {
                 .map_err(ReloadError::from)
                 .and_then(|(config, text)| {
                     let version = config::version_of(&text);
-                    self.apply(config, version.clone())?;
+                    let following = self.xds_bootstrap.lock().unwrap_or_else(|e| e.into_inner());
+                    match following.as_ref() {
+                        // The control plane's resources are assembled with the new bootstrap
+                        // by the client, which applies the combination.
+                        Some(bootstrap) if self.shared.xds.ready.load(Ordering::Acquire) => {
+                            bootstrap.send_replace(config);
+                        }
+                        Some(bootstrap) => {
+                            bootstrap.send_replace(config.clone());
+                            self.apply(config, version.clone())?;
+                        }
+                        None => self.apply(config, version.clone())?,
+                    }
                     Ok(version)
                 });
         self.shared.last_reload.store(Arc::new(Some(ReloadStatus {
@@ -478,6 +497,29 @@ impl Inner {
         if let Some(control) = control {
             control.stop();
         }
+    }
+
+    /// Follows the control plane named by the bootstrap config, if any; without one, the
+    /// proxy is ready as soon as it serves.
+    fn start_xds(&self, this: &Arc<Inner>, bootstrap: &Config) {
+        let Some(xds) = bootstrap.xds.clone() else {
+            self.shared.xds.ready.store(true, Ordering::Release);
+            return;
+        };
+        let (tx, rx) = tokio::sync::watch::channel(bootstrap.clone());
+        *self.xds_bootstrap.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        let weak = Arc::downgrade(this);
+        let apply: crate::xds::Apply = Arc::new(move |config, version| {
+            let inner = weak.upgrade().ok_or_else(|| "shutting down".to_owned())?;
+            inner.apply(config, version).map_err(|e| e.to_string())
+        });
+        self.control_handle.spawn(crate::xds::run(
+            xds,
+            bootstrap.node.clone(),
+            rx,
+            apply,
+            self.shared.xds.clone(),
+        ));
     }
 
     fn watch_config(&self, path: &Path) {

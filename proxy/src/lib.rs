@@ -22,3 +22,4 @@ pub mod tcp;
 pub mod tls;
 pub mod watch;
 pub mod worker;
+pub mod xds;

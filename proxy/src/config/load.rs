@@ -10,8 +10,9 @@ use super::validate::{Names, Provenance};
 use super::{Config, ConfigError};
 
 /// The top-level keys of `Config`, in documentation order.
-pub const SECTIONS: [&str; 7] = [
+pub const SECTIONS: [&str; 8] = [
     "node",
+    "xds",
     "admin",
     "runtime",
     "access_log",
@@ -76,6 +77,11 @@ pub fn load(text: &str) -> Result<Loaded, ConfigError> {
             "node" => {
                 if let Some(node) = loaded.entry("node", value) {
                     loaded.config.node = node;
+                }
+            }
+            "xds" => {
+                if let Some(xds) = loaded.entry("xds", value) {
+                    loaded.config.xds = Some(xds);
                 }
             }
             "admin" => match loaded.entry("admin", value) {
@@ -367,7 +373,7 @@ mod tests {
                 (
                     "listener",
                     1,
-                    "unknown field `listener`, expected one of `node`, `admin`, `runtime`, `access_log`, \
+                    "unknown field `listener`, expected one of `node`, `xds`, `admin`, `runtime`, `access_log`, \
                      `listeners`, `route_tables`, `clusters` (did you mean `listeners`?)",
                 ),
                 ("tls", 2, "unknown field `tls`"),
@@ -646,7 +652,14 @@ mod tests {
     #[test]
     fn known_sections_match_the_model() {
         // The loader dispatches sections by name; this keeps the list in step with `Config`.
-        let value = serde_yaml::to_value(Config::default()).expect("the model serializes");
+        let config = Config {
+            xds: Some(crate::config::model::Xds {
+                server: "127.0.0.1:1".into(),
+                connect_timeout: crate::config::Duration::from_secs(1),
+            }),
+            ..Config::default()
+        };
+        let value = serde_yaml::to_value(config).expect("the model serializes");
         let keys: Vec<&str> = value
             .as_mapping()
             .expect("a config serializes to a mapping")

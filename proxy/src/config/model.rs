@@ -15,9 +15,13 @@ use super::duration::Duration;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Who this proxy is: its identity and zone.
+    /// Who this proxy is: its identity, node group and zone.
     #[serde(default)]
     pub node: Node,
+    /// Get listeners, route tables, clusters and endpoints from an xDS-lite control plane, in
+    /// addition to the ones in this file. Default: none (this file is the whole config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds: Option<Xds>,
     /// The admin listener (`/ready`, `/config`, `/clusters`). Default: `127.0.0.1:9901`.
     #[serde(default)]
     pub admin: Admin,
@@ -51,6 +55,23 @@ pub struct Node {
     /// zones keep traffic in this zone while it has enough healthy capacity. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+}
+
+/// The control plane to follow.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Xds {
+    /// `host:port` of the control plane (HTTP/2, h2c).
+    pub server: String,
+    /// Time allowed to connect. Default `5s`.
+    #[serde(default = "Xds::default_connect_timeout")]
+    pub connect_timeout: Duration,
+}
+
+impl Xds {
+    fn default_connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

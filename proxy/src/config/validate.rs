@@ -84,6 +84,7 @@ pub fn validate_with(config: &Config, provenance: &Provenance) -> Vec<ConfigErro
         errors: Vec::new(),
     };
     v.runtime();
+    v.xds();
     v.listeners();
     for (name, table) in &config.route_tables {
         v.route_table(name, table);
@@ -114,6 +115,32 @@ impl<'a> Validator<'a> {
     fn positive(&mut self, path: impl Into<String>, d: Duration) {
         if d.get().is_zero() {
             self.error(path, "must be greater than zero");
+        }
+    }
+
+    fn xds(&mut self) {
+        let Some(xds) = &self.config.xds else {
+            return;
+        };
+        let server = xds.server.as_str();
+        let port_ok = server.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok {
+            self.error("xds.server", format!("{server:?} must be host:port"));
+        }
+        self.positive("xds.connect_timeout", xds.connect_timeout);
+        if self
+            .config
+            .node
+            .cluster
+            .as_deref()
+            .is_none_or(str::is_empty)
+        {
+            self.error(
+                "node.cluster",
+                "with `xds`, the node group (node.cluster) chooses the resources and must be set",
+            );
         }
     }
 
