@@ -33,6 +33,8 @@ pub struct Shared {
     pub reload: OnceLock<Reloader>,
     /// The control plane session, if the config names one.
     pub xds: Arc<crate::xds::Shared>,
+    /// The version of the config file last applied, to notice a change the watcher missed.
+    pub file_version: Mutex<String>,
     /// Reload attempts, by outcome.
     pub reloads_ok: AtomicU64,
     pub reloads_rejected: AtomicU64,
@@ -148,6 +150,7 @@ pub fn build(config: Config, version: String) -> Result<App, BuildError> {
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let registry = Arc::new(Registry::default());
+    let snapshot_version = version.clone();
     let snapshot = Snapshot::compile(config, version, &registry).map_err(ApplyError::from)?;
     let admin_listen = snapshot.config.admin.listen.clone();
     let shared = Arc::new(Shared {
@@ -158,6 +161,7 @@ pub fn build(config: Config, version: String) -> Result<App, BuildError> {
         listener_addrs: ArcSwap::from_pointee(HashMap::new()),
         reload: OnceLock::new(),
         xds: Arc::new(crate::xds::Shared::default()),
+        file_version: Mutex::new(snapshot_version.clone()),
         reloads_ok: AtomicU64::new(0),
         reloads_rejected: AtomicU64::new(0),
     });
@@ -286,6 +290,11 @@ impl Inner {
         })));
         match &result {
             Ok(v) => {
+                *self
+                    .shared
+                    .file_version
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = v.clone();
                 self.shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 info!(version = %v, "config reloaded");
             }
@@ -362,7 +371,10 @@ impl Inner {
                     return;
                 }
             };
-            while crate::watch::next_change(&mut changes).await {
+            // Files changed between loading and watching are picked up now (a no-op when
+            // nothing changed).
+            let mut pending = true;
+            while std::mem::take(&mut pending) || crate::watch::next_change(&mut changes).await {
                 for server in &servers {
                     if let Err(e) = server.reload() {
                         tracing::error!(error = %e, "new TLS certificate rejected; the current one keeps serving");
@@ -538,6 +550,14 @@ impl Inner {
                 }
             };
             let mut last = std::fs::read(&file).ok();
+            // A change between loading the file and starting the watch would go unseen.
+            let applied = shared.file_version.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let current = last.as_deref().map(|t| config::version_of(&String::from_utf8_lossy(t)));
+            if current.is_some_and(|v| v != applied) {
+                if let Some(reloader) = shared.reload.get() {
+                    let _ = reloader.reload();
+                }
+            }
             while crate::watch::next_change(&mut changes).await {
                 // A directory event may concern another file; reload only on a real change.
                 let now = std::fs::read(&file).ok();

@@ -51,8 +51,11 @@ fn main() -> ExitCode {
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {
-    match config::load_file(path) {
-        Ok((_, text)) => {
+    match config::load_file_with_warnings(path) {
+        Ok((_, text, warnings)) => {
+            for w in &warnings {
+                eprintln!("{}: warning: {w}", path.display());
+            }
             println!(
                 "{}: ok (version {})",
                 path.display(),

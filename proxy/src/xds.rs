@@ -50,6 +50,8 @@ pub struct Shared {
 struct Held {
     sotw: HashMap<ResourceType, (String, Vec<serde_json::Value>)>,
     endpoints: Option<BTreeMap<String, EndpointsResource>>,
+    /// The `system_version_info` of the last endpoints delta applied.
+    endpoints_version: Option<String>,
 }
 
 impl Held {
@@ -174,6 +176,11 @@ async fn session(
             .sotw
             .iter()
             .map(|(t, (v, _))| (*t, v.clone()))
+            .chain(
+                held.endpoints_version
+                    .iter()
+                    .map(|v| (ResourceType::Endpoints, v.clone())),
+            )
             .collect(),
         endpoint_versions: held
             .endpoints

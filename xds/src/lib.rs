@@ -1,4 +1,16 @@
 //! xDS-lite: the messages Legate proxies and the `legate-xds` control plane exchange (see
 //! `PROTOCOL.md`, whose rules are cited as `R1`..), their line framing, and the control plane.
+//!
+//! - [`protocol`]: the messages and their framing, shared with the proxy's client.
+//! - [`store`]: node groups from a directory of YAML files, operator overrides, versions.
+//! - [`session`]: one proxy session as a state machine: what to send, given ACKs and NACKs.
+//! - [`server`]: the stream and the operator API on one port; [`server::serve`].
+//! - [`cli`]: the `legate-xds` command line.
 
+pub mod cli;
 pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod store;
+
+pub use server::{serve, ServeConfig, ServeError, ServerHandle};

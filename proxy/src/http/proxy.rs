@@ -533,13 +533,20 @@ async fn try_once(
                     match unsent {
                         Some(r) if pooled.reused => request = r,
                         unsent => {
-                            return Err(Failure {
-                                error: ProxyError::UpstreamReset {
+                            // TLS 1.3 reports some handshake refusals (a client certificate
+                            // the upstream wants) only on the first read.
+                            let error = if is_tls_failure(&source) {
+                                ProxyError::UpstreamTls {
+                                    addr: endpoint.addr,
+                                    source: std::io::Error::other(source),
+                                }
+                            } else {
+                                ProxyError::UpstreamReset {
                                     addr: endpoint.addr,
                                     source,
-                                },
-                                unsent,
-                            })
+                                }
+                            };
+                            return Err(Failure { error, unsent });
                         }
                     }
                 }
@@ -561,6 +568,18 @@ async fn try_once(
                 unsent: None,
             })),
     }
+}
+
+/// Whether an upstream error was a TLS failure (an alert from the server) underneath.
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 /// Copies bytes both ways between an upgraded client connection and its upstream.

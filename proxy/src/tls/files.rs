@@ -65,8 +65,11 @@ pub fn read_roots(path: &str) -> Result<RootCertStore, TlsError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
     pub subject: String,
-    /// DNS names of the subject alternative names (or the common name when there are none).
+    /// DNS names of the subject alternative names (or the common name when there are none),
+    /// for matching server names.
     pub dns_names: Vec<String>,
+    /// Only the DNS subject alternative names, for reporting an identity.
+    pub dns_sans: Vec<String>,
     pub uris: Vec<String>,
     pub not_after: SystemTime,
 }
@@ -85,6 +88,7 @@ impl CertInfo {
                 }
             }
         }
+        let dns_sans = dns_names.clone();
         if dns_names.is_empty() {
             if let Some(cn) = cert.subject().iter_common_name().next() {
                 if let Ok(cn) = cn.as_str() {
@@ -101,6 +105,7 @@ impl CertInfo {
         Some(CertInfo {
             subject: cert.subject().to_string(),
             dns_names,
+            dns_sans,
             uris,
             not_after,
         })

@@ -205,17 +205,40 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// `x-forwarded-client-cert` for a verified client certificate, in Envoy's format:
-/// `Subject="...";URI=...;DNS=...`.
+/// `Subject="...";URI=...;DNS=...`, with only the certificate's own SANs, and any value that
+/// holds a separator quoted so a certificate cannot inject fields.
 pub fn client_cert_header(chain: &[CertificateDer<'_>]) -> Option<HeaderValue> {
     let info = CertInfo::parse(chain.first()?)?;
-    let mut value = format!("Subject=\"{}\"", info.subject.replace('"', "\\\""));
+    let mut value = format!("Subject={}", quoted(&info.subject, true));
     for uri in &info.uris {
         value.push_str(";URI=");
-        value.push_str(uri);
+        value.push_str(&quoted(uri, false));
     }
-    for dns in &info.dns_names {
+    for dns in &info.dns_sans {
         value.push_str(";DNS=");
-        value.push_str(dns);
+        value.push_str(&quoted(dns, false));
     }
     HeaderValue::from_str(&value).ok()
+}
+
+/// A field value, double-quoted (with `\"` for quotes) when `always` or when it holds `,`,
+/// `;`, `=` or `"`.
+fn quoted(v: &str, always: bool) -> String {
+    if always || v.contains([',', ';', '=', '"']) {
+        format!("\"{}\"", v.replace('"', "\\\""))
+    } else {
+        v.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quoted("spiffe://a/b", false), "spiffe://a/b");
+        assert_eq!(quoted("a;DNS=x", false), "\"a;DNS=x\"");
+        assert_eq!(quoted("CN=\"x\"", true), "\"CN=\\\"x\\\"\"");
+    }
 }

@@ -1,0 +1,574 @@
+//! The `legate-xds` command line: `serve`, the `endpoint` operator commands and `status`, the
+//! last two as HTTP/1.1 clients of a running server's operator API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+use crate::server::{serve, ServeConfig};
+
+/// The operator API's default address.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:18000";
+/// How long a CLI request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "legate-xds",
+    version,
+    about = "The Legate control plane (xDS-lite) and its operator commands"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve resources from DIR/<group>/*.yaml to proxies, and the operator API.
+    Serve {
+        /// Directory of node groups: DIR/<group>/*.yaml.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Address to listen on (stream and operator API).
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        listen: SocketAddr,
+        /// File holding operator overrides (JSON); created on the first change.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Change an endpoint in every node group that has its cluster.
+    Endpoint {
+        #[command(subcommand)]
+        action: EndpointAction,
+    },
+    /// Show connected proxies, their versions, overrides and groups.
+    Status {
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+        /// Print the server's JSON as is.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointAction {
+    /// Set an endpoint's weight (1 to 10000).
+    SetWeight {
+        cluster: String,
+        address: String,
+        #[arg(allow_negative_numbers = true)]
+        weight: i64,
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
+    /// Send new requests to the endpoint again.
+    Pool {
+        cluster: String,
+        address: String,
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
+    /// Stop sending new requests to the endpoint.
+    Depool {
+        cluster: String,
+        address: String,
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
+    /// Drop the endpoint's overrides: the files' weight and pooled apply again.
+    Reset {
+        cluster: String,
+        address: String,
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
+}
+
+/// Why a command failed; printed as `error: ...`.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Serve(#[from] crate::server::ServeError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("--server {0:?}: expected http://host:port")]
+    BadServer(String),
+    #[error("cannot connect to {server}: {error}")]
+    Connect {
+        server: String,
+        error: std::io::Error,
+    },
+    #[error("request to {server} failed: {error}")]
+    Http { server: String, error: String },
+    #[error("{server} did not answer within {REQUEST_TIMEOUT:?}")]
+    Timeout { server: String },
+    #[error("server answered {status}: {message}")]
+    Server { status: StatusCode, message: String },
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve { dir, listen, state } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            rt.block_on(async {
+                let handle = serve(ServeConfig { dir, listen, state }).await?;
+                wait_for_signal().await;
+                tracing::info!("shutting down");
+                handle.shutdown().await;
+                Ok(())
+            })
+        }
+        Command::Endpoint { action } => {
+            let (operation, cluster, address, weight, server) = match action {
+                EndpointAction::SetWeight {
+                    cluster,
+                    address,
+                    weight,
+                    server,
+                } => ("set-weight", cluster, address, Some(weight), server),
+                EndpointAction::Pool {
+                    cluster,
+                    address,
+                    server,
+                } => ("pool", cluster, address, None, server),
+                EndpointAction::Depool {
+                    cluster,
+                    address,
+                    server,
+                } => ("depool", cluster, address, None, server),
+                EndpointAction::Reset {
+                    cluster,
+                    address,
+                    server,
+                } => ("reset", cluster, address, None, server),
+            };
+            let mut body = json!({ "cluster": cluster, "address": address });
+            if let Some(w) = weight {
+                body["weight"] = Value::from(w);
+            }
+            let answer = block_on(request(
+                &server,
+                Method::POST,
+                &format!("/v1/endpoints/{operation}"),
+                Some(body),
+            ))??;
+            println!("{}", describe_change(&answer));
+            Ok(())
+        }
+        Command::Status { server, json } => {
+            let answer = block_on(request(&server, Method::GET, "/v1/status", None))??;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&answer).unwrap_or_default()
+                );
+            } else {
+                print!("{}", render_status(&answer));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, CliError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    Ok(rt.block_on(f))
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `host:port` from `http://host:port[/]` or `host:port`.
+pub fn server_authority(server: &str) -> Result<String, CliError> {
+    let rest = server.strip_prefix("http://").unwrap_or(server);
+    let rest = rest.trim_end_matches('/');
+    let valid = !rest.is_empty()
+        && !rest.contains("://")
+        && !rest.contains('/')
+        && rest
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+    if valid {
+        Ok(rest.to_string())
+    } else {
+        Err(CliError::BadServer(server.to_string()))
+    }
+}
+
+/// One request to the operator API; a non-2xx answer is an error with the server's message.
+pub async fn request(
+    server: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, CliError> {
+    let authority = server_authority(server)?;
+    match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&authority, method, path, body)).await {
+        Ok(r) => r,
+        Err(_) => Err(CliError::Timeout {
+            server: server.to_string(),
+        }),
+    }
+}
+
+async fn exchange(
+    authority: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, CliError> {
+    let http_err = |e: &dyn std::fmt::Display| CliError::Http {
+        server: authority.to_string(),
+        error: e.to_string(),
+    };
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|error| CliError::Connect {
+            server: authority.to_string(),
+            error,
+        })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| http_err(&e))?;
+    tokio::spawn(conn);
+    let bytes = body
+        .map(|b| Bytes::from(serde_json::to_vec(&b).unwrap_or_default()))
+        .unwrap_or_default();
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, authority)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes))
+        .map_err(|e| http_err(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| http_err(&e))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| http_err(&e))?
+        .to_bytes();
+    let value: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&body).trim().to_string() }));
+    if status.is_success() {
+        Ok(value)
+    } else {
+        let message = value
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| value.to_string());
+        Err(CliError::Server { status, message })
+    }
+}
+
+/// One line about an applied change.
+pub fn describe_change(answer: &Value) -> String {
+    let s = |k: &str| answer.get(k).and_then(Value::as_str).unwrap_or("?");
+    let state = match answer.get("override") {
+        Some(Value::Object(o)) if !o.is_empty() => o
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => "no override (the files' values apply)".to_string(),
+    };
+    let groups = answer
+        .get("groups")
+        .and_then(Value::as_array)
+        .map(|g| {
+            g.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    format!(
+        "ok: {} {} {}: {} (node groups: {})",
+        s("operation"),
+        s("cluster"),
+        s("address"),
+        state,
+        if groups.is_empty() { "none" } else { &groups }
+    )
+}
+
+/// A version for a table: its first 8 characters, `-` when absent.
+fn short(v: &Value) -> String {
+    match v.as_str() {
+        Some(s) => s.chars().take(8).collect(),
+        None => "-".into(),
+    }
+}
+
+/// `acked`, or `acked>sent` while an update is unanswered or was refused.
+fn sent_acked(v: &Value) -> String {
+    let acked = short(&v["acked"]);
+    let sent = &v["sent"];
+    if sent.is_null() || sent == &v["acked"] {
+        acked
+    } else {
+        format!("{acked}>{}", short(sent))
+    }
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                let pad = widths[i].saturating_sub(cell.chars().count()) + 2;
+                out.push_str(cell);
+                out.push_str(&" ".repeat(pad));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+const TYPES: [&str; 4] = ["listeners", "route_tables", "clusters", "endpoints"];
+
+/// `/v1/status` as text tables.
+pub fn render_status(status: &Value) -> String {
+    let mut out = String::new();
+    let empty = Vec::new();
+    let proxies = status["proxies"].as_array().unwrap_or(&empty);
+    out.push_str(&format!(
+        "PROXIES ({}; versions are acked, or acked>sent while unanswered or refused)\n",
+        proxies.len()
+    ));
+    let rows: Vec<Vec<String>> = proxies
+        .iter()
+        .map(|p| {
+            let node = &p["node"];
+            let mut row = vec![
+                node["id"].as_str().unwrap_or("").to_string(),
+                format!(
+                    "{}{}",
+                    node["cluster"].as_str().unwrap_or(""),
+                    match p["group"].as_str() {
+                        Some("unknown") => " (unknown)",
+                        Some("failing") => " (failing)",
+                        _ => "",
+                    }
+                ),
+                node["zone"].as_str().unwrap_or("-").to_string(),
+                p["peer"].as_str().unwrap_or("").to_string(),
+                p["connected_since"].as_str().unwrap_or("").to_string(),
+            ];
+            row.extend(TYPES.iter().map(|t| sent_acked(&p["versions"][t])));
+            row
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "NODE",
+            "GROUP",
+            "ZONE",
+            "PEER",
+            "CONNECTED SINCE",
+            "LISTENERS",
+            "ROUTE_TABLES",
+            "CLUSTERS",
+            "ENDPOINTS",
+        ],
+        &rows,
+    ));
+    for p in proxies {
+        let nack = &p["last_nack"];
+        if nack.is_object() {
+            out.push_str(&format!(
+                "  last NACK from {}: {} version {} (kept {})\n",
+                p["node"]["id"].as_str().unwrap_or(""),
+                nack["type"].as_str().unwrap_or("?"),
+                short(&nack["version"]),
+                short(&nack["held"]),
+            ));
+            for d in nack["error_detail"].as_array().unwrap_or(&empty) {
+                out.push_str(&format!(
+                    "    {}: {}\n",
+                    d["name"].as_str().unwrap_or(""),
+                    d["error"].as_str().unwrap_or("")
+                ));
+            }
+        }
+    }
+
+    out.push_str("\nOVERRIDES\n");
+    let mut rows = Vec::new();
+    if let Some(clusters) = status["overrides"].as_object() {
+        for (cluster, endpoints) in clusters {
+            for (address, o) in endpoints.as_object().into_iter().flatten() {
+                let show = |v: &Value| {
+                    if v.is_null() {
+                        "-".to_string()
+                    } else {
+                        v.to_string()
+                    }
+                };
+                rows.push(vec![
+                    cluster.clone(),
+                    address.clone(),
+                    show(&o["weight"]),
+                    show(&o["pooled"]),
+                ]);
+            }
+        }
+    }
+    out.push_str(&table(&["CLUSTER", "ADDRESS", "WEIGHT", "POOLED"], &rows));
+
+    out.push_str("\nGROUPS\n");
+    let mut rows = Vec::new();
+    let mut errors = String::new();
+    for (name, g) in status["groups"].as_object().into_iter().flatten() {
+        let mut row = vec![name.clone()];
+        row.extend(TYPES.iter().map(|t| short(&g["versions"][t])));
+        let errs = g["errors"].as_array().unwrap_or(&empty);
+        row.push(if errs.is_empty() {
+            "ok".into()
+        } else if g["versions"].is_null() {
+            "failing (never loaded)".into()
+        } else {
+            "failing (serving last good)".into()
+        });
+        for e in errs {
+            errors.push_str(&format!("  {name}: {}\n", e.as_str().unwrap_or("")));
+        }
+        rows.push(row);
+    }
+    out.push_str(&table(
+        &[
+            "GROUP",
+            "LISTENERS",
+            "ROUTE_TABLES",
+            "CLUSTERS",
+            "ENDPOINTS",
+            "STATE",
+        ],
+        &rows,
+    ));
+    out.push_str(&errors);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_server_address() {
+        assert_eq!(
+            server_authority("http://127.0.0.1:18000").unwrap(),
+            "127.0.0.1:18000"
+        );
+        assert_eq!(server_authority("xds.local:80/").unwrap(), "xds.local:80");
+        assert!(server_authority("https://x:1").is_err());
+        assert!(server_authority("http://x").is_err());
+        assert!(server_authority("http://x:1/path").is_err());
+    }
+
+    #[test]
+    fn parses_the_commands() {
+        let cli = Cli::try_parse_from([
+            "legate-xds",
+            "endpoint",
+            "set-weight",
+            "tegola",
+            "10.0.0.1:80",
+            "5",
+            "--server",
+            "http://h:1",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Endpoint {
+                action: EndpointAction::SetWeight { weight: 5, .. }
+            }
+        ));
+        let cli = Cli::try_parse_from(["legate-xds", "status"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Status { server, json: false } if server == DEFAULT_SERVER)
+        );
+        assert!(Cli::try_parse_from(["legate-xds", "serve", "--dir", "d"]).is_err());
+    }
+
+    #[test]
+    fn renders_status_tables() {
+        let status = json!({
+            "proxies": [{
+                "node": {"id": "maps1009", "cluster": "maps", "zone": "eqiad"},
+                "group": "known",
+                "peer": "127.0.0.1:5000",
+                "connected_since": "2025-01-01T00:00:00Z",
+                "versions": {
+                    "listeners": {"sent": "aaaaaaaaaaaa", "acked": "aaaaaaaaaaaa"},
+                    "route_tables": {"sent": "bbbbbbbbbbbb", "acked": null},
+                    "clusters": {"sent": "cccccccc", "acked": "cccccccc"},
+                    "endpoints": {"sent": "dddddddd", "acked": "dddddddd"}
+                },
+                "last_nack": {"type": "route_tables", "version": "bbbbbbbb", "held": "", "nonce": "n",
+                    "error_detail": [{"name": "maps", "error": "route_tables.maps: bad"}]}
+            }],
+            "overrides": {"tegola": {"10.0.0.1:80": {"weight": 5}}},
+            "groups": {"maps": {"versions": {"listeners": "aaaaaaaa", "route_tables": "bbbbbbbb", "clusters": "cccccccc", "endpoints": "dddddddd"}, "errors": []}}
+        });
+        let text = render_status(&status);
+        assert!(text.contains("maps1009  maps   eqiad"), "{text}");
+        assert!(text.contains("->bbbbbbbb"), "{text}");
+        assert!(text.contains("route_tables.maps: bad"), "{text}");
+        assert!(text.contains("tegola   10.0.0.1:80  5       -"), "{text}");
+        assert!(text.contains("maps   aaaaaaaa"), "{text}");
+    }
+}

@@ -1,0 +1,837 @@
+//! The control plane server: the xDS-lite stream (R1–R4) and the operator API, on one port,
+//! HTTP/2 with prior knowledge or HTTP/1.1.
+//!
+//! - `POST /xds/v1/stream`: one proxy session (see [`crate::session`]).
+//! - `POST /v1/endpoints/{set-weight,pool,depool,reset}`: operator overrides, persisted to the
+//!   state file before they are acknowledged (R14) and pushed at once.
+//! - `GET /v1/status`: connected proxies, overrides in force, each group's versions.
+//!
+//! The resource directory is watched; a change is loaded after 100 ms of quiet and only what
+//! changed is pushed.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use notify::Watcher as _;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::protocol::{
+    DecodeError, LineDecoder, Message, CONTENT_TYPE, DEAD_AFTER, PING_EVERY, STREAM_PATH,
+};
+use crate::session::{kind, Session, SessionError};
+use crate::store::{
+    load_dir, GroupEvent, GroupLookup, OperatorError, OperatorRequest, Overrides, Snapshots, Store,
+};
+
+/// Directory events closer together than this are one change.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Largest operator request body.
+const MAX_OPERATOR_BODY: usize = 64 * 1024;
+/// How long shutdown waits for connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Messages queued towards one proxy before sending waits.
+const SEND_QUEUE: usize = 64;
+
+/// Where to read resources, listen, and keep operator state.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// `DIR/<group>/*.yaml`.
+    pub dir: PathBuf,
+    /// Port 0 picks a free port; see [`ServerHandle::local_addr`].
+    pub listen: SocketAddr,
+    /// The operator overrides, JSON. Created on the first change.
+    pub state: PathBuf,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot read resource directory {dir}: {error}")]
+    Dir { dir: PathBuf, error: std::io::Error },
+    #[error("cannot read state file {path}: {error}")]
+    StateRead {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("state file {path} is not valid: {error} (fix or remove it; it holds the operator overrides)")]
+    StateInvalid {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
+    #[error("cannot listen on {addr}: {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// The address bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, ends every session and waits (up to 5 s) for connections to close.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.task.await {
+            error!(error = %e, "server task failed");
+        }
+    }
+}
+
+/// Everything the connections and tasks share.
+struct Shared {
+    dir: PathBuf,
+    state_path: PathBuf,
+    store: tokio::sync::Mutex<Store>,
+    snapshots: watch::Sender<Arc<Snapshots>>,
+    sessions: Mutex<BTreeMap<u64, SessionEntry>>,
+    next_session: AtomicU64,
+    /// Start time, in nonces, so nonces differ across restarts too.
+    boot: u64,
+    shutdown: watch::Receiver<bool>,
+}
+
+struct SessionEntry {
+    peer: SocketAddr,
+    connected_since: SystemTime,
+    /// Set once the hello has arrived.
+    session: Option<Arc<Mutex<Session>>>,
+}
+
+/// Starts the control plane: loads the state file and the directory, binds, and serves until
+/// [`ServerHandle::shutdown`].
+pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
+    let overrides = load_state(&config.state)?;
+    let loaded = load_dir(&config.dir).map_err(|error| ServeError::Dir {
+        dir: config.dir.clone(),
+        error,
+    })?;
+    let mut store = Store::new(overrides);
+    log_events(store.update(loaded));
+    let snapshots = Arc::new(store.snapshots());
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| ServeError::Bind {
+            addr: config.listen,
+            error,
+        })?;
+    let addr = listener.local_addr().map_err(|error| ServeError::Bind {
+        addr: config.listen,
+        error,
+    })?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        dir: config.dir.clone(),
+        state_path: config.state.clone(),
+        store: tokio::sync::Mutex::new(store),
+        snapshots: watch::channel(snapshots).0,
+        sessions: Mutex::new(BTreeMap::new()),
+        next_session: AtomicU64::new(1),
+        boot: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default(),
+        shutdown: shutdown_rx,
+    });
+    let watcher = start_watching(shared.clone());
+    info!(%addr, dir = %config.dir.display(), state = %config.state.display(), "legate-xds serving");
+    let task = tokio::spawn(accept_loop(shared, listener, watcher));
+    Ok(ServerHandle {
+        addr,
+        shutdown: shutdown_tx,
+        task,
+    })
+}
+
+fn load_state(path: &Path) -> Result<Overrides, ServeError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let o =
+                Overrides::from_state_json(&bytes).map_err(|error| ServeError::StateInvalid {
+                    path: path.to_path_buf(),
+                    error,
+                })?;
+            info!(path = %path.display(), clusters = o.clusters.len(), "operator overrides loaded");
+            Ok(o)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Overrides::default()),
+        Err(error) => Err(ServeError::StateRead {
+            path: path.to_path_buf(),
+            error,
+        }),
+    }
+}
+
+/// Writes the state file atomically: a temporary file, flushed, renamed over it (R14).
+fn write_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    // Make the rename itself durable; not every platform lets a directory be opened.
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+fn log_events(events: Vec<GroupEvent>) {
+    for event in events {
+        match event {
+            GroupEvent::Loaded(group) => info!(%group, "node group loaded"),
+            GroupEvent::Removed(group) => {
+                warn!(%group, "node group directory gone: its proxies now get empty resources")
+            }
+            GroupEvent::Failed { group, errors } => {
+                for e in &errors {
+                    error!(%group, error = %e, "node group rejected; its last good resources stay");
+                }
+            }
+        }
+    }
+}
+
+/// Replaces the published snapshots if any group's content changed (no push otherwise).
+fn publish(shared: &Shared, store: &Store) {
+    let next = store.snapshots();
+    shared.snapshots.send_if_modified(|current| {
+        if current.same_as(&next) {
+            false
+        } else {
+            *current = Arc::new(next);
+            true
+        }
+    });
+}
+
+/// Watches the directory; `None` (with a warning) if it cannot be watched.
+fn start_watching(shared: Arc<Shared>) -> Option<notify::RecommendedWatcher> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(e) if e.kind.is_access() => {}
+            Ok(_) => {
+                let _ = tx.send(());
+            }
+            Err(e) => warn!(error = %e, "directory watch error"),
+        })
+        .and_then(|mut w| {
+            w.watch(&shared.dir, notify::RecursiveMode::Recursive)?;
+            Ok(w)
+        });
+    match watcher {
+        Ok(w) => {
+            tokio::spawn(reload_loop(shared, rx));
+            Some(w)
+        }
+        Err(e) => {
+            warn!(dir = %shared.dir.display(), error = %e, "cannot watch the resource directory: changes will not be seen");
+            None
+        }
+    }
+}
+
+async fn reload_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<()>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            more = next_change(&mut rx) => {
+                if !more {
+                    return;
+                }
+                reload(&shared).await;
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Waits for a change, then for the burst it starts to settle.
+async fn next_change(rx: &mut mpsc::UnboundedReceiver<()>) -> bool {
+    if rx.recv().await.is_none() {
+        return false;
+    }
+    loop {
+        match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+            Ok(Some(())) => continue,
+            Ok(None) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+async fn reload(shared: &Arc<Shared>) {
+    let dir = shared.dir.clone();
+    let loaded = match tokio::task::spawn_blocking(move || load_dir(&dir)).await {
+        Ok(Ok(loaded)) => loaded,
+        Ok(Err(e)) => {
+            error!(dir = %shared.dir.display(), error = %e, "cannot read the resource directory; keeping every group as it was");
+            return;
+        }
+        Err(e) => {
+            error!(error = %e, "directory load failed");
+            return;
+        }
+    };
+    let mut store = shared.store.lock().await;
+    log_events(store.update(loaded));
+    publish(shared, &store);
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    watcher: Option<notify::RecommendedWatcher>,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(handle(shared, peer, req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    drop(watcher);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("connections still open after the shutdown grace period");
+    }
+    info!("legate-xds stopped");
+}
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// A response body fed by a channel: the stream towards a proxy. Public so clients (and
+/// tests) can stream a request body the same way.
+#[derive(Debug)]
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl ChannelBody {
+    /// A body and the sender that feeds it; the body ends when the sender is dropped.
+    pub fn channel(capacity: usize) -> (mpsc::Sender<Bytes>, ChannelBody) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (tx, ChannelBody { rx })
+    }
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error_response(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> {
+    json_response(status, &json!({ "error": message.to_string() }))
+}
+
+async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if path == STREAM_PATH {
+        if method != Method::POST {
+            return error_response(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+        }
+        return open_stream(shared, peer, req);
+    }
+    if path == "/v1/status" {
+        if method != Method::GET {
+            return error_response(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+        }
+        return json_response(StatusCode::OK, &status(&shared).await);
+    }
+    if let Some(operation) = path.strip_prefix("/v1/endpoints/") {
+        if !matches!(operation, "set-weight" | "pool" | "depool" | "reset") {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                OperatorError::UnknownOperation(operation.to_string()),
+            );
+        }
+        if method != Method::POST {
+            return error_response(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+        }
+        return operate(&shared, peer, operation, req.into_body()).await;
+    }
+    error_response(StatusCode::NOT_FOUND, format!("no such path: {path}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator API
+
+async fn operate(
+    shared: &Shared,
+    peer: SocketAddr,
+    operation: &str,
+    body: Incoming,
+) -> Response<Body> {
+    let bytes = match Limited::new(body, MAX_OPERATOR_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body (at most {MAX_OPERATOR_BODY} bytes): {e}"),
+            )
+        }
+    };
+    let request = match OperatorRequest::parse(operation, &bytes) {
+        Ok(r) => r,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
+    };
+    let mut store = shared.store.lock().await;
+    if let Err(e) = store.check(&request) {
+        let status = match e {
+            OperatorError::UnknownCluster(_) | OperatorError::UnknownEndpoint { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            OperatorError::NoOverride { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        return error_response(status, e);
+    }
+    let next = store.overrides().with(&request);
+    let path = shared.state_path.clone();
+    let state = next.to_state_json();
+    let written = tokio::task::spawn_blocking(move || write_state(&path, &state)).await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            error!(path = %shared.state_path.display(), error = %e, "cannot persist operator change");
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "cannot write state file {}: {e}; nothing changed",
+                    shared.state_path.display()
+                ),
+            );
+        }
+        Err(e) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("state write failed: {e}; nothing changed"),
+            )
+        }
+    }
+    store.set_overrides(next);
+    publish(shared, &store);
+    let groups = store.groups_with_cluster(&request.cluster);
+    let current = store
+        .overrides()
+        .get(&request.cluster, &request.address)
+        .cloned();
+    drop(store);
+    info!(%peer, operation = request.operation.name(), cluster = %request.cluster,
+        address = %request.address, ?current, "operator change applied");
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "result": "ok",
+            "operation": request.operation.name(),
+            "cluster": request.cluster,
+            "address": request.address,
+            "override": current,
+            "groups": groups,
+        }),
+    )
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+async fn status(shared: &Shared) -> Value {
+    let sessions: Vec<(u64, SocketAddr, SystemTime, Arc<Mutex<Session>>)> = {
+        let registry = shared
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        registry
+            .iter()
+            .filter_map(|(id, e)| {
+                e.session
+                    .as_ref()
+                    .map(|s| (*id, e.peer, e.connected_since, s.clone()))
+            })
+            .collect()
+    };
+    let snapshots = shared.snapshots.borrow().clone();
+    let proxies: Vec<Value> = sessions
+        .into_iter()
+        .map(|(id, peer, since, session)| {
+            let st = session
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .status();
+            let group = match snapshots.lookup(&st.node.cluster) {
+                GroupLookup::Known(_) => "known",
+                GroupLookup::Unknown(_) => "unknown",
+                GroupLookup::Failing => "failing",
+            };
+            json!({
+                "session": id,
+                "node": st.node,
+                "group": group,
+                "peer": peer.to_string(),
+                "connected_since": rfc3339(since),
+                "versions": st.versions,
+                "endpoints": st.endpoints,
+                "last_nack": st.last_nack,
+            })
+        })
+        .collect();
+    let store = shared.store.lock().await;
+    let groups: serde_json::Map<String, Value> = store
+        .groups()
+        .iter()
+        .map(|(name, state)| {
+            let served = snapshots.groups.get(name);
+            let value = json!({
+                "versions": served.map(|s| s.versions()),
+                "endpoints": served.map(|s| s.endpoints.iter().map(|(n, r)| (n.clone(), r.version.clone())).collect::<BTreeMap<_, _>>()),
+                "errors": state.errors,
+            });
+            (name.clone(), value)
+        })
+        .collect();
+    json!({
+        "proxies": proxies,
+        "overrides": store.overrides().clusters,
+        "groups": groups,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stream
+
+fn open_stream(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let (tx, body) = ChannelBody::channel(SEND_QUEUE);
+    let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        let _registered = Registered::new(&shared, id, peer);
+        let mut stream = Stream {
+            shared: &shared,
+            id,
+            peer,
+            reader: Reader {
+                body: req.into_body(),
+                decoder: LineDecoder::default(),
+            },
+            tx,
+            last_sent: Instant::now(),
+            last_received: Instant::now(),
+        };
+        match stream.run().await {
+            Ok(reason) => info!(%peer, session = id, %reason, "session ended"),
+            Err(reason) => warn!(%peer, session = id, %reason, "session closed"),
+        }
+    });
+    let mut resp = Response::new(body.boxed_unsync());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(CONTENT_TYPE),
+    );
+    resp
+}
+
+/// A session in the registry, removed when dropped.
+struct Registered<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl<'a> Registered<'a> {
+    fn new(shared: &'a Shared, id: u64, peer: SocketAddr) -> Registered<'a> {
+        shared
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                id,
+                SessionEntry {
+                    peer,
+                    connected_since: SystemTime::now(),
+                    session: None,
+                },
+            );
+        Registered { shared, id }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
+/// Why a session ended badly.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("protocol error (R4): {0}")]
+    Decode(#[from] DecodeError),
+    #[error("protocol error: {0}")]
+    Session(#[from] SessionError),
+    #[error("stream error: {0}")]
+    Transport(#[from] hyper::Error),
+    #[error("nothing received for {0:?} (R3)")]
+    Silent(Duration),
+    #[error("the proxy is not reading: a message waited {0:?}")]
+    Stuck(Duration),
+    #[error("the proxy reset the stream")]
+    Gone,
+}
+
+/// Reads messages from the request body.
+struct Reader {
+    body: Incoming,
+    decoder: LineDecoder,
+}
+
+impl Reader {
+    /// The next message; `None` when the body ended. Cancel-safe: bytes read are kept.
+    async fn next(&mut self) -> Result<Option<Message>, StreamError> {
+        loop {
+            if let Some(m) = self.decoder.next_message() {
+                return Ok(Some(m?));
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.decoder.push(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Stream<'a> {
+    shared: &'a Shared,
+    id: u64,
+    peer: SocketAddr,
+    reader: Reader,
+    tx: mpsc::Sender<Bytes>,
+    last_sent: Instant,
+    last_received: Instant,
+}
+
+impl Stream<'_> {
+    async fn send(&mut self, messages: Vec<Message>) -> Result<(), StreamError> {
+        for m in messages {
+            debug!(peer = %self.peer, session = self.id, kind = kind(&m), "send");
+            let line = Bytes::from(m.encode());
+            match tokio::time::timeout(DEAD_AFTER, self.tx.send(line)).await {
+                Ok(Ok(())) => self.last_sent = Instant::now(),
+                Ok(Err(_)) => return Err(StreamError::Gone),
+                Err(_) => return Err(StreamError::Stuck(DEAD_AFTER)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the session; `Ok` with why it ended normally.
+    async fn run(&mut self) -> Result<&'static str, StreamError> {
+        let mut shutdown = self.shared.shutdown.clone();
+        let hello = tokio::select! {
+            m = tokio::time::timeout(DEAD_AFTER, self.reader.next()) => match m {
+                Ok(Ok(Some(m))) => m,
+                Ok(Ok(None)) => return Ok("the proxy closed the stream before its hello"),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(StreamError::Silent(DEAD_AFTER)),
+            },
+            _ = shutdown.changed() => return Ok("shutting down"),
+        };
+        self.last_received = Instant::now();
+        let prefix = format!("{:x}-{}", self.shared.boot, self.id);
+        let session = Arc::new(Mutex::new(Session::from_hello(hello, &prefix)?));
+        let node = lock(&session).node().clone();
+        if let Some(entry) = lock_registry(self.shared).get_mut(&self.id) {
+            entry.session = Some(session.clone());
+        }
+        let group = node.cluster.clone();
+        info!(peer = %self.peer, session = self.id, node = %node.id, %group,
+            zone = node.zone.as_deref().unwrap_or(""), "proxy connected");
+        let mut snapshots = self.shared.snapshots.subscribe();
+        let mut was = "";
+        loop {
+            // Bring the proxy up to date with what its group has now.
+            let lookup = snapshots.borrow_and_update().lookup(&group);
+            let now = match &lookup {
+                GroupLookup::Known(_) => "known",
+                GroupLookup::Unknown(_) => "unknown",
+                GroupLookup::Failing => "failing",
+            };
+            if now != was {
+                match now {
+                    "unknown" => {
+                        warn!(node = %node.id, %group, "unknown node group: sending empty resources")
+                    }
+                    "failing" => {
+                        warn!(node = %node.id, %group, "node group has never loaded: sending nothing")
+                    }
+                    _ => {}
+                }
+                was = now;
+            }
+            let updates = match lookup.snapshot() {
+                Some(snapshot) => lock(&session).updates(snapshot),
+                None => Vec::new(),
+            };
+            self.send(updates).await?;
+
+            // Wait for the next thing to do.
+            let ping_at = self.last_sent + PING_EVERY;
+            let dead_at = self.last_received + DEAD_AFTER;
+            tokio::select! {
+                m = self.reader.next() => {
+                    let Some(m) = m? else {
+                        return Ok("the proxy closed the stream");
+                    };
+                    debug!(peer = %self.peer, session = self.id, kind = kind(&m), "received");
+                    self.last_received = Instant::now();
+                    let replies = lock(&session).receive(m)?;
+                    self.send(replies).await?;
+                }
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        return Ok("shutting down");
+                    }
+                }
+                _ = tokio::time::sleep_until(ping_at.min(dead_at)) => {
+                    if Instant::now() >= dead_at {
+                        return Err(StreamError::Silent(DEAD_AFTER));
+                    }
+                    self.send(vec![Message::Ping]).await?;
+                }
+                _ = shutdown.changed() => return Ok("shutting down"),
+            }
+        }
+    }
+}
+
+fn lock(session: &Mutex<Session>) -> std::sync::MutexGuard<'_, Session> {
+    session
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn lock_registry(shared: &Shared) -> std::sync::MutexGuard<'_, BTreeMap<u64, SessionEntry>> {
+    shared
+        .sessions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_file_is_written_atomically_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        assert_eq!(load_state(&path).unwrap(), Overrides::default());
+        let o = Overrides::default().with(&OperatorRequest {
+            cluster: "c".into(),
+            address: "1.1.1.1:1".into(),
+            operation: crate::store::Operation::SetWeight(3),
+        });
+        write_state(&path, &o.to_state_json()).unwrap();
+        assert_eq!(load_state(&path).unwrap(), o);
+        assert!(!dir.path().join("state.json.tmp").exists());
+        std::fs::write(&path, "{").unwrap();
+        assert!(matches!(
+            load_state(&path),
+            Err(ServeError::StateInvalid { .. })
+        ));
+    }
+}

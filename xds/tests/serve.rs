@@ -1,0 +1,456 @@
+//! In-process test of the control plane: a raw HTTP/2 client plays a proxy (hello, ACKs), an
+//! operator changes a weight, and the change arrives as a delta; restarts lose nothing (R14).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use legate_xds::cli::{request, CliError};
+use legate_xds::protocol::{LineDecoder, Message, Node, ResourceType, CONTENT_TYPE, STREAM_PATH};
+use legate_xds::server::ChannelBody;
+use legate_xds::{serve, ServeConfig, ServerHandle};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+const LISTENERS: &str = r#"
+listeners:
+  - name: maps-plain
+    listen: 127.0.0.1:0
+    http: { route_table: maps }
+route_tables:
+  maps:
+    virtual_hosts:
+      - hosts: ["*"]
+        routes:
+          - match: { prefix: / }
+            cluster: tegola
+"#;
+
+const CLUSTERS: &str = r#"
+clusters:
+  - name: tegola
+    endpoints:
+      - "10.0.0.1:80"
+      - { address: "10.0.0.2:80", weight: 2 }
+  - name: kartotherian
+    endpoints: ["10.0.1.1:80"]
+"#;
+
+/// A proxy's end of one stream.
+struct Proxy {
+    tx: mpsc::Sender<Bytes>,
+    body: Incoming,
+    decoder: LineDecoder,
+}
+
+impl Proxy {
+    async fn connect(handle: &ServerHandle) -> Proxy {
+        let addr = handle.local_addr();
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let (tx, body) = ChannelBody::channel(16);
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{addr}{STREAM_PATH}"))
+            .header("content-type", CONTENT_TYPE)
+            .body(body)
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "R2");
+        assert_eq!(resp.headers()["content-type"], CONTENT_TYPE);
+        Proxy {
+            tx,
+            body: resp.into_body(),
+            decoder: LineDecoder::default(),
+        }
+    }
+
+    async fn send(&self, m: &Message) {
+        self.tx.send(Bytes::from(m.encode())).await.unwrap();
+    }
+
+    async fn hello(&self, versions: BTreeMap<ResourceType, String>, eps: BTreeMap<String, String>) {
+        self.send(&Message::Hello {
+            node: Node {
+                id: "maps1009".into(),
+                cluster: "maps".into(),
+                zone: Some("eqiad".into()),
+            },
+            versions,
+            endpoint_versions: eps,
+        })
+        .await;
+    }
+
+    /// The next message, `None` if none comes within `wait`; panics if the stream ends.
+    async fn recv(&mut self, wait: Duration) -> Option<Message> {
+        match self.next(wait).await {
+            Next::Message(m) => Some(m),
+            Next::Nothing => None,
+            Next::Ended => panic!("stream ended"),
+        }
+    }
+
+    async fn next(&mut self, wait: Duration) -> Next {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(m) = self.decoder.next_message() {
+                let m = m.unwrap();
+                if m == Message::Ping {
+                    self.send(&Message::Pong).await;
+                    continue;
+                }
+                return Next::Message(m);
+            }
+            match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Err(_) => return Next::Nothing,
+                Ok(None) | Ok(Some(Err(_))) => return Next::Ended,
+                Ok(Some(Ok(f))) => {
+                    if let Ok(d) = f.into_data() {
+                        self.decoder.push(&d);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn ack(&self, m: &Message) {
+        let ack = match m {
+            Message::Response {
+                resource_type,
+                version_info,
+                nonce,
+                ..
+            } => Message::Ack {
+                resource_type: *resource_type,
+                version_info: version_info.clone(),
+                nonce: nonce.clone(),
+            },
+            Message::Delta {
+                system_version_info,
+                nonce,
+                ..
+            } => Message::Ack {
+                resource_type: ResourceType::Endpoints,
+                version_info: system_version_info.clone(),
+                nonce: nonce.clone(),
+            },
+            other => panic!("not an update: {other:?}"),
+        };
+        self.send(&ack).await;
+    }
+}
+
+#[derive(Debug)]
+enum Next {
+    Message(Message),
+    Nothing,
+    Ended,
+}
+
+async fn start(dir: &Path, state: &Path) -> ServerHandle {
+    serve(ServeConfig {
+        dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state: state.to_path_buf(),
+    })
+    .await
+    .unwrap()
+}
+
+fn server(handle: &ServerHandle) -> String {
+    format!("http://{}", handle.local_addr())
+}
+
+const SEC: Duration = Duration::from_secs(1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_sync_operator_change_and_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("groups");
+    std::fs::create_dir_all(dir.join("maps")).unwrap();
+    std::fs::write(dir.join("maps/listeners.yaml"), LISTENERS).unwrap();
+    std::fs::write(dir.join("maps/clusters.yaml"), CLUSTERS).unwrap();
+    let state = tmp.path().join("state.json");
+    let handle = start(&dir, &state).await;
+
+    // First sync: all four types.
+    let mut proxy = Proxy::connect(&handle).await;
+    proxy.hello(BTreeMap::new(), BTreeMap::new()).await;
+    let mut versions = BTreeMap::new();
+    let mut endpoint_versions = BTreeMap::new();
+    let mut system = String::new();
+    for _ in 0..4 {
+        let m = proxy.recv(5 * SEC).await.expect("an update");
+        match &m {
+            Message::Response {
+                resource_type,
+                version_info,
+                resources,
+                ..
+            } => {
+                if *resource_type == ResourceType::Clusters {
+                    assert_eq!(resources.len(), 2);
+                    assert!(resources.iter().all(|c| c.get("endpoints").is_none()));
+                }
+                versions.insert(*resource_type, version_info.clone());
+            }
+            Message::Delta {
+                resources,
+                system_version_info,
+                ..
+            } => {
+                assert_eq!(resources.len(), 2);
+                for r in resources {
+                    endpoint_versions.insert(r.name.clone(), r.version.clone());
+                }
+                system = system_version_info.clone();
+            }
+            other => panic!("{other:?}"),
+        }
+        proxy.ack(&m).await;
+    }
+    assert_eq!(versions.len(), 3);
+    assert!(proxy.recv(SEC / 2).await.is_none(), "nothing more to send");
+
+    // Ping is answered.
+    proxy.send(&Message::Ping).await;
+    assert_eq!(proxy.recv(SEC).await, Some(Message::Pong));
+
+    // An operator change reaches the proxy within a second, as a delta of tegola only.
+    let answer = request(
+        &server(&handle),
+        Method::POST,
+        "/v1/endpoints/set-weight",
+        Some(json!({"cluster": "tegola", "address": "10.0.0.1:80", "weight": 5})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer["result"], "ok");
+    assert_eq!(answer["groups"], json!(["maps"]));
+    let delta = proxy.recv(SEC).await.expect("a delta within 1 s");
+    let new_system = match &delta {
+        Message::Delta {
+            resources,
+            removed_resources,
+            system_version_info,
+            ..
+        } => {
+            assert_eq!(resources.len(), 1);
+            assert_eq!(resources[0].name, "tegola");
+            assert_eq!(
+                resources[0].endpoints,
+                vec![
+                    json!({"address": "10.0.0.1:80", "weight": 5}),
+                    json!({"address": "10.0.0.2:80", "weight": 2})
+                ]
+            );
+            assert!(removed_resources.is_empty());
+            assert_ne!(system_version_info, &system);
+            endpoint_versions.insert("tegola".into(), resources[0].version.clone());
+            system_version_info.clone()
+        }
+        other => panic!("{other:?}"),
+    };
+    proxy.ack(&delta).await;
+    // Persisted before it was acknowledged (R14).
+    let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(
+        saved["overrides"]["clusters"]["tegola"]["10.0.0.1:80"]["weight"],
+        5
+    );
+
+    // Status shows the ACKed versions.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = request(&server(&handle), Method::GET, "/v1/status", None)
+        .await
+        .unwrap();
+    let p = &status["proxies"][0];
+    assert_eq!(p["node"]["id"], "maps1009");
+    assert_eq!(p["node"]["zone"], "eqiad");
+    assert!(p["connected_since"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(p["versions"]["endpoints"]["acked"], json!(new_system));
+    assert_eq!(
+        p["versions"]["clusters"]["acked"],
+        json!(versions[&ResourceType::Clusters])
+    );
+    assert_eq!(
+        p["endpoints"]["tegola"]["acked"],
+        json!(endpoint_versions["tegola"])
+    );
+    assert_eq!(status["overrides"]["tegola"]["10.0.0.1:80"]["weight"], 5);
+    assert_eq!(
+        status["groups"]["maps"]["versions"]["endpoints"],
+        json!(new_system)
+    );
+
+    // Bad operator input changes nothing and says why.
+    for (path, body, want) in [
+        (
+            "/v1/endpoints/depool",
+            json!({"cluster": "nope", "address": "10.0.0.1:80"}),
+            "unknown cluster \"nope\"",
+        ),
+        (
+            "/v1/endpoints/pool",
+            json!({"cluster": "tegola", "address": "10.9.9.9:80"}),
+            "no endpoint with address \"10.9.9.9:80\"",
+        ),
+        (
+            "/v1/endpoints/set-weight",
+            json!({"cluster": "tegola", "address": "10.0.0.1:80", "weight": 0}),
+            "weight must be between 1 and 10000, got 0",
+        ),
+    ] {
+        match request(&server(&handle), Method::POST, path, Some(body)).await {
+            Err(CliError::Server { status, message }) => {
+                assert!(status.is_client_error());
+                assert!(message.contains(want), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(proxy.recv(SEC / 2).await.is_none(), "nothing changed");
+
+    // A file change is pushed: only the type that changed.
+    std::fs::write(
+        dir.join("maps/clusters.yaml"),
+        CLUSTERS.replace(
+            "  - name: kartotherian\n",
+            "  - name: kartotherian\n    lb: random\n",
+        ),
+    )
+    .unwrap();
+    let m = proxy
+        .recv(3 * SEC)
+        .await
+        .expect("a push after the file change");
+    match &m {
+        Message::Response {
+            resource_type: ResourceType::Clusters,
+            version_info,
+            ..
+        } => {
+            versions.insert(ResourceType::Clusters, version_info.clone());
+        }
+        other => panic!("{other:?}"),
+    }
+    proxy.ack(&m).await;
+    assert!(proxy.recv(SEC / 2).await.is_none());
+
+    // A duplicate across files keeps the last good resources.
+    std::fs::write(dir.join("maps/dup.yaml"), CLUSTERS).unwrap();
+    assert!(
+        proxy.recv(SEC).await.is_none(),
+        "a broken group pushes nothing"
+    );
+    let status = request(&server(&handle), Method::GET, "/v1/status", None)
+        .await
+        .unwrap();
+    let errors = status["groups"]["maps"]["errors"].as_array().unwrap();
+    assert!(
+        errors[0].as_str().unwrap().contains("is defined in"),
+        "{errors:?}"
+    );
+    std::fs::remove_file(dir.join("maps/dup.yaml")).unwrap();
+
+    // Restart: a proxy with current versions gets nothing (R13, R14).
+    drop(proxy);
+    handle.shutdown().await;
+    let handle = start(&dir, &state).await;
+    let mut proxy = Proxy::connect(&handle).await;
+    versions.insert(ResourceType::Endpoints, new_system);
+    proxy.hello(versions, endpoint_versions).await;
+    assert!(
+        proxy.recv(SEC).await.is_none(),
+        "nothing changed across the restart"
+    );
+
+    // A malformed line closes the session (R4).
+    proxy
+        .tx
+        .send(Bytes::from_static(b"{\"type\":\"nope\"}\n"))
+        .await
+        .unwrap();
+    assert!(matches!(proxy.next(2 * SEC).await, Next::Ended));
+    handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_group_gets_empty_resources_and_nack_is_not_resent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let handle = start(tmp.path(), &tmp.path().join("state.json")).await;
+    let mut proxy = Proxy::connect(&handle).await;
+    proxy.hello(BTreeMap::new(), BTreeMap::new()).await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let m = proxy.recv(5 * SEC).await.expect("an update");
+        match &m {
+            Message::Response { resources, .. } => assert!(resources.is_empty()),
+            Message::Delta {
+                resources,
+                removed_resources,
+                ..
+            } => assert!(resources.is_empty() && removed_resources.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        got.push(m);
+    }
+    // NACK the listeners; ACK the rest.
+    for m in &got {
+        match m {
+            Message::Response {
+                resource_type: ResourceType::Listeners,
+                nonce,
+                ..
+            } => {
+                proxy
+                    .send(&Message::Nack {
+                        resource_type: ResourceType::Listeners,
+                        version_info: String::new(),
+                        nonce: nonce.clone(),
+                        error_detail: vec![],
+                    })
+                    .await
+            }
+            m => proxy.ack(m).await,
+        }
+    }
+    assert!(proxy.recv(SEC).await.is_none(), "R11");
+    let status = request(&server(&handle), Method::GET, "/v1/status", None)
+        .await
+        .unwrap();
+    assert_eq!(status["proxies"][0]["group"], "unknown");
+    assert_eq!(status["proxies"][0]["last_nack"]["type"], "listeners");
+
+    // The operator API also answers over HTTP/2 on the same port, and unknown paths are 404.
+    let stream = tokio::net::TcpStream::connect(handle.local_addr())
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(format!("http://{}/v1/nope", handle.local_addr()))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("/v1/nope"));
+    handle.shutdown().await;
+}
