@@ -757,12 +757,18 @@ async fn echo(
 /// task it starts after loading them; a change made before that watch exists is only seen
 /// with the next change, so rotation tests wait for it ([`wait_watched`]).
 pub fn is_watched(dir: &Path) -> Result<bool> {
+    is_watched_by(std::process::id(), dir)
+}
+
+/// Whether process `pid` (a `legate` subprocess, say) has an inotify watch on `dir`.
+pub fn is_watched_by(pid: u32, dir: &Path) -> Result<bool> {
     use std::os::unix::fs::MetadataExt as _;
     let ino = std::fs::metadata(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .ino();
     let needle = format!(" ino:{ino:x} ");
-    for entry in std::fs::read_dir("/proc/self/fdinfo").context("reading /proc/self/fdinfo")? {
+    let fdinfo = format!("/proc/{pid}/fdinfo");
+    for entry in std::fs::read_dir(&fdinfo).with_context(|| format!("reading {fdinfo}"))? {
         let Ok(entry) = entry else { continue };
         let Ok(info) = std::fs::read_to_string(entry.path()) else {
             continue;
@@ -779,8 +785,17 @@ pub fn is_watched(dir: &Path) -> Result<bool> {
 
 /// Waits until this process watches directory `dir` (see [`is_watched`]).
 pub async fn wait_watched(dir: &Path) -> Result<()> {
+    wait_watched_by(std::process::id(), dir).await
+}
+
+/// Waits until process `pid` watches directory `dir`.
+pub async fn wait_watched_by(pid: u32, dir: &Path) -> Result<()> {
     crate::eventually(REQUEST_LIMIT, || async {
-        anyhow::ensure!(is_watched(dir)?, "{} is not watched", dir.display());
+        anyhow::ensure!(
+            is_watched_by(pid, dir)?,
+            "{} is not watched by {pid}",
+            dir.display()
+        );
         Ok(())
     })
     .await

@@ -484,8 +484,7 @@ async fn start_on_free_port(server: &mut Server) -> Result<()> {
         attempt += 1;
         match server.start().await {
             Ok(()) => return Ok(()),
-            Err(e) if attempt < 3 && server.log().contains("could not bind") => {
-                let _ = e;
+            Err(_) if attempt < 3 && server.log().contains("could not bind") => {
                 server.port = free_port();
             }
             Err(e) => return Err(e),

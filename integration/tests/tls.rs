@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _, Result};
 use http::{Method, StatusCode, Version};
+use legate_integration::body;
 use legate_integration::certs::{
     self, peer_cert, Ca, Leaf, LeafSpec, TlsClient, TlsUpstream, Versions,
 };
@@ -321,6 +322,23 @@ async fn min_version_13_refuses_tls12_clients() -> Result<()> {
     Ok(())
 }
 
+/// Connects, sends `first`, then waits for the server to close; returns how long that took
+/// from the connection (at most 5s).
+async fn time_until_closed(addr: std::net::SocketAddr, first: Vec<u8>) -> Result<Duration> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let started = tokio::time::Instant::now();
+    stream.write_all(&first).await?;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .context("the connection stayed open for 5s without a handshake")?;
+    match read {
+        Ok(0) | Err(_) => Ok(started.elapsed()),
+        Ok(n) => bail!("expected the connection closed, read {n} bytes"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_client_is_cut_off_after_the_handshake_timeout() -> Result<()> {
     let pki = Pki::new()?;
@@ -328,25 +346,23 @@ async fn silent_client_is_cut_off_after_the_handshake_timeout() -> Result<()> {
     let proxy = start(&pki, "      handshake_timeout: 300ms", &app)?;
     let addr = proxy.addr("tls");
 
-    let mut silent = tokio::net::TcpStream::connect(addr).await?;
-    let started = tokio::time::Instant::now();
-    let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
-        .await
-        .context("the connection stayed open for 5s with no handshake")?;
-    let waited = started.elapsed();
-    match read {
-        Ok(0) | Err(_) => {}
-        Ok(n) => bail!("expected the connection closed, read {n} bytes"),
+    // One client sends nothing; another starts a ClientHello (a record header announcing
+    // 512 bytes, and 3 of them) and stalls.
+    let silent = tokio::spawn(time_until_closed(addr, Vec::new()));
+    let stalled = tokio::spawn(time_until_closed(
+        addr,
+        vec![0x16, 0x03, 0x01, 0x02, 0x00, 1, 0, 1],
+    ));
+    for (who, waited) in [("silent", silent.await??), ("stalled", stalled.await??)] {
+        assert!(
+            waited >= Duration::from_millis(250),
+            "{who}: closed after {waited:?}, before the 300ms timeout"
+        );
+        assert!(
+            waited < Duration::from_secs(3),
+            "{who}: closed only after {waited:?}"
+        );
     }
-    assert!(
-        waited >= Duration::from_millis(250),
-        "closed after {waited:?}, before the 300ms timeout"
-    );
-    assert!(
-        waited < Duration::from_secs(3),
-        "closed only after {waited:?}"
-    );
 
     // The timeout covers the handshake only: a connection that completed it and then idles
     // past 300ms is still served.
@@ -648,13 +664,14 @@ async fn forwarded_client_cert_names_the_verified_client_and_nothing_else() -> R
     );
     let proxy = start(&pki, &extra, &app)?;
     let addr = proxy.addr("tls");
+    const SPOOF: &str = "Subject=\"CN=admin\";URI=spiffe://cluster.local/ns/root/sa/admin";
     let spoofed = || {
         let mut req = request(Method::GET, "maps.example.org", "/");
-        req.headers_mut().insert(
-            "x-forwarded-client-cert",
-            "Subject=\"CN=admin\";URI=spiffe://cluster.local/ns/root/sa/admin"
-                .parse()
-                .unwrap(),
+        let h = req.headers_mut();
+        h.insert("x-forwarded-client-cert", SPOOF.parse().unwrap());
+        h.append(
+            "X-Forwarded-Client-Cert",
+            "By=spiffe://evil".parse().unwrap(),
         );
         req
     };
@@ -698,13 +715,173 @@ async fn forwarded_client_cert_names_the_verified_client_and_nothing_else() -> R
         echo.header_all("x-forwarded-client-cert")
     );
 
-    // Plaintext listener: a spoofed header never reaches the upstream.
+    // Plaintext listener: a spoofed header never reaches the upstream, over HTTP/1.1 or h2c.
     let mut plain = client::Http1::connect(proxy.addr("plain")).await?;
     let echo = plain.request(spoofed()).await?.echo()?;
     assert!(
         !echo.has_header("x-forwarded-client-cert"),
         "{:?}",
         echo.header_all("x-forwarded-client-cert")
+    );
+    let mut req = client::h2_request(Method::GET, "maps.example.org", "/", body::empty());
+    req.headers_mut()
+        .insert("x-forwarded-client-cert", SPOOF.parse().unwrap());
+    let h2c = client::H2::connect(proxy.addr("plain")).await?;
+    let echo = h2c.request(req).await?.echo()?;
+    assert!(
+        !echo.has_header("x-forwarded-client-cert"),
+        "{:?}",
+        echo.header_all("x-forwarded-client-cert")
+    );
+    Ok(())
+}
+
+/// The `key=value` fields of one `x-forwarded-client-cert` element, as Envoy defines it:
+/// fields separated by `;`, a value containing `,`, `;` or `=` double-quoted, with `\"` for a
+/// quote inside.
+fn xfcc_fields(element: &str) -> Result<Vec<(String, String)>> {
+    let mut fields = Vec::new();
+    let mut chars = element.chars().peekable();
+    while chars.peek().is_some() {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('\\') => value.extend(chars.next()),
+                    Some('"') => break,
+                    Some(c) => value.push(c),
+                    None => bail!("unterminated quoted value in {element:?}"),
+                }
+            }
+            match chars.next() {
+                None | Some(';') => {}
+                Some(c) => bail!("{c:?} after a quoted value in {element:?}"),
+            }
+        } else {
+            value = chars.by_ref().take_while(|c| *c != ';').collect();
+        }
+        fields.push((key.to_ascii_lowercase(), value));
+    }
+    Ok(fields)
+}
+
+fn xfcc_values<'a>(fields: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+    fields
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// The fields of the `x-forwarded-client-cert` the upstream sees for a client presenting
+/// `identity` (issued by `ca`) to a listener with `forward_client_cert: true`.
+async fn forwarded_identity(ca: &Ca, identity: &Leaf) -> Result<Vec<(String, String)>> {
+    let pki = Pki::new()?;
+    let client_ca = ca.write(pki.dir.path(), "client-ca.pem")?;
+    let app = Upstream::echo("app").await?;
+    let extra = format!(
+        "      client_auth: {{ ca: {:?} }}\n      forward_client_cert: true",
+        client_ca.display().to_string()
+    );
+    let proxy = start(&pki, &extra, &app)?;
+    let mut conn = pki
+        .client()
+        .identity(identity)
+        .http1(proxy.addr("tls"), "maps.example.org")
+        .await?;
+    let echo = conn.get("maps.example.org", "/").await?.echo()?;
+    let all = echo.header_all("x-forwarded-client-cert");
+    ensure!(
+        all.len() == 1,
+        "expected one x-forwarded-client-cert, got {all:?}"
+    );
+    xfcc_fields(all[0]).with_context(|| format!("x-forwarded-client-cert: {}", all[0]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_client_cert_dns_entries_are_the_certificate_s_dns_sans() -> Result<()> {
+    let ca = Ca::new("Mesh CA")?;
+
+    let with_dns = ca.issue(&LeafSpec {
+        names: vec!["tiles.maps.svc.cluster.local".to_owned()],
+        ..LeafSpec::client("tiles", &[SPIFFE_TILES])
+    })?;
+    let fields = forwarded_identity(&ca, &with_dns).await?;
+    assert_eq!(xfcc_values(&fields, "uri"), [SPIFFE_TILES], "{fields:?}");
+    assert_eq!(
+        xfcc_values(&fields, "dns"),
+        ["tiles.maps.svc.cluster.local"],
+        "{fields:?}"
+    );
+    let subject = xfcc_values(&fields, "subject");
+    assert_eq!(subject.len(), 1, "{fields:?}");
+    assert!(subject[0].contains("CN=tiles"), "{fields:?}");
+
+    // No DNS name in the certificate: no DNS entry. The common name is not a DNS SAN, and
+    // an upstream authorizing on `DNS=` must not be handed one the certificate never held.
+    let without_dns = ca.client("tiles", &[SPIFFE_TILES])?;
+    let fields = forwarded_identity(&ca, &without_dns).await?;
+    assert_eq!(xfcc_values(&fields, "uri"), [SPIFFE_TILES], "{fields:?}");
+    assert_eq!(
+        xfcc_values(&fields, "dns"),
+        Vec::<&str>::new(),
+        "the common name was forwarded as a DNS SAN: {fields:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_client_cert_quotes_values_holding_separators() -> Result<()> {
+    // A URI SAN is free text to the TLS layer; `;` and `=` in it must not make new fields.
+    let ca = Ca::new("Mesh CA")?;
+    let tricky_uri = "spiffe://cluster.local/ns/maps/sa/tiles;DNS=admin.internal";
+    let identity = ca.client("tiles", &[tricky_uri])?;
+
+    let fields = forwarded_identity(&ca, &identity).await?;
+
+    assert_eq!(xfcc_values(&fields, "uri"), [tricky_uri], "{fields:?}");
+    assert!(
+        !xfcc_values(&fields, "dns").contains(&"admin.internal"),
+        "a URI SAN injected a DNS field: {fields:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ca_file_rotation_changes_which_clients_are_accepted() -> Result<()> {
+    let pki = Pki::new()?;
+    let next_ca = Ca::new("Next client CA")?;
+    let client_ca = pki.ca.write(pki.dir.path(), "client-ca.pem")?;
+    let app = Upstream::echo("app").await?;
+    let extra = format!(
+        "      client_auth: {{ ca: {:?}, mode: required }}",
+        client_ca.display().to_string()
+    );
+    let proxy = start(&pki, &extra, &app)?;
+    let addr = proxy.addr("tls");
+    certs::wait_watched(pki.dir.path()).await?;
+    let current = pki
+        .client()
+        .identity(&pki.ca.client("tiles", &[SPIFFE_TILES])?);
+    let next = pki
+        .client()
+        .identity(&next_ca.client("tiles", &[SPIFFE_TILES])?);
+    assert_eq!(attempt(&current, addr).await?.status, StatusCode::OK);
+    assert!(attempt(&next, addr).await.is_err());
+
+    certs::replace_file(&client_ca, next_ca.pem().as_bytes())?;
+
+    eventually(ROTATION_LIMIT, || async {
+        ensure!(attempt(&next, addr).await?.status == StatusCode::OK);
+        Ok(())
+    })
+    .await
+    .context("a client of the new CA is never accepted")?;
+    assert!(
+        attempt(&current, addr).await.is_err(),
+        "a client of the replaced CA is still accepted"
     );
     Ok(())
 }
@@ -852,6 +1029,13 @@ async fn upstream_h2_over_tls_follows_alpn() -> Result<()> {
             "pickh1",
             format!("endpoints: [\"{}\"], {both}", h1_only.addr()),
         ),
+        (
+            "noh2",
+            format!(
+                "protocol: http2, endpoints: [\"{}\"], {tls}",
+                h1_only.addr()
+            ),
+        ),
     ]))?;
 
     // `protocol: http2` offers h2, the upstream agrees: HTTP/2 over TLS.
@@ -866,10 +1050,26 @@ async fn upstream_h2_over_tls_follows_alpn() -> Result<()> {
     assert_eq!(prefers_h2.handshakes()[0].alpn.as_deref(), Some("h2"));
     assert_eq!(reply.echo()?.version, "HTTP/2.0");
 
-    let reply = get_host(&proxy, "pickh1").await?;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // Both requests on one client connection, so one worker (pools are per worker) serves
+    // them. Offering h2 does not make the cluster assume HTTP/2 for the second: the pooled
+    // HTTP/1.1 connection serves it.
+    let mut front = client::Http1::connect(proxy.addr("front")).await?;
+    for _ in 0..2 {
+        let reply = front.get("pickh1.test", "/").await?;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.echo()?.version, "HTTP/1.1");
+    }
     assert_eq!(h1_only.handshakes()[0].alpn.as_deref(), Some("http/1.1"));
-    assert_eq!(reply.echo()?.version, "HTTP/1.1");
+    assert_eq!(
+        h1_only.handshakes().len(),
+        1,
+        "the connection was not reused"
+    );
+
+    // `protocol: http2` offers only h2; an upstream without it has no common protocol.
+    let reply = get_host(&proxy, "noh2").await?;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    assert_eq!(reply.legate_error(), Some("upstream-tls"));
     Ok(())
 }
 
@@ -909,9 +1109,130 @@ async fn upstream_mtls_presents_the_client_certificate() -> Result<()> {
         "the upstream never saw Legate's client certificate"
     );
 
+    // Without a client certificate the upstream refuses. Under TLS 1.3 the client's side of
+    // the handshake is over before the server checks the certificate, so Legate learns of
+    // the refusal on its first read (it answers `upstream-reset`, not `upstream-tls`).
     let reply = get_host(&proxy, "anonymous").await?;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
     assert_eq!(tegola.seen().len(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_sends_and_verifies_the_endpoint_dns_name() -> Result<()> {
+    let pki = Pki::new()?;
+    let cert = pki.ca.server(&["localhost"])?;
+    let upstream = TlsUpstream::start("local", &cert, &["http/1.1"], None).await?;
+    let endpoint = format!("localhost:{}", upstream.addr().port());
+    let proxy = Proxy::start(by_host(&[(
+        "dns",
+        format!(
+            "endpoints: [{endpoint:?}], tls: {{ ca: {:?} }}",
+            pki.path("ca.pem")
+        ),
+    )]))?;
+    // `/ready` answers 200 once the cluster's DNS name has resolved.
+    let admin = proxy.admin();
+    eventually(Duration::from_secs(10), || async {
+        let ready = client::get(admin, "admin", "/ready").await?;
+        ensure!(ready.status == StatusCode::OK, "/ready: {}", ready.status);
+        Ok(())
+    })
+    .await?;
+
+    let reply = get_host(&proxy, "dns").await?;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(upstream.handshakes()[0].sni.as_deref(), Some("localhost"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_ca_file_rotation_applies_to_new_connections() -> Result<()> {
+    let pki = Pki::new()?;
+    let cert = pki.ca.server(&["tegola.example.org"])?;
+    let tegola = TlsUpstream::start("tegola", &cert, &["http/1.1"], None).await?;
+    // The cluster starts out trusting another CA than the one that signed tegola.
+    let trusted = Ca::new("Old mesh CA")?.write(pki.dir.path(), "upstream-ca.pem")?;
+    let proxy = Proxy::start(by_host(&[(
+        "tegola",
+        format!(
+            "endpoints: [\"{}\"], tls: {{ ca: {:?}, sni: tegola.example.org }}",
+            tegola.addr(),
+            trusted.display().to_string()
+        ),
+    )]))?;
+    certs::wait_watched(pki.dir.path()).await?;
+    let refused = get_host(&proxy, "tegola").await?;
+    assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(refused.legate_error(), Some("upstream-tls"));
+
+    certs::replace_file(&trusted, pki.ca.pem().as_bytes())?;
+
+    eventually(ROTATION_LIMIT, || async {
+        let reply = get_host(&proxy, "tegola").await?;
+        ensure!(reply.status == StatusCode::OK, "{}", reply.status);
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// The `legate` binary with one TLS listener answering `ok` itself.
+const BINARY_TLS: &str = r#"
+admin: { listen: "${ADMIN}" }
+runtime: { workers: 1 }
+access_log: { enabled: false }
+listeners:
+  - name: tls
+    listen: 127.0.0.1:0
+    http: { route_table: maps }
+    tls:
+      certificates: [{ cert: "${CRT}", key: "${KEY}" }]
+route_tables:
+  maps:
+    virtual_hosts:
+      - hosts: ["*"]
+        routes: [{ match: { prefix: / }, respond: { status: 200, body: "ok\n" } }]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_logs_each_rotation_and_each_rejected_certificate() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = Ca::new("Binary CA")?;
+    let v1 = ca.server(&["maps.example.org"])?;
+    let (crt, key) = v1.write(dir.path(), "tls")?;
+    let legate = process::Legate::start(
+        yaml(BINARY_TLS)
+            .set("CRT", crt.display())
+            .set("KEY", key.display()),
+    )
+    .await?;
+    let addr = legate.addr("tls");
+    certs::wait_watched_by(legate.pid(), dir.path()).await?;
+    let mut old = TlsClient::trusting(&ca)
+        .http1(addr, "maps.example.org")
+        .await?;
+    assert!(old.negotiated.peer_cert.as_ref() == Some(v1.der()));
+    assert_eq!(old.get("maps.example.org", "/").await?.text(), "ok\n");
+
+    let v2 = ca.server(&["maps.example.org"])?;
+    v2.replace(&crt, &key)?;
+    legate.wait_stderr("TLS certificates reloaded").await?;
+    // The log line comes after the swap: the next handshake gets v2.
+    assert!(presented(addr, &ca).await? == *v2.der());
+
+    std::fs::write(&key, "not a key\n")?;
+    let line = legate.wait_stderr("new TLS certificate rejected").await?;
+    assert!(
+        line.contains("tls.key"),
+        "the log does not name the key file: {line}"
+    );
+    assert!(presented(addr, &ca).await? == *v2.der());
+    assert_eq!(
+        old.get("maps.example.org", "/").await?.status,
+        StatusCode::OK
+    );
     Ok(())
 }
 
