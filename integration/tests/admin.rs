@@ -128,3 +128,45 @@ async fn unknown_admin_paths_are_404_and_other_methods_405() -> Result<()> {
     assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_responses_endpoints_and_reloads_in_prometheus_text() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let proxy = Proxy::start(yaml(CONFIG).set("APP", app.addr()))?;
+    proxy.wait_ready().await?;
+    for _ in 0..3 {
+        let ok = client::get(proxy.addr("front"), "example.org", "/").await?;
+        assert_eq!(ok.status, StatusCode::OK);
+    }
+
+    let reply = client::get(proxy.admin(), "admin", "/metrics").await?;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("application/openmetrics-text")));
+    let text = reply.text();
+    let line = |prefix: &str| -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+    };
+    let responses =
+        line("legate_downstream_responses_total{listener=\"front\",code_class=\"2xx\"}")
+            .context("2xx responses of front")?;
+    assert!(responses.ends_with(" 3"), "{responses}");
+    let upstream = format!(
+        "legate_upstream_requests_total{{cluster=\"app\",endpoint=\"{}\"}} 3",
+        app.addr()
+    );
+    ensure!(text.contains(&upstream), "no {upstream} in:\n{text}");
+    ensure!(
+        text.contains("legate_endpoint_pooled{cluster=\"app\",endpoint=\"127.0.0.1:9\"} 0"),
+        "the depooled endpoint is reported:\n{text}"
+    );
+    ensure!(text.contains("legate_config_reloads_total{result=\"rejected\"} 0"));
+    ensure!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+    Ok(())
+}

@@ -103,6 +103,23 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/metrics" => {
+            let stats = shared.listener_stats.load();
+            let listeners: Vec<_> = stats
+                .iter()
+                .map(|l| (l.name.clone(), l.counters.clone(), l.connections.active()))
+                .collect();
+            let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render(
+                shared, &listeners,
+            ))));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
         "/config" => {
             let snapshot = shared.snapshot.load();
             let last_reload = shared.last_reload.load();

@@ -29,6 +29,8 @@ pub struct Shared {
     pub last_reload: ArcSwap<Option<ReloadStatus>>,
     /// Bound address of each listener, by name.
     pub listener_addrs: ArcSwap<HashMap<String, SocketAddr>>,
+    /// Each running listener's counters and open-connection count, for `/metrics`.
+    pub listener_stats: ArcSwap<Vec<ListenerStats>>,
     /// Reloads the config file (`POST /reload`); set once the app is built.
     pub reload: OnceLock<Reloader>,
     /// The control plane session, if the config names one.
@@ -38,6 +40,14 @@ pub struct Shared {
     /// Reload attempts, by outcome.
     pub reloads_ok: AtomicU64,
     pub reloads_rejected: AtomicU64,
+}
+
+/// What `/metrics` reads of one listener.
+#[derive(Debug)]
+pub struct ListenerStats {
+    pub name: String,
+    pub counters: Arc<crate::metrics::ListenerCounters>,
+    pub connections: drain::Watch,
 }
 
 /// Reloads the config file on request (`POST /reload`).
@@ -140,6 +150,7 @@ struct Listeners {
 struct Running {
     ctx: Arc<Listener>,
     trigger: drain::Trigger,
+    watch: drain::Watch,
 }
 
 /// Starts Legate with `config`: binds every listener and the admin listener, then serves.
@@ -159,6 +170,7 @@ pub fn build(config: Config, version: String) -> Result<App, BuildError> {
         draining: AtomicBool::new(false),
         last_reload: ArcSwap::from_pointee(None),
         listener_addrs: ArcSwap::from_pointee(HashMap::new()),
+        listener_stats: ArcSwap::from_pointee(Vec::new()),
         reload: OnceLock::new(),
         xds: Arc::new(crate::xds::Shared::default()),
         file_version: Mutex::new(snapshot_version.clone()),
@@ -469,6 +481,16 @@ impl Inner {
             .map(|(name, r)| (name.clone(), r.ctx.addr))
             .collect();
         self.shared.listener_addrs.store(Arc::new(addrs));
+        let stats = listeners
+            .running
+            .iter()
+            .map(|(name, r)| ListenerStats {
+                name: name.clone(),
+                counters: r.ctx.counters.clone(),
+                connections: r.watch.clone(),
+            })
+            .collect();
+        self.shared.listener_stats.store(Arc::new(stats));
         Ok(())
     }
 
@@ -630,6 +652,7 @@ fn start_listener(
         name: name.into(),
         addr,
         settings: ArcSwap::from_pointee(settings),
+        counters: Arc::default(),
     });
     let (trigger, watch) = drain::channel();
     for (i, socket) in sockets.into_iter().enumerate() {
@@ -645,5 +668,9 @@ fn start_listener(
             }),
         );
     }
-    Running { ctx, trigger }
+    Running {
+        ctx,
+        trigger,
+        watch,
+    }
 }

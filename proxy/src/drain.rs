@@ -87,6 +87,11 @@ impl Watch {
         let _ = self.rx.wait_for(|d| *d).await;
     }
 
+    /// Units of work still registered.
+    pub fn active(&self) -> usize {
+        self.active.count.load(Ordering::Acquire)
+    }
+
     pub fn guard(&self) -> Guard {
         self.active.count.fetch_add(1, Ordering::AcqRel);
         Guard(self.active.clone())

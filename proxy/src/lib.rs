@@ -16,6 +16,7 @@ pub mod drain;
 pub mod http;
 pub mod io;
 pub mod listener;
+pub mod metrics;
 pub mod router;
 pub mod snapshot;
 pub mod tcp;

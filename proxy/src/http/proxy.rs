@@ -88,6 +88,7 @@ pub async fn handle(
             (e.to_response(), Some(e.reason()))
         }
     };
+    ctx.listener.counters.record(resp.status().as_u16());
     let log = record.map(|mut r| {
         r.status = resp.status().as_u16();
         r.route = trace.route;

@@ -22,6 +22,7 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// Swapped on reload; each connection (and each HTTP request) loads it once.
     pub settings: ArcSwap<Protocol>,
+    pub counters: Arc<crate::metrics::ListenerCounters>,
 }
 
 /// What a listener serves.
