@@ -24,7 +24,7 @@ listeners:
     http: { route_table: main, max_header_size: 16384, max_concurrent_streams: 7 }
   - name: tight
     listen: 127.0.0.1:0
-    http: { route_table: main, max_header_size: 2048 }
+    http: { route_table: main, max_header_size: 8192 }
 route_tables:
   main:
     virtual_hosts:
@@ -180,19 +180,32 @@ async fn request_head_over_max_header_size_is_refused() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_header_size_below_8_kib_is_enforced() -> Result<()> {
-    // `max_header_size: 2048` is a valid config (the minimum is 1024), so a 6 KiB head — three
-    // times the limit — must be refused like any other oversized head.
+async fn the_smallest_max_header_size_is_enforced() -> Result<()> {
+    // 8 KiB is the smallest limit Legate accepts (smaller ones are config errors, see
+    // `a_max_header_size_below_8_kib_is_a_config_error`); a 24 KiB head must be refused.
     let proxy = start(closed_port())?;
 
     let within = raw_status(proxy.addr("tight"), &request_with_header_of(1024)).await?;
     assert_eq!(within, Some(200));
-    let over = raw_status(proxy.addr("tight"), &request_with_header_of(6 * 1024)).await?;
+    let over = raw_status(proxy.addr("tight"), &request_with_header_of(24 * 1024)).await?;
     assert!(
         matches!(over, None | Some(431)),
-        "a 6 KiB head on a 2 KiB limit must be refused, got {over:?}"
+        "a 24 KiB head on an 8 KiB limit must be refused, got {over:?}"
     );
     Ok(())
+}
+
+#[test]
+fn a_max_header_size_below_8_kib_is_a_config_error() {
+    let config = ERRORS
+        .replace("max_header_size: 8192", "max_header_size: 2048")
+        .replace("${APP}", "127.0.0.1:9");
+    let errors = legate::config::parse(&config).expect_err("2 KiB is below the minimum");
+    let text = errors.to_string();
+    assert!(
+        text.contains("listeners[1].http.max_header_size: must be at least 8192 bytes (got 2048)"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

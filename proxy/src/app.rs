@@ -435,9 +435,14 @@ impl Inner {
             }
         }
 
-        // 2. Nothing below can fail. The new clusters' endpoints are published before any
-        //    listener can route to them.
-        for cluster in new.clusters.values() {
+        // 2. Nothing below can fail. Clusters new to this process get their endpoints before
+        //    any listener can route to them; the others after the listeners' new settings are
+        //    in place, so sessions woken by a drain read the new drain timeouts.
+        let (fresh, known): (Vec<_>, Vec<_>) = new
+            .clusters
+            .values()
+            .partition(|c| c.state.membership.load().endpoints.is_empty());
+        for cluster in fresh {
             crate::cluster::manager::publish(cluster, &self.shared.registry, zone);
         }
         let mut listeners = self.lock_listeners();
@@ -473,6 +478,9 @@ impl Inner {
                     }
                 }
             }
+        }
+        for cluster in known {
+            crate::cluster::manager::publish(cluster, &self.shared.registry, zone);
         }
         listeners.retired.retain(|t| t.active() > 0);
         let addrs = listeners

@@ -38,7 +38,8 @@ pub async fn accept_loop(listener: Arc<Listener>, socket: TcpListener, mut drain
                         .instrument(span),
                     ),
                     Protocol::Tcp(settings) => tokio::spawn(
-                        crate::tcp::serve(stream, peer, settings, watch, guard).instrument(span),
+                        crate::tcp::serve(stream, peer, listener.clone(), settings, watch, guard)
+                            .instrument(span),
                     ),
                 };
             }

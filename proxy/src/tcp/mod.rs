@@ -16,7 +16,7 @@ use tracing::{debug, info};
 use crate::cluster::{now_ms, ActiveSession, Cluster, Picked};
 use crate::drain;
 use crate::io::Touching;
-use crate::listener::TcpSettings;
+use crate::listener::{Listener, Protocol, TcpSettings};
 
 /// Bytes buffered per direction: a slow reader stalls its writer rather than grow memory.
 const BUFFER: usize = 16 * 1024;
@@ -25,6 +25,7 @@ const BUFFER: usize = 16 * 1024;
 pub async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
+    listener: Arc<Listener>,
     settings: Arc<TcpSettings>,
     drain: drain::Watch,
     _guard: drain::Guard,
@@ -59,8 +60,10 @@ pub async fn serve(
     };
     let _session = ActiveSession::start(&endpoint.state);
     debug!(%peer, upstream = %endpoint.addr, "session started");
-    let (to_upstream, to_client) =
-        relay(client, server, first, sniff, &settings, &endpoint, drain).await;
+    let (to_upstream, to_client) = relay(
+        client, server, first, sniff, &listener, &settings, &endpoint, drain,
+    )
+    .await;
     endpoint
         .state
         .bytes_to_upstream
@@ -110,6 +113,7 @@ async fn relay(
     server: TcpStream,
     first: Vec<u8>,
     sniff: bool,
+    listener: &Listener,
     settings: &TcpSettings,
     endpoint: &Picked,
     mut drain: drain::Watch,
@@ -130,6 +134,7 @@ async fn relay(
         &mut client,
         &mut server,
         &touched,
+        listener,
         settings,
         endpoint,
         &mut drain,
@@ -143,11 +148,21 @@ async fn relay(
     (server.to_upstream, server.to_client)
 }
 
+/// The drain timeout for sessions of a draining endpoint: the listener's current setting
+/// (falling back to the one the session started with).
+fn current_drain_timeout(listener: &Listener, started: &TcpSettings) -> Option<Duration> {
+    match &**listener.settings.load() {
+        Protocol::Tcp(current) => current.endpoint_drain_timeout,
+        Protocol::Http(_) => started.endpoint_drain_timeout,
+    }
+}
+
 /// Copies both ways; returns whether the copy ended by itself (rather than by a timeout).
 async fn copy_until_done<C, S>(
     client: &mut C,
     server: &mut S,
     touched: &AtomicBool,
+    listener: &Listener,
     settings: &TcpSettings,
     endpoint: &Picked,
     drain: &mut drain::Watch,
@@ -168,7 +183,7 @@ where
     let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
     let deadline = tokio::time::sleep_until(far);
     tokio::pin!(deadline);
-    let mut listener_draining = false;
+    let mut listener_deadline: Option<tokio::time::Instant> = None;
     let state = &endpoint.state;
 
     loop {
@@ -176,14 +191,20 @@ where
         let drain_changed = state.drain_changed.notified();
         tokio::pin!(drain_changed);
         drain_changed.as_mut().enable();
-        if let (Some(since), Some(timeout)) =
-            (state.draining_since_ms(), settings.endpoint_drain_timeout)
-        {
+        // Recomputed on every change, so pooling an endpoint again lifts its deadline. The
+        // drain timeout is the listener's current one (a reload may have just set it).
+        let endpoint_deadline = state.draining_since_ms().and_then(|since| {
+            let timeout = current_drain_timeout(listener, settings)?;
             let left = (since + timeout.as_millis() as u64).saturating_sub(now_ms());
-            let at = tokio::time::Instant::now() + Duration::from_millis(left);
-            if at < deadline.deadline() {
-                deadline.as_mut().reset(at);
-            }
+            Some(tokio::time::Instant::now() + Duration::from_millis(left))
+        });
+        let at = [endpoint_deadline, listener_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(far);
+        if at != deadline.deadline() {
+            deadline.as_mut().reset(at);
         }
         tokio::select! {
             res = copy.as_mut() => {
@@ -192,12 +213,8 @@ where
                 }
                 return true;
             }
-            _ = drain.signaled(), if !listener_draining => {
-                listener_draining = true;
-                let at = tokio::time::Instant::now() + settings.drain_timeout;
-                if at < deadline.deadline() {
-                    deadline.as_mut().reset(at);
-                }
+            _ = drain.signaled(), if listener_deadline.is_none() => {
+                listener_deadline = Some(tokio::time::Instant::now() + settings.drain_timeout);
             }
             _ = &mut drain_changed => {}
             _ = &mut deadline => {
