@@ -193,6 +193,23 @@ impl Server {
     /// `pg_ctl start -w` on the server's port, then waits until `pg_isready` says it accepts
     /// connections.
     pub async fn start(&self) -> Result<()> {
+        self.pg_ctl_start().await?;
+        self.wait_isready(0, "accept connections").await
+    }
+
+    /// Starts a server that is up but turns sessions away (a standby without hot standby):
+    /// waits until `pg_isready` says it is rejecting connections.
+    pub async fn start_rejecting(&self) -> Result<()> {
+        self.pg_ctl_start().await?;
+        self.wait_isready(1, "reject connections").await
+    }
+
+    /// Adds `postgres` options (`-c name=value`) for the next start; later ones win.
+    pub fn add_options(&mut self, options: &[&str]) {
+        self.options.extend(options.iter().map(|o| (*o).to_owned()));
+    }
+
+    async fn pg_ctl_start(&self) -> Result<()> {
         let mut options = vec![
             format!("-p {}", self.port),
             format!("-k {}", self.root.display()),
@@ -206,12 +223,13 @@ impl Server {
             .arg(options.join(" "));
         run(cmd, &format!("pg_ctl start ({})", self.name))
             .await
-            .map_err(|e| anyhow!("{e:#}\n--- {} log ---\n{}", self.name, self.log()))?;
-        self.wait_ready().await
+            .map_err(|e| anyhow!("{e:#}\n--- {} log ---\n{}", self.name, self.log()))
+            .map(drop)
     }
 
-    /// Polls `pg_isready` until the server accepts connections (at most [`LIMIT`]).
-    pub async fn wait_ready(&self) -> Result<()> {
+    /// Polls `pg_isready` until it exits with `code` (0: accepting connections, 1:
+    /// rejecting them, 2: no response), at most [`LIMIT`].
+    async fn wait_isready(&self, code: i32, what: &str) -> Result<()> {
         let deadline = tokio::time::Instant::now() + LIMIT;
         loop {
             let status = Command::new(self.bin.join("pg_isready"))
@@ -221,15 +239,44 @@ impl Server {
                 .status()
                 .await
                 .context("running pg_isready")?;
-            if status.success() {
+            if status.code() == Some(code) {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 bail!(
-                    "{} did not accept connections within {LIMIT:?}:\n{}",
+                    "{} did not {what} within {LIMIT:?} (pg_isready: {status}):\n{}",
                     self.name,
                     self.log()
                 );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `pg_ctl stop -m smart` without waiting: the server turns new sessions away ("the
+    /// database system is shutting down") and stops once its last session ends.
+    pub async fn begin_smart_shutdown(&self) -> Result<()> {
+        let mut cmd = self.pg_ctl();
+        cmd.args(["stop", "-W", "-m", "smart"]);
+        run(cmd, &format!("pg_ctl stop -m smart ({})", self.name))
+            .await
+            .map(drop)
+    }
+
+    /// Waits until the server's postmaster has exited (`pg_ctl status`), at most [`LIMIT`].
+    pub async fn wait_stopped(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            let mut cmd = self.pg_ctl();
+            cmd.arg("status")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            // Exit status 3: no server running.
+            if cmd.status().await.context("running pg_ctl status")?.code() == Some(3) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{} was still running after {LIMIT:?}", self.name);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -7,9 +7,12 @@
 //!   intervals while sessions on the other one carry on; restarted, it comes back;
 //! - pgbench runs without a failed transaction while a replica is depooled by a reload
 //!   (SIGHUP to the binary); the depooled replica keeps its open session until the client
-//!   ends it, or until `drain_timeout`;
-//! - a CancelRequest reaches the server that owns the session (tokio-postgres and psql), and
-//!   one with an unknown key is broadcast;
+//!   ends it, or until `drain_timeout` (also when the reload that depools sets it);
+//! - a CancelRequest reaches the server that owns the session (tokio-postgres and psql, on a
+//!   pooled or a depooled replica, and after a refused SSLRequest), and one with an unknown
+//!   key is broadcast;
+//! - a replica in a smart shutdown (or a standby without hot standby) answers 57P03 and is
+//!   marked down, while its open sessions finish;
 //! - the credential-free check marks a server with no free connection slots down; the check
 //!   with credentials marks a primary down when replicas are required;
 //! - plain TCP: half-close in both directions, and back-pressure from a slow upstream.
@@ -97,10 +100,10 @@ async fn start_proxy(config: Yaml) -> Result<Proxy> {
 }
 
 /// Opens sessions through `front` until one lands on the server listening on `port` (at most
-/// 30 tries; the others are closed).
+/// 50 tries; the others are closed).
 async fn session_on(front: SocketAddr, port: u16) -> Result<Session> {
     let mut seen = Vec::new();
-    for _ in 0..30 {
+    for _ in 0..50 {
         let s = Session::connect(front).await?;
         let p = s.server_port().await?;
         if p == port {
@@ -108,7 +111,7 @@ async fn session_on(front: SocketAddr, port: u16) -> Result<Session> {
         }
         seen.push(p);
     }
-    bail!("30 sessions through {front} never reached port {port}: {seen:?}")
+    bail!("50 sessions through {front} never reached port {port}: {seen:?}")
 }
 
 fn count(e: &Value, field: &str) -> u64 {
@@ -224,11 +227,6 @@ async fn killed_replica_is_marked_down_and_comes_back() -> Result<()> {
 
     victim.start().await?;
     wait_health(admin, CLUSTER, victim.addr(), "healthy", limit).await?;
-    // The survivor holds sessions, so least-connections sends new ones to the victim.
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(session_on(front, survivor.port()).await?);
-    }
     let back = session_on(front, victim.port()).await?;
     assert_eq!(back.value("SELECT pg_is_in_recovery()").await?, "t");
     assert_eq!(
@@ -236,6 +234,88 @@ async fn killed_replica_is_marked_down_and_comes_back() -> Result<()> {
         "1",
         "still open through it all"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn replica_shutting_down_is_marked_down_while_its_sessions_finish() -> Result<()> {
+    let pg = PgSet::start(2).await?;
+    let (leaving, staying) = (&pg.replicas[0], &pg.replicas[1]);
+    let proxy = start_proxy(pg_config("least_connections", &list(&pg.replica_addrs()))).await?;
+    let (front, admin) = (proxy.addr("pg"), proxy.admin());
+    let limit = Duration::from_secs(5);
+    let last = session_on(front, leaving.port()).await?;
+
+    // A smart shutdown waits for its sessions and turns new ones away (57P03).
+    leaving.begin_smart_shutdown().await?;
+    wait_health(admin, CLUSTER, leaving.addr(), "unhealthy", limit)
+        .await
+        .with_context(|| pg.logs())?;
+    let err = leaving
+        .connect()
+        .await
+        .expect_err("the server turns sessions away");
+    let db = err
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.as_db_error())
+        .with_context(|| format!("{err:#}"))?;
+    assert_eq!(db.code(), &SqlState::CANNOT_CONNECT_NOW, "{db:?}");
+
+    for _ in 0..6 {
+        let s = Session::connect(front).await?;
+        assert_eq!(
+            s.server_port().await?,
+            staying.port(),
+            "new sessions avoid it"
+        );
+    }
+    assert_eq!(last.value("SELECT 'still here'").await?, "still here");
+    let e = endpoint(admin, CLUSTER, leaving.addr()).await?;
+    assert_eq!(count(&e, "active_sessions"), 1, "{e}");
+
+    // Its last session ends: the server finishes its shutdown.
+    drop(last);
+    leaving.wait_stopped().await?;
+    wait_endpoint(
+        admin,
+        CLUSTER,
+        leaving.addr(),
+        limit,
+        "without sessions",
+        |e| e["active_sessions"] == 0,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn standby_without_hot_standby_is_down_from_the_first_check() -> Result<()> {
+    let mut pg = PgSet::start(2).await?;
+    // Up and answering, but not accepting sessions: "the database system is not accepting
+    // connections" (57P03).
+    let cold = &mut pg.replicas[0];
+    cold.stop_fast().await?;
+    cold.add_options(&["-c hot_standby=off"]);
+    cold.start_rejecting().await?;
+    let err = cold.connect().await.expect_err("no sessions on it");
+    let db = err
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.as_db_error())
+        .with_context(|| format!("{err:#}"))?;
+    assert_eq!(db.code(), &SqlState::CANNOT_CONNECT_NOW, "{db:?}");
+
+    let (cold, hot) = (&pg.replicas[0], &pg.replicas[1]);
+    let proxy = start_proxy(pg_config("least_connections", &list(&pg.replica_addrs()))).await?;
+    let (front, admin) = (proxy.addr("pg"), proxy.admin());
+    // Ready means each endpoint has had its first check, whose result counts at once.
+    let e = endpoint(admin, CLUSTER, cold.addr()).await?;
+    assert_eq!(e["health"], "unhealthy", "{e}");
+    let e = endpoint(admin, CLUSTER, hot.addr()).await?;
+    assert_eq!(e["health"], "healthy", "{e}");
+    for _ in 0..4 {
+        let s = Session::connect(front).await?;
+        assert_eq!(s.server_port().await?, hot.port());
+    }
     Ok(())
 }
 
@@ -344,6 +424,22 @@ async fn pgbench_has_no_failures_while_a_replica_is_depooled_by_sighup() -> Resu
     )
     .await?;
     assert_eq!(long.server_port().await?, depooled.port());
+    // Its queries can still be cancelled through Legate.
+    let token = long.client.cancel_token();
+    let sleep = "SELECT pg_sleep(30)";
+    let query = tokio::spawn(async move {
+        let result = long.client.simple_query(sleep).await;
+        (result, long)
+    });
+    wait_running(depooled, sleep).await?;
+    token.cancel_query(NoTls).await?;
+    let (result, long) = tokio::time::timeout(Duration::from_secs(5), query)
+        .await
+        .context("the query on the depooled replica was not cancelled")??;
+    let err = result.expect_err("cancelled");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
+    let c = postgres::cluster(admin, CLUSTER).await?;
+    assert_eq!(c["cancels_routed"], 1, "{c}");
     drop(long);
     wait_endpoint(
         admin,
@@ -559,6 +655,59 @@ async fn cancel_requests_reach_the_server_that_owns_the_session() -> Result<()> 
     })
     .await?;
     assert_eq!(c["cancels_routed"], 2, "{c}");
+    Ok(())
+}
+
+/// A client that offers TLS before its cancel (tokio-postgres with a TLS connector and the
+/// default `sslmode=prefer`, libpq 17's new cancel API) sends SSLRequest, gets `N` from a
+/// server without TLS, then sends the CancelRequest in the clear on the same connection. The
+/// session's key is known (the session itself did the same and the sniffer followed it), so
+/// the cancel should reach the owner like a plain one.
+#[tokio::test]
+async fn cancel_after_a_refused_ssl_request_reaches_the_owner() -> Result<()> {
+    let pg = PgSet::start(2).await?;
+    // Round robin: the connection after the session's is placed on the other replica.
+    let proxy = start_proxy(pg_config("round_robin", &list(&pg.replica_addrs()))).await?;
+    let (front, admin) = (proxy.addr("pg"), proxy.admin());
+    let session = Session::connect(front).await?;
+    let owner = pg
+        .replica_on(session.server_port().await?)
+        .context("on a replica")?;
+    let token = session.client.cancel_token();
+    let sleep = "SELECT pg_sleep(30)";
+    let query = tokio::spawn(async move {
+        let result = session.client.simple_query(sleep).await;
+        (result, session)
+    });
+    wait_running(owner, sleep).await?;
+
+    let mut raw = TcpStream::connect(front).await?;
+    raw.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?; // SSLRequest
+    let mut answer = [0u8; 1];
+    raw.read_exact(&mut answer).await?;
+    assert_eq!(&answer, b"N", "the servers have no TLS");
+    // With NoTls the token skips its own negotiation and sends the CancelRequest at once.
+    token.cancel_query_raw(raw, NoTls).await?;
+    let outcome = tokio::time::timeout(Duration::from_secs(3), query).await;
+    let c = postgres::cluster(admin, CLUSTER).await?;
+    let Ok(joined) = outcome else {
+        bail!(
+            "the query was not cancelled: the CancelRequest after SSLRequest/N went to the \
+             server picked for a new session, not to {} (cancels_routed {}, cancels_broadcast \
+             {}; total_sessions {:?})",
+            owner.name(),
+            c["cancels_routed"],
+            c["cancels_broadcast"],
+            c["endpoints"].as_array().map(|e| e
+                .iter()
+                .map(|e| e["total_sessions"].clone())
+                .collect::<Vec<_>>())
+        );
+    };
+    let (result, _session) = joined?;
+    let err = result.expect_err("the sleep is cancelled");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
+    assert_eq!(c["cancels_routed"], 1, "{c}");
     Ok(())
 }
 

@@ -61,7 +61,13 @@ pub async fn serve(
     let _session = ActiveSession::start(&endpoint.state);
     debug!(%peer, upstream = %endpoint.addr, "session started");
     let (to_upstream, to_client) = relay(
-        client, server, first, sniff, &listener, &settings, &endpoint, drain,
+        client,
+        server,
+        (first, sniff),
+        &listener,
+        &settings,
+        &endpoint,
+        drain,
     )
     .await;
     endpoint
@@ -111,8 +117,7 @@ async fn connect(cluster: &Cluster, attempts: u32) -> Option<(TcpStream, Picked)
 async fn relay(
     client: TcpStream,
     server: TcpStream,
-    first: Vec<u8>,
-    sniff: bool,
+    (first, sniff): (Vec<u8>, bool),
     listener: &Listener,
     settings: &TcpSettings,
     endpoint: &Picked,
