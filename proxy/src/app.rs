@@ -137,6 +137,9 @@ struct Inner {
     config_file: Mutex<Option<(PathBuf, tokio::task::AbortHandle)>>,
     /// With a control plane: the bootstrap config its client assembles resources with.
     xds_bootstrap: Mutex<Option<tokio::sync::watch::Sender<Config>>>,
+    /// Serialises applies (SIGHUP, the file watch, POST /reload, the xDS client): each one
+    /// reconciles against the snapshot the previous one published.
+    apply_lock: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -189,6 +192,7 @@ pub fn build(config: Config, version: String) -> Result<App, BuildError> {
         tls_watch: Mutex::new(None),
         config_file: Mutex::new(None),
         xds_bootstrap: Mutex::new(None),
+        apply_lock: Mutex::new(()),
     };
     let app = App {
         inner: Arc::new(app),
@@ -319,6 +323,7 @@ impl Inner {
     }
 
     fn apply(&self, config: Config, version: String) -> Result<(), ApplyError> {
+        let _one_at_a_time = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.shared.snapshot.load_full();
         if config.admin != old.config.admin {
             warn!("admin.listen changed; it takes effect on restart");

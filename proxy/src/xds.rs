@@ -206,6 +206,7 @@ async fn session(
     let mut ping = tokio::time::interval(protocol::PING_EVERY);
     ping.tick().await;
     let mut last_heard = tokio::time::Instant::now();
+    let mut pending = Pending::default();
 
     loop {
         tokio::select! {
@@ -221,9 +222,15 @@ async fn session(
                 while let Some(msg) = decoder.next_message() {
                     let msg = msg.map_err(|e| format!("protocol error: {e}"))?;
                     let config = bootstrap.borrow().clone();
-                    if let Some(answer) = handle(msg, held, &config, apply, shared) {
+                    for answer in handle(msg, held, &mut pending, &config, apply, shared) {
                         send(&tx, answer).await?;
                     }
+                }
+            }
+            _ = sleep_until_deadline(pending.deadline()) => {
+                // The rest of the change never came: the waiting updates are rejected.
+                for answer in give_up(held, &mut pending, shared) {
+                    send(&tx, answer).await?;
                 }
             }
             changed = bootstrap.changed() => {
@@ -253,23 +260,53 @@ async fn session(
     }
 }
 
-/// Handles one message from the control plane; returns the answer to send.
+/// Updates received but not yet answered, because the set they form refers to resources that
+/// an update of another type, already on its way, adds (or stops referring to ones it
+/// removes): a cluster removed before the route that used it, say. Answered together, within
+/// [`DEFER_LIMIT`].
+#[derive(Debug, Default)]
+struct Pending {
+    candidate: Option<Held>,
+    answers: Vec<(ResourceType, String, String)>,
+    errors: Vec<ResourceError>,
+    since: Option<tokio::time::Instant>,
+}
+
+/// How long an update whose references do not resolve yet waits for the rest of a change.
+const DEFER_LIMIT: Duration = Duration::from_secs(2);
+
+impl Pending {
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.since.map(|t| t + DEFER_LIMIT)
+    }
+}
+
+async fn sleep_until_deadline(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Handles one message from the control plane; returns the answers to send.
 fn handle(
     msg: Message,
     held: &mut Held,
+    pending: &mut Pending,
     bootstrap: &Config,
     apply: &Apply,
     shared: &Shared,
-) -> Option<Message> {
+) -> Vec<Message> {
+    let base = pending.candidate.clone().unwrap_or_else(|| held.clone());
     let (resource_type, version, nonce, candidate) = match msg {
-        Message::Ping => return Some(Message::Pong),
+        Message::Ping => return vec![Message::Pong],
         Message::Response {
             resource_type,
             version_info,
             nonce,
             resources,
         } if resource_type != ResourceType::Endpoints => {
-            let mut candidate = held.clone();
+            let mut candidate = base;
             candidate
                 .sotw
                 .insert(resource_type, (version_info.clone(), resources));
@@ -282,7 +319,7 @@ fn handle(
             resources,
             removed_resources,
         } => {
-            let mut candidate = held.clone();
+            let mut candidate = base;
             let map = candidate.endpoints.get_or_insert_with(BTreeMap::new);
             for name in removed_resources {
                 map.remove(&name);
@@ -290,6 +327,7 @@ fn handle(
             for r in resources {
                 map.insert(r.name.clone(), r);
             }
+            candidate.endpoints_version = Some(system_version_info.clone());
             (
                 ResourceType::Endpoints,
                 system_version_info,
@@ -307,19 +345,15 @@ fn handle(
             resource_type,
             ..
         } => {
-            return Some(nack(
-                resource_type,
-                held,
-                nonce,
-                vec![ResourceError {
-                    name: "*".into(),
-                    error: format!("{resource_type} cannot be sent that way"),
-                }],
-                shared,
-            ));
+            let error = ResourceError {
+                name: "*".into(),
+                error: format!("{resource_type} cannot be sent that way"),
+            };
+            return vec![nack(resource_type, held, nonce, vec![error], shared)];
         }
-        _ => return None,
+        _ => return Vec::new(),
     };
+    pending.answers.push((resource_type, version, nonce));
 
     // Every resource must deserialize; a complete set must also validate and apply (R12).
     let complete = candidate.complete();
@@ -341,45 +375,96 @@ fn handle(
             if applied && !shared.ready.swap(true, Ordering::AcqRel) {
                 info!("first complete config from the control plane applied");
             }
-            set_status(shared, |s| {
-                s.versions = held
-                    .sotw
-                    .iter()
-                    .map(|(t, (v, _))| (t.to_string(), v.clone()))
-                    .collect();
-                s.endpoint_versions = held
-                    .endpoints
-                    .iter()
-                    .flat_map(|m| m.values().map(|r| (r.name.clone(), r.version.clone())))
-                    .collect();
-                s.updated_at =
-                    Some(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
-            });
-            Some(Message::Ack {
-                resource_type,
-                version_info: version,
-                nonce,
-            })
+            record_versions(held, shared);
+            let answers = std::mem::take(pending).answers;
+            answers
+                .into_iter()
+                .map(|(resource_type, version_info, nonce)| Message::Ack {
+                    resource_type,
+                    version_info,
+                    nonce,
+                })
+                .collect()
         }
-        Err(errors) => Some(nack(resource_type, held, nonce, errors, shared)),
+        Err(errors) if errors.iter().all(is_reference_error) && pending.answers.len() < 4 => {
+            pending.candidate = Some(candidate);
+            pending.errors = errors;
+            pending.since.get_or_insert_with(tokio::time::Instant::now);
+            Vec::new()
+        }
+        Err(errors) => {
+            pending.errors = errors;
+            give_up(held, pending, shared)
+        }
     }
+}
+
+/// NACKs every pending update with the reasons they could not be applied.
+fn give_up(held: &Held, pending: &mut Pending, shared: &Shared) -> Vec<Message> {
+    let Pending {
+        answers, errors, ..
+    } = std::mem::take(pending);
+    answers
+        .into_iter()
+        .map(|(resource_type, _, nonce)| nack(resource_type, held, nonce, errors.clone(), shared))
+        .collect()
+}
+
+/// An error another type's update can resolve: a reference to a resource not (or no longer)
+/// there.
+fn is_reference_error(e: &ResourceError) -> bool {
+    e.error.contains("unknown cluster") || e.error.contains("unknown route table")
+}
+
+fn record_versions(held: &Held, shared: &Shared) {
+    set_status(shared, |s| {
+        s.versions = held
+            .sotw
+            .iter()
+            .map(|(t, (v, _))| (t.to_string(), v.clone()))
+            .chain(
+                held.endpoints_version
+                    .iter()
+                    .map(|v| ("endpoints".to_owned(), v.clone())),
+            )
+            .collect();
+        s.endpoint_versions = held
+            .endpoints
+            .iter()
+            .flat_map(|m| m.values().map(|r| (r.name.clone(), r.version.clone())))
+            .collect();
+        s.updated_at = Some(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
+    });
 }
 
 fn nack(
     resource_type: ResourceType,
     held: &Held,
     nonce: String,
-    error_detail: Vec<ResourceError>,
+    mut error_detail: Vec<ResourceError>,
     shared: &Shared,
 ) -> Message {
     let version_info = match resource_type {
-        ResourceType::Endpoints => String::new(),
+        ResourceType::Endpoints => held.endpoints_version.clone().unwrap_or_default(),
         t => held
             .sotw
             .get(&t)
             .map(|(v, _)| v.clone())
             .unwrap_or_default(),
     };
+    if resource_type == ResourceType::Endpoints {
+        // Endpoints resources are named by their cluster (R10): `tiles`, not `clusters[tiles]`.
+        for e in &mut error_detail {
+            if let Some(name) = e
+                .name
+                .strip_prefix("clusters[")
+                .or_else(|| e.name.strip_prefix("endpoints["))
+                .and_then(|n| n.strip_suffix(']'))
+            {
+                e.name = name.to_owned();
+            }
+        }
+    }
     let summary: Vec<String> = error_detail
         .iter()
         .map(|e| format!("{}: {}", e.name, e.error))
@@ -647,8 +732,13 @@ mod tests {
         });
         let shared = Shared::default();
         let mut held = Held::default();
+        let mut pending = Pending::default();
         let boot = bootstrap();
-        let mut send = |msg| handle(msg, &mut held, &boot, &apply, &shared);
+        let mut send = |msg| {
+            let mut answers = handle(msg, &mut held, &mut pending, &boot, &apply, &shared);
+            assert!(answers.len() <= 1, "{answers:?}");
+            answers.pop()
+        };
         let full = full();
         for t in ResourceType::SOTW {
             let (v, r) = full.sotw[&t].clone();
@@ -701,5 +791,85 @@ mod tests {
             "a NACKed update changes nothing"
         );
         assert_eq!(send(Message::Ping), Some(Message::Pong));
+    }
+
+    #[tokio::test]
+    async fn a_removal_waits_for_the_update_that_stops_referring_to_it() {
+        let apply: Apply = Arc::new(|_c, _v| Ok(()));
+        let shared = Shared::default();
+        let mut held = full();
+        held.sotw.insert(
+            ResourceType::Clusters,
+            (
+                "c1".into(),
+                vec![
+                    serde_json::json!({"name": "tiles"}),
+                    serde_json::json!({"name": "other"}),
+                ],
+            ),
+        );
+        let mut pending = Pending::default();
+        let boot = bootstrap();
+        // The cluster the route uses goes first...
+        let answers = handle(
+            Message::Response {
+                resource_type: ResourceType::Clusters,
+                version_info: "c2".into(),
+                nonce: "n1".into(),
+                resources: vec![serde_json::json!({"name": "other"})],
+            },
+            &mut held,
+            &mut pending,
+            &boot,
+            &apply,
+            &shared,
+        );
+        assert!(answers.is_empty(), "held back: {answers:?}");
+        assert!(pending.deadline().is_some());
+        // ...then the route moves to the cluster that stays: both are applied and ACKed.
+        let answers = handle(
+            Message::Response {
+                resource_type: ResourceType::RouteTables,
+                version_info: "r2".into(),
+                nonce: "n2".into(),
+                resources: vec![
+                    serde_json::json!({"name": "maps", "virtual_hosts": [{"hosts": ["*"], "routes": [{"match": {"prefix": "/"}, "cluster": "other"}]}]}),
+                ],
+            },
+            &mut held,
+            &mut pending,
+            &boot,
+            &apply,
+            &shared,
+        );
+        let nonces: Vec<_> = answers
+            .iter()
+            .map(|m| match m {
+                Message::Ack { nonce, .. } => nonce.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(nonces, ["n1", "n2"]);
+        assert_eq!(held.sotw[&ResourceType::Clusters].0, "c2");
+        assert!(pending.deadline().is_none());
+
+        // A reference that nothing resolves is rejected at the deadline.
+        handle(
+            Message::Response {
+                resource_type: ResourceType::Clusters,
+                version_info: "c3".into(),
+                nonce: "n3".into(),
+                resources: vec![],
+            },
+            &mut held,
+            &mut pending,
+            &boot,
+            &apply,
+            &shared,
+        );
+        let answers = give_up(&held, &mut pending, &shared);
+        assert!(
+            matches!(&answers[..], [Message::Nack { nonce, version_info, .. }] if nonce == "n3" && version_info == "c2")
+        );
     }
 }

@@ -9,7 +9,7 @@ pub enum Op {
     Bind(String),
     /// Same name, same socket settings: keep its sockets and connections; swap its settings.
     Keep(String),
-    /// Same name, new address or backlog: bind the new socket first, then drain the old one.
+    /// Same name, new address: bind the new socket first, then drain the old one.
     Rebind(String),
     /// Gone from the config: stop accepting and drain its connections.
     Close(String),
@@ -23,7 +23,9 @@ pub fn diff(old: &[Listener], new: &[Listener]) -> Vec<Op> {
     for n in new {
         match old.iter().find(|o| o.name == n.name) {
             None => ops.push(Op::Bind(n.name.clone())),
-            Some(o) if o.listen == n.listen && o.backlog == n.backlog => {
+            // A new backlog alone is not worth rebinding for: closing the old sockets would
+            // reset connections queued on them. It takes effect when the listener next binds.
+            Some(o) if o.listen == n.listen => {
                 ops.push(Op::Keep(n.name.clone()));
             }
             Some(_) => ops.push(Op::Rebind(n.name.clone())),
@@ -57,7 +59,9 @@ mod tests {
     #[test]
     fn unchanged_and_settings_changes_keep_sockets() {
         let old = vec![l("a", "0.0.0.0:1", "t"), l("b", "0.0.0.0:2", "t")];
-        let new = vec![l("a", "0.0.0.0:1", "t"), l("b", "0.0.0.0:2", "other")];
+        let mut backlog = l("a", "0.0.0.0:1", "t");
+        backlog.backlog = 16;
+        let new = vec![backlog, l("b", "0.0.0.0:2", "other")];
         assert_eq!(
             diff(&old, &new),
             vec![Op::Keep("a".into()), Op::Keep("b".into())]
@@ -67,8 +71,7 @@ mod tests {
     #[test]
     fn add_remove_and_rebind() {
         let old = vec![l("a", "0.0.0.0:1", "t"), l("gone", "0.0.0.0:2", "t")];
-        let mut moved = l("a", "0.0.0.0:9", "t");
-        moved.backlog = 10;
+        let moved = l("a", "0.0.0.0:9", "t");
         let new = vec![moved, l("fresh", "0.0.0.0:3", "t")];
         assert_eq!(
             diff(&old, &new),

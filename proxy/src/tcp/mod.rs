@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
@@ -31,31 +31,14 @@ pub async fn serve(
     _guard: drain::Guard,
 ) {
     let cluster = &settings.cluster;
-    let mut first = Vec::new();
-    let mut sniff = false;
-    if settings.postgres {
-        match postgres::read_first(&mut client).await {
-            Ok(postgres::First::Cancel { key, raw }) => {
-                postgres::route_cancel(cluster, key, &raw).await;
-                return;
-            }
-            // After SSL/GSS negotiation the server may refuse encryption ('N'), and the
-            // session's key is visible again; the sniffer follows the negotiation.
-            Ok(postgres::First::Startup(raw) | postgres::First::Encrypted(raw)) => {
-                first = raw;
-                sniff = true;
-            }
-            Err(e) => {
-                debug!(%peer, error = %e, "not a postgres client");
-                return;
-            }
-        }
-    }
-
-    let Some((server, endpoint)) = connect(cluster, settings.connect_attempts).await else {
-        if sniff {
-            postgres::refuse(&mut client, "no database server is available").await;
-        }
+    let opened = if settings.postgres {
+        postgres_opening(&mut client, peer, &settings).await
+    } else {
+        connect(cluster, settings.connect_attempts)
+            .await
+            .map(|(server, endpoint)| (server, endpoint, Vec::new(), false))
+    };
+    let Some((server, endpoint, first, sniff)) = opened else {
         return;
     };
     let _session = ActiveSession::start(&endpoint.state);
@@ -79,6 +62,77 @@ pub async fn serve(
         .bytes_to_client
         .fetch_add(to_client, Ordering::Relaxed);
     debug!(%peer, upstream = %endpoint.addr, to_upstream, to_client, "session ended");
+}
+
+/// The start of a Postgres connection: a cancel is routed and ends here; a session gets its
+/// server. An SSL or GSS request is relayed to the server; when the server declines ('N'), the
+/// client's next message may still be a cancel (libpq 17, tokio-postgres with TLS preferred),
+/// so it is classified again. Returns the server, the bytes still to send it, and whether the
+/// session's cancel key can be watched.
+async fn postgres_opening(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    settings: &TcpSettings,
+) -> Option<(TcpStream, Picked, Vec<u8>, bool)> {
+    let cluster = &settings.cluster;
+    let mut server: Option<(TcpStream, Picked)> = None;
+    loop {
+        let raw = match postgres::read_first(client).await {
+            Ok(postgres::First::Cancel { key, raw }) => {
+                postgres::route_cancel(cluster, key, &raw).await;
+                return None;
+            }
+            Ok(postgres::First::Startup(raw)) => {
+                let (s, e) = match server.take() {
+                    Some(connected) => connected,
+                    None => match connect(cluster, settings.connect_attempts).await {
+                        Some(connected) => connected,
+                        None => {
+                            postgres::refuse(client, "no database server is available").await;
+                            return None;
+                        }
+                    },
+                };
+                return Some((s, e, raw, true));
+            }
+            Ok(postgres::First::Encrypted(raw)) => raw,
+            Err(e) => {
+                debug!(%peer, error = %e, "not a postgres client");
+                return None;
+            }
+        };
+        let (mut s, e) = match server.take() {
+            Some(connected) => connected,
+            None => match connect(cluster, settings.connect_attempts).await {
+                Some(connected) => connected,
+                None => {
+                    postgres::refuse(client, "no database server is available").await;
+                    return None;
+                }
+            },
+        };
+        let answer = async {
+            s.write_all(&raw).await?;
+            let mut byte = [0u8; 1];
+            s.read_exact(&mut byte).await?;
+            client.write_all(&byte).await?;
+            Ok::<u8, std::io::Error>(byte[0])
+        };
+        match tokio::time::timeout(Duration::from_secs(10), answer).await {
+            // Declined: still plaintext, so classify the client's next message.
+            Ok(Ok(b'N')) => server = Some((s, e)),
+            // Accepted (or an old server's error): the rest is relayed as it is.
+            Ok(Ok(_)) => return Some((s, e, Vec::new(), false)),
+            Ok(Err(err)) => {
+                debug!(%peer, error = %err, "encryption negotiation failed");
+                return None;
+            }
+            Err(_) => {
+                debug!(%peer, "encryption negotiation timed out");
+                return None;
+            }
+        }
+    }
 }
 
 /// Connects to an endpoint, trying others when a connect fails or is refused.
