@@ -31,6 +31,8 @@ pub struct Status {
     pub connected: bool,
     /// Versions held (applied), per resource type.
     pub versions: BTreeMap<String, String>,
+    /// The system version of the endpoints held.
+    pub endpoints_version: Option<String>,
     pub endpoint_versions: BTreeMap<String, String>,
     pub last_error: Option<String>,
     pub last_nack: Option<String>,
@@ -263,7 +265,7 @@ async fn session(
 /// Updates received but not yet answered, because the set they form refers to resources that
 /// an update of another type, already on its way, adds (or stops referring to ones it
 /// removes): a cluster removed before the route that used it, say. Answered together, within
-/// [`DEFER_LIMIT`].
+/// [`DEFER_LIMIT`] (a control plane sends the parts of one change back to back).
 #[derive(Debug, Default)]
 struct Pending {
     candidate: Option<Held>,
@@ -273,7 +275,7 @@ struct Pending {
 }
 
 /// How long an update whose references do not resolve yet waits for the rest of a change.
-const DEFER_LIMIT: Duration = Duration::from_secs(2);
+const DEFER_LIMIT: Duration = Duration::from_millis(500);
 
 impl Pending {
     fn deadline(&self) -> Option<tokio::time::Instant> {
@@ -422,12 +424,8 @@ fn record_versions(held: &Held, shared: &Shared) {
             .sotw
             .iter()
             .map(|(t, (v, _))| (t.to_string(), v.clone()))
-            .chain(
-                held.endpoints_version
-                    .iter()
-                    .map(|v| ("endpoints".to_owned(), v.clone())),
-            )
             .collect();
+        s.endpoints_version = held.endpoints_version.clone();
         s.endpoint_versions = held
             .endpoints
             .iter()

@@ -118,15 +118,10 @@ pub fn load_file_with_warnings(
     Ok((config, text, place(findings.warnings)))
 }
 
-/// A short, stable identifier of a config's text, shown by `/config` and in logs.
+/// A short, stable identifier of a config's text, shown by `/config` and in logs. The same
+/// content-derived version the control plane gives its resources.
 pub fn version_of(text: &str) -> String {
-    // FNV-1a: stable across builds and platforms, unlike `DefaultHasher`.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    legate_xds::protocol::content_version(text.as_bytes())
 }
 
 #[cfg(test)]

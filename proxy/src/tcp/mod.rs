@@ -83,16 +83,7 @@ async fn postgres_opening(
                 return None;
             }
             Ok(postgres::First::Startup(raw)) => {
-                let (s, e) = match server.take() {
-                    Some(connected) => connected,
-                    None => match connect(cluster, settings.connect_attempts).await {
-                        Some(connected) => connected,
-                        None => {
-                            postgres::refuse(client, "no database server is available").await;
-                            return None;
-                        }
-                    },
-                };
+                let (s, e) = server_for(client, server.take(), settings).await?;
                 return Some((s, e, raw, true));
             }
             Ok(postgres::First::Encrypted(raw)) => raw,
@@ -101,16 +92,7 @@ async fn postgres_opening(
                 return None;
             }
         };
-        let (mut s, e) = match server.take() {
-            Some(connected) => connected,
-            None => match connect(cluster, settings.connect_attempts).await {
-                Some(connected) => connected,
-                None => {
-                    postgres::refuse(client, "no database server is available").await;
-                    return None;
-                }
-            },
-        };
+        let (mut s, e) = server_for(client, server.take(), settings).await?;
         let answer = async {
             s.write_all(&raw).await?;
             let mut byte = [0u8; 1];
@@ -133,6 +115,23 @@ async fn postgres_opening(
             }
         }
     }
+}
+
+/// The server already chosen for this client, or a new one; without one, the client is told
+/// so in its own protocol.
+async fn server_for(
+    client: &mut TcpStream,
+    chosen: Option<(TcpStream, Picked)>,
+    settings: &TcpSettings,
+) -> Option<(TcpStream, Picked)> {
+    if chosen.is_some() {
+        return chosen;
+    }
+    let connected = connect(&settings.cluster, settings.connect_attempts).await;
+    if connected.is_none() {
+        postgres::refuse(client, "no database server is available").await;
+    }
+    connected
 }
 
 /// Connects to an endpoint, trying others when a connect fails or is refused.

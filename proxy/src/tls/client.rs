@@ -1,7 +1,7 @@
 //! TLS to upstream endpoints: a rustls `ClientConfig` per cluster, server names, and the
 //! explicit opt-out from verification.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -10,7 +10,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tracing::{info, warn};
 
-use super::{files, provider, TlsError};
+use super::{files, provider, Fingerprint, TlsError};
 use crate::config::model::{UpstreamProtocol, UpstreamTls};
 
 /// A cluster's upstream TLS.
@@ -19,7 +19,7 @@ pub struct ClientTls {
     config: ArcSwap<ClientConfig>,
     spec: UpstreamTls,
     protocol: UpstreamProtocol,
-    loaded: Mutex<Vec<Vec<u8>>>,
+    loaded: Fingerprint,
     /// The configured SNI, if any.
     pub sni: Option<ServerName<'static>>,
 }
@@ -42,7 +42,7 @@ impl ClientTls {
             config: ArcSwap::new(config),
             spec: spec.clone(),
             protocol,
-            loaded: Mutex::new(loaded),
+            loaded: Fingerprint::new(loaded),
             sni,
         })
     }
@@ -57,16 +57,12 @@ impl ClientTls {
 
     /// Rebuilds from the files if they changed; a bad new set keeps the current config.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let contents = read_all(&self.spec);
-        {
-            let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-            if contents.as_ref().is_ok_and(|c| *c == *loaded) {
-                return Ok(false);
-            }
+        if self.loaded.unchanged(&self.files()) {
+            return Ok(false);
         }
         let (config, contents) = build(&self.spec, self.protocol)?;
         self.config.store(config);
-        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = contents;
+        self.loaded.set(contents);
         info!(files = ?self.files(), "upstream TLS files reloaded");
         Ok(true)
     }
@@ -96,7 +92,7 @@ fn files_of(spec: &UpstreamTls) -> Vec<String> {
 }
 
 fn read_all(spec: &UpstreamTls) -> Result<Vec<Vec<u8>>, std::io::Error> {
-    files_of(spec).iter().map(std::fs::read).collect()
+    Fingerprint::read(&files_of(spec))
 }
 
 fn build(

@@ -6,7 +6,7 @@ pub mod client;
 pub mod files;
 pub mod server;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Why TLS material could not be loaded. Each variant names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -35,4 +35,29 @@ pub enum TlsError {
 /// small, and its AES-GCM and ChaCha20 are as fast as the alternatives on x86-64 and arm64.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The contents of the files a TLS config was built from, so a reload with nothing changed
+/// (a watch event about another file, say) rebuilds nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Fingerprint(Mutex<Vec<Vec<u8>>>);
+
+impl Fingerprint {
+    pub(crate) fn read(files: &[String]) -> std::io::Result<Vec<Vec<u8>>> {
+        files.iter().map(std::fs::read).collect()
+    }
+
+    pub(crate) fn new(contents: Vec<Vec<u8>>) -> Self {
+        Fingerprint(Mutex::new(contents))
+    }
+
+    /// Whether the files still hold what the current config was built from.
+    pub(crate) fn unchanged(&self, files: &[String]) -> bool {
+        let held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Self::read(files).is_ok_and(|now| now == *held)
+    }
+
+    pub(crate) fn set(&self, contents: Vec<Vec<u8>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = contents;
+    }
 }

@@ -2,7 +2,7 @@
 //! swapped whole when the files change, with certificates chosen by SNI.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -15,7 +15,7 @@ use rustls_pki_types::CertificateDer;
 use tracing::{info, warn};
 
 use super::files::{self, CertInfo};
-use super::{provider, TlsError};
+use super::{provider, Fingerprint, TlsError};
 use crate::config::model::{ClientAuthMode, ListenerTls, TlsVersion};
 
 /// A listener's TLS: the current config, and what is needed to rebuild it.
@@ -24,7 +24,7 @@ pub struct ServerTls {
     config: ArcSwap<ServerConfig>,
     spec: ListenerTls,
     /// The file contents the current config was built from, to skip rebuilds on no change.
-    loaded: Mutex<Vec<Vec<u8>>>,
+    loaded: Fingerprint,
     pub handshake_timeout: Duration,
     pub forward_client_cert: bool,
 }
@@ -36,7 +36,7 @@ impl ServerTls {
         Ok(ServerTls {
             config: ArcSwap::new(config),
             spec: spec.clone(),
-            loaded: Mutex::new(contents),
+            loaded: Fingerprint::new(contents),
             handshake_timeout: spec.handshake_timeout.get(),
             forward_client_cert: spec.forward_client_cert,
         })
@@ -55,16 +55,12 @@ impl ServerTls {
     /// Rebuilds from the files if they changed. A bad new set is rejected and the current
     /// config keeps serving. Returns whether a new config was installed.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let contents = read_all(&self.spec);
-        {
-            let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-            if contents.as_ref().is_ok_and(|c| *c == *loaded) {
-                return Ok(false);
-            }
+        if self.loaded.unchanged(&self.files()) {
+            return Ok(false);
         }
         let (config, contents) = build(&self.spec)?;
         self.config.store(config);
-        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = contents;
+        self.loaded.set(contents);
         info!(files = ?self.files(), "TLS certificates reloaded");
         Ok(true)
     }
@@ -83,7 +79,7 @@ fn files_of(spec: &ListenerTls) -> Vec<String> {
 }
 
 fn read_all(spec: &ListenerTls) -> Result<Vec<Vec<u8>>, std::io::Error> {
-    files_of(spec).iter().map(std::fs::read).collect()
+    Fingerprint::read(&files_of(spec))
 }
 
 fn build(spec: &ListenerTls) -> Result<(Arc<ServerConfig>, Vec<Vec<u8>>), TlsError> {
