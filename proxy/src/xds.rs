@@ -132,14 +132,11 @@ async fn session(
     apply: &Apply,
     shared: &Shared,
 ) -> Result<(), String> {
-    let connect = tokio::net::TcpStream::connect(xds.server.as_str());
-    let tcp = tokio::time::timeout(xds.connect_timeout.get(), connect)
+    let io = tokio::time::timeout(xds.connect_timeout.get(), connect(xds))
         .await
-        .map_err(|_| format!("connect to {} timed out", xds.server))?
-        .map_err(|e| format!("connect to {}: {e}", xds.server))?;
-    let _ = tcp.set_nodelay(true);
+        .map_err(|_| format!("connect to {} timed out", xds.server))??;
     let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
             .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
     let driver = tokio::spawn(conn);
@@ -159,10 +156,15 @@ async fn session(
         })
         .abort_handle(),
     );
-    let req = http::Request::post(format!("http://{}{}", xds.server, protocol::STREAM_PATH))
-        .header(http::header::CONTENT_TYPE, protocol::CONTENT_TYPE)
-        .body(body)
-        .map_err(|e| e.to_string())?;
+    let scheme = if xds.tls.is_some() { "https" } else { "http" };
+    let req = http::Request::post(format!(
+        "{scheme}://{}{}",
+        xds.server,
+        protocol::STREAM_PATH
+    ))
+    .header(http::header::CONTENT_TYPE, protocol::CONTENT_TYPE)
+    .body(body)
+    .map_err(|e| e.to_string())?;
     let send = |tx: &mpsc::Sender<Bytes>, msg: Message| {
         let tx = tx.clone();
         async move {
@@ -281,6 +283,39 @@ impl Pending {
     fn deadline(&self) -> Option<tokio::time::Instant> {
         self.since.map(|t| t + DEFER_LIMIT)
     }
+}
+
+/// Connects to the control plane: h2c, or TLS with ALPN `h2` (verified like a cluster's
+/// upstream TLS; the server name defaults to the host part of `server`).
+async fn connect(xds: &model::Xds) -> Result<crate::io::MaybeTls, String> {
+    let tcp = tokio::net::TcpStream::connect(xds.server.as_str())
+        .await
+        .map_err(|e| format!("connect to {}: {e}", xds.server))?;
+    let _ = tcp.set_nodelay(true);
+    let Some(spec) = &xds.tls else {
+        return Ok(crate::io::MaybeTls::Plain(tcp));
+    };
+    let tls = crate::tls::client::ClientTls::new(spec, model::UpstreamProtocol::Http2)
+        .map_err(|e| format!("xds.tls: {e}"))?;
+    let host = xds
+        .server
+        .rsplit_once(':')
+        .map_or(xds.server.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let peer = tcp.peer_addr().map_err(|e| e.to_string())?;
+    let name = match host.parse::<std::net::IpAddr>() {
+        Ok(_) => tls.server_name(None, peer),
+        Err(_) => tls.server_name(Some(host), peer),
+    };
+    let stream = tokio_rustls::TlsConnector::from(tls.config())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {}: {e}", xds.server))?;
+    if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return Err(format!("{} did not negotiate h2", xds.server));
+    }
+    Ok(crate::io::MaybeTls::Tls(Box::new(stream)))
 }
 
 async fn sleep_until_deadline(deadline: Option<tokio::time::Instant>) {

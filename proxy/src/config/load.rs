@@ -656,6 +656,7 @@ mod tests {
             xds: Some(crate::config::model::Xds {
                 server: "127.0.0.1:1".into(),
                 connect_timeout: crate::config::Duration::from_secs(1),
+                tls: None,
             }),
             ..Config::default()
         };

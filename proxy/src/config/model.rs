@@ -63,9 +63,13 @@ pub struct Node {
 pub struct Xds {
     /// `host:port` of the control plane (HTTP/2, h2c).
     pub server: String,
-    /// Time allowed to connect. Default `5s`.
+    /// Time allowed to connect (TCP and TLS). Default `5s`.
     #[serde(default = "Xds::default_connect_timeout")]
     pub connect_timeout: Duration,
+    /// Connect over TLS (mTLS with `client_cert`/`client_key`), with the same settings as a
+    /// cluster's `tls`; ALPN is always `h2`. Default: h2c (plaintext, for loopback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Xds {

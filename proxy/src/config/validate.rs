@@ -130,6 +130,15 @@ impl<'a> Validator<'a> {
             self.error("xds.server", format!("{server:?} must be host:port"));
         }
         self.positive("xds.connect_timeout", xds.connect_timeout);
+        if let Some(tls) = &xds.tls {
+            self.upstream_tls("xds.tls", tls);
+            if tls.alpn.iter().any(|p| p != "h2") {
+                self.error(
+                    "xds.tls.alpn",
+                    "the control plane stream is HTTP/2: only h2",
+                );
+            }
+        }
         if self
             .config
             .node

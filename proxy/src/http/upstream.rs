@@ -12,11 +12,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -24,6 +19,7 @@ use super::body::UpstreamBody;
 use super::error::ProxyError;
 use crate::cluster::{Admitted, Cluster, Picked as Endpoint};
 use crate::config::model::UpstreamProtocol;
+use crate::io::MaybeTls;
 
 thread_local! {
     static POOLS: RefCell<HashMap<u64, EndpointPool>> = RefCell::new(HashMap::new());
@@ -237,7 +233,7 @@ async fn connect(
         let _ = tcp.set_nodelay(true);
         let Some(tls) = &cluster.tls else {
             let h2 = cluster.protocol == UpstreamProtocol::Http2;
-            return Ok((UpstreamIo::Plain(tcp), h2));
+            return Ok((MaybeTls::Plain(tcp), h2));
         };
         let name = tls.server_name(endpoint.hostname.as_deref(), addr);
         let stream = tokio_rustls::TlsConnector::from(tls.config())
@@ -245,7 +241,7 @@ async fn connect(
             .await
             .map_err(|source| ProxyError::UpstreamTls { addr, source })?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        Ok((UpstreamIo::Tls(Box::new(stream)), h2))
+        Ok((MaybeTls::Tls(Box::new(stream)), h2))
     })
     .await;
     let (io, h2) = match established {
@@ -296,70 +292,6 @@ fn count_connect_failure(endpoint: &Endpoint) {
         .state
         .connect_failures
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// A connection to an upstream, plaintext or TLS.
-enum UpstreamIo {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamIo::Plain(s) => s.is_write_vectored(),
-            UpstreamIo::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
 }
 
 /// Drops this worker's idle connections that have outlived their idle timeout, and pools

@@ -114,9 +114,18 @@ pub fn check(config: &Config) -> Findings {
             }
         }
     }
-    for (ci, cluster) in config.clusters.iter().enumerate() {
-        let Some(tls) = &cluster.tls else { continue };
-        let base = format!("clusters[{ci}].tls");
+    let upstreams = config
+        .clusters
+        .iter()
+        .enumerate()
+        .filter_map(|(ci, c)| c.tls.as_ref().map(|t| (format!("clusters[{ci}].tls"), t)))
+        .chain(
+            config
+                .xds
+                .iter()
+                .filter_map(|x| x.tls.as_ref().map(|t| ("xds.tls".to_owned(), t))),
+        );
+    for (base, tls) in upstreams {
         if let Some(ca) = &tls.ca {
             if let Err(e) = files::read_roots(ca) {
                 out.error(format!("{base}.ca"), e.to_string());
