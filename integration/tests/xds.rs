@@ -121,6 +121,7 @@ impl Files {
             dir: self.groups(),
             listen,
             state: self.state(),
+            tls: None,
         })
         .await
         .context("starting legate-xds in process")
@@ -1462,5 +1463,79 @@ async fn bad_operator_input_is_refused_and_changes_nothing() -> Result<()> {
     let endpoint = proxy_endpoint(admin, "tiles", tiles.addr()).await?;
     assert_eq!(endpoint["weight"], 1);
     assert_eq!(endpoint["pooled"], true);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+/// R1: the stream over TLS with client certificates: a proxy with the right certificate syncs
+/// and serves; one without is refused at the handshake and stays unready, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_runs_over_mtls() -> Result<()> {
+    use legate_integration::certs::Ca;
+
+    let tiles = Upstream::echo("tiles").await?;
+    let files = Files::new()?;
+    files.group("maps", "tiles", &clusters(&[("tiles", &[&tiles])]))?;
+    let pki = tempfile::tempdir()?;
+    let ca = Ca::new("mesh CA")?;
+    let ca_file = ca.write(pki.path(), "ca.pem")?;
+    let (server_cert, server_key) = ca.server(&["127.0.0.1"])?.write(pki.path(), "xds")?;
+    let (client_cert, client_key) = ca
+        .client("p1", &["spiffe://mesh/ns/maps/sa/p1"])?
+        .write(pki.path(), "p1")?;
+    let server = serve(ServeConfig {
+        dir: files.groups(),
+        listen: any_port(),
+        state: files.state(),
+        tls: Some(legate_xds::ServerTlsFiles {
+            cert: server_cert,
+            key: server_key,
+            client_ca: Some(ca_file.clone()),
+        }),
+    })
+    .await?;
+    let xds_addr = server.local_addr();
+
+    let with_cert = bootstrap("p1", "maps", xds_addr).text()?.replace(
+        &format!("xds: {{ server: \"{xds_addr}\" }}"),
+        &format!(
+            "xds: {{ server: \"{xds_addr}\", tls: {{ ca: \"{}\", client_cert: \"{}\", client_key: \"{}\" }} }}",
+            ca_file.display(),
+            client_cert.display(),
+            client_key.display()
+        ),
+    );
+    ensure!(
+        with_cert.contains("client_cert"),
+        "bootstrap not rewritten: {with_cert}"
+    );
+    let proxy = Proxy::start(yaml(&with_cert))?;
+    proxy.wait_ready().await.context("the mTLS proxy syncs")?;
+    assert_eq!(served_by(proxy.addr("front")).await?, "tiles");
+    let xds = proxy_xds(proxy.admin()).await?;
+    assert_eq!(xds["connected"], true, "{xds:#}");
+
+    // No client certificate: refused, never ready, and the reason is visible.
+    let without_cert = bootstrap("p2", "maps", xds_addr).text()?.replace(
+        &format!("xds: {{ server: \"{xds_addr}\" }}"),
+        &format!(
+            "xds: {{ server: \"{xds_addr}\", tls: {{ ca: \"{}\" }} }}",
+            ca_file.display()
+        ),
+    );
+    let refused = Proxy::start(yaml(&without_cert))?;
+    let admin = refused.admin();
+    eventually(Duration::from_secs(5), || async {
+        let xds = proxy_xds(admin).await?;
+        let error = xds["last_error"].as_str().unwrap_or("");
+        ensure!(!error.is_empty(), "no error yet: {xds:#}");
+        Ok(())
+    })
+    .await?;
+    let ready = client::get(admin, "admin", "/ready").await?;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(proxy_xds(admin).await?["connected"], false);
     Ok(())
 }

@@ -1,18 +1,22 @@
 //! The `legate-xds` command line: `serve`, the `endpoint` operator commands and `status`, the
-//! last two as HTTP/1.1 clients of a running server's operator API.
+//! last two as HTTP/1.1 clients of a running server's operator API (`http://`, or `https://`
+//! with an optional CA file and client certificate).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::server::{serve, ServeConfig};
+use crate::tls::{client_config, ClientTlsFiles, ServerTlsFiles, TlsError};
 
 /// The operator API's default address.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:18000";
@@ -43,6 +47,15 @@ pub enum Command {
         /// File holding operator overrides (JSON); created on the first change.
         #[arg(long)]
         state: PathBuf,
+        /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require clients to present a certificate signed by a CA in this bundle (PEM): mTLS.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        client_ca: Option<PathBuf>,
     },
     /// Change an endpoint in every node group that has its cluster.
     Endpoint {
@@ -51,8 +64,8 @@ pub enum Command {
     },
     /// Show connected proxies, their versions, overrides and groups.
     Status {
-        #[arg(long, default_value = DEFAULT_SERVER)]
-        server: String,
+        #[command(flatten)]
+        server: ServerArgs,
         /// Print the server's JSON as is.
         #[arg(long)]
         json: bool,
@@ -67,30 +80,58 @@ pub enum EndpointAction {
         address: String,
         #[arg(allow_negative_numbers = true)]
         weight: i64,
-        #[arg(long, default_value = DEFAULT_SERVER)]
-        server: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Send new requests to the endpoint again.
     Pool {
         cluster: String,
         address: String,
-        #[arg(long, default_value = DEFAULT_SERVER)]
-        server: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Stop sending new requests to the endpoint.
     Depool {
         cluster: String,
         address: String,
-        #[arg(long, default_value = DEFAULT_SERVER)]
-        server: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Drop the endpoint's overrides: the files' weight and pooled apply again.
     Reset {
         cluster: String,
         address: String,
-        #[arg(long, default_value = DEFAULT_SERVER)]
-        server: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
+}
+
+/// Where the operator API is and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ServerArgs {
+    /// The control plane: http://host:port, or https://host:port for TLS.
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// With https: trust the CAs in this file (PEM) instead of the system's.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// With https: present this client certificate chain (PEM), for mTLS; needs --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// The TLS files given.
+    pub fn tls(&self) -> ClientTlsFiles {
+        ClientTlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 /// Why a command failed; printed as `error: ...`.
@@ -100,10 +141,21 @@ pub enum CliError {
     Serve(#[from] crate::server::ServeError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("--server {0:?}: expected http://host:port")]
+    #[error("--server {0:?}: expected http://host:port or https://host:port")]
     BadServer(String),
+    #[error("--server {server:?}: {host:?} is not a valid TLS server name")]
+    BadServerName { server: String, host: String },
+    #[error("--ca, --cert and --key need an https:// server, not {0:?}")]
+    TlsWithoutHttps(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error("cannot connect to {server}: {error}")]
     Connect {
+        server: String,
+        error: std::io::Error,
+    },
+    #[error("TLS handshake with {server} failed: {error}")]
+    Handshake {
         server: String,
         error: std::io::Error,
     },
@@ -118,13 +170,35 @@ pub enum CliError {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Serve { dir, listen, state } => {
+        Command::Serve {
+            dir,
+            listen,
+            state,
+            tls_cert,
+            tls_key,
+            client_ca,
+        } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(ServerTlsFiles {
+                    cert,
+                    key,
+                    client_ca,
+                }),
+                // clap enforces both or neither.
+                _ => None,
+            };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .map_err(CliError::Runtime)?;
             rt.block_on(async {
-                let handle = serve(ServeConfig { dir, listen, state }).await?;
+                let handle = serve(ServeConfig {
+                    dir,
+                    listen,
+                    state,
+                    tls,
+                })
+                .await?;
                 wait_for_signal().await;
                 tracing::info!("shutting down");
                 handle.shutdown().await;
@@ -159,8 +233,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             if let Some(w) = weight {
                 body["weight"] = Value::from(w);
             }
-            let answer = block_on(request(
-                &server,
+            let answer = block_on(request_with(
+                &server.server,
+                &server.tls(),
                 Method::POST,
                 &format!("/v1/endpoints/{operation}"),
                 Some(body),
@@ -169,7 +244,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Status { server, json } => {
-            let answer = block_on(request(&server, Method::GET, "/v1/status", None))??;
+            let answer = block_on(request_with(
+                &server.server,
+                &server.tls(),
+                Method::GET,
+                "/v1/status",
+                None,
+            ))??;
             if json {
                 println!(
                     "{}",
@@ -213,32 +294,75 @@ async fn wait_for_signal() {
     }
 }
 
-/// `host:port` from `http://host:port[/]` or `host:port`.
-pub fn server_authority(server: &str) -> Result<String, CliError> {
-    let rest = server.strip_prefix("http://").unwrap_or(server);
+/// A parsed `--server`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    /// `https://`.
+    pub tls: bool,
+    /// `host:port`, to connect to and for the `Host` header.
+    pub authority: String,
+    /// The host alone (an IPv6 address without its brackets), the TLS server name.
+    pub host: String,
+}
+
+/// Parses `http://host:port[/]`, `https://host:port[/]` or `host:port` (plaintext).
+pub fn parse_server(server: &str) -> Result<ServerUrl, CliError> {
+    let (tls, rest) = match server.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, server.strip_prefix("http://").unwrap_or(server)),
+    };
     let rest = rest.trim_end_matches('/');
-    let valid = !rest.is_empty()
-        && !rest.contains("://")
-        && !rest.contains('/')
-        && rest
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
-    if valid {
-        Ok(rest.to_string())
-    } else {
-        Err(CliError::BadServer(server.to_string()))
+    let host = rest.rsplit_once(':').and_then(|(h, p)| {
+        let valid = !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0);
+        valid.then_some(h)
+    });
+    match host {
+        Some(host) if !rest.contains("://") && !rest.contains('/') => {
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            Ok(ServerUrl {
+                tls,
+                authority: rest.to_string(),
+                host: host.to_string(),
+            })
+        }
+        _ => Err(CliError::BadServer(server.to_string())),
     }
 }
 
+/// `host:port` from `http://host:port[/]`, `https://host:port[/]` or `host:port`.
+pub fn server_authority(server: &str) -> Result<String, CliError> {
+    parse_server(server).map(|u| u.authority)
+}
+
 /// One request to the operator API; a non-2xx answer is an error with the server's message.
+/// An `https://` server is verified against the system's CAs; see [`request_with`] for a CA
+/// file or a client certificate.
 pub async fn request(
     server: &str,
     method: Method,
     path: &str,
     body: Option<Value>,
 ) -> Result<Value, CliError> {
-    let authority = server_authority(server)?;
-    match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&authority, method, path, body)).await {
+    request_with(server, &ClientTlsFiles::default(), method, path, body).await
+}
+
+/// [`request`], with TLS files for an `https://` server: a CA to trust instead of the
+/// system's, a client certificate for mTLS. Files with an `http://` server are an error.
+pub async fn request_with(
+    server: &str,
+    tls: &ClientTlsFiles,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, CliError> {
+    let url = parse_server(server)?;
+    if !url.tls && !tls.is_empty() {
+        return Err(CliError::TlsWithoutHttps(server.to_string()));
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&url, tls, method, path, body)).await {
         Ok(r) => r,
         Err(_) => Err(CliError::Timeout {
             server: server.to_string(),
@@ -246,23 +370,69 @@ pub async fn request(
     }
 }
 
+/// An error and its sources, so a TLS alert behind an HTTP error is shown.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 async fn exchange(
-    authority: &str,
+    url: &ServerUrl,
+    tls: &ClientTlsFiles,
     method: Method,
     path: &str,
     body: Option<Value>,
 ) -> Result<Value, CliError> {
-    let http_err = |e: &dyn std::fmt::Display| CliError::Http {
-        server: authority.to_string(),
-        error: e.to_string(),
-    };
+    let authority = url.authority.as_str();
     let stream = tokio::net::TcpStream::connect(authority)
         .await
         .map_err(|error| CliError::Connect {
             server: authority.to_string(),
             error,
         })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    if !url.tls {
+        return send(stream, authority, method, path, body).await;
+    }
+    let config = client_config(tls, &[b"http/1.1"])?;
+    let name = ServerName::try_from(url.host.clone()).map_err(|_| CliError::BadServerName {
+        server: authority.to_string(),
+        host: url.host.clone(),
+    })?;
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .map_err(|error| CliError::Handshake {
+            server: authority.to_string(),
+            error,
+        })?;
+    send(stream, authority, method, path, body).await
+}
+
+/// The HTTP/1.1 exchange on a connected transport.
+async fn send<I>(
+    io: I,
+    authority: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, CliError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let http_err = |e: &dyn std::error::Error| CliError::Http {
+        server: authority.to_string(),
+        error: with_sources(e),
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| http_err(&e))?;
     tokio::spawn(conn);
@@ -513,9 +683,114 @@ mod tests {
             "127.0.0.1:18000"
         );
         assert_eq!(server_authority("xds.local:80/").unwrap(), "xds.local:80");
-        assert!(server_authority("https://x:1").is_err());
         assert!(server_authority("http://x").is_err());
         assert!(server_authority("http://x:1/path").is_err());
+        assert!(server_authority("ftp://x:1").is_err());
+        assert!(server_authority("https://").is_err());
+        assert!(!parse_server("http://x:1").unwrap().tls);
+        assert_eq!(
+            parse_server("https://xds.example.org:443/").unwrap(),
+            ServerUrl {
+                tls: true,
+                authority: "xds.example.org:443".into(),
+                host: "xds.example.org".into()
+            }
+        );
+        let v6 = parse_server("https://[::1]:18000").unwrap();
+        assert_eq!(v6.authority, "[::1]:18000");
+        assert_eq!(v6.host, "::1");
+    }
+
+    #[tokio::test]
+    async fn tls_files_need_https() {
+        let tls = ClientTlsFiles {
+            ca: Some("ca.pem".into()),
+            ..ClientTlsFiles::default()
+        };
+        let e = request_with("http://127.0.0.1:1", &tls, Method::GET, "/v1/status", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CliError::TlsWithoutHttps(_)), "{e}");
+    }
+
+    #[test]
+    fn parses_the_tls_flags() {
+        let cli = Cli::try_parse_from([
+            "legate-xds",
+            "serve",
+            "--dir",
+            "d",
+            "--state",
+            "s",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--client-ca",
+            "ca.pem",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Serve {
+                tls_cert: Some(_),
+                tls_key: Some(_),
+                client_ca: Some(_),
+                ..
+            }
+        ));
+        for partial in [
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-key", "k.pem"],
+            &["--client-ca", "ca.pem"],
+        ] {
+            let mut args = vec!["legate-xds", "serve", "--dir", "d", "--state", "s"];
+            args.extend_from_slice(partial);
+            assert!(Cli::try_parse_from(&args).is_err(), "{partial:?}");
+        }
+
+        let cli = Cli::try_parse_from([
+            "legate-xds",
+            "status",
+            "--server",
+            "https://127.0.0.1:18000",
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+        ])
+        .unwrap();
+        let Command::Status { server, .. } = cli.command else {
+            panic!("not status");
+        };
+        assert_eq!(
+            server.tls(),
+            ClientTlsFiles {
+                ca: Some("ca.pem".into()),
+                cert: Some("c.pem".into()),
+                key: Some("k.pem".into()),
+            }
+        );
+        assert!(Cli::try_parse_from(["legate-xds", "status", "--cert", "c.pem"]).is_err());
+        let cli = Cli::try_parse_from([
+            "legate-xds",
+            "endpoint",
+            "depool",
+            "tegola",
+            "10.0.0.1:80",
+            "--server",
+            "https://h:1",
+            "--ca",
+            "ca.pem",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Endpoint { action: EndpointAction::Depool { server, .. } }
+                if server.ca.is_some() && server.server == "https://h:1"
+        ));
     }
 
     #[test]
@@ -539,7 +814,7 @@ mod tests {
         ));
         let cli = Cli::try_parse_from(["legate-xds", "status"]).unwrap();
         assert!(
-            matches!(cli.command, Command::Status { server, json: false } if server == DEFAULT_SERVER)
+            matches!(cli.command, Command::Status { server, json: false } if server.server == DEFAULT_SERVER)
         );
         assert!(Cli::try_parse_from(["legate-xds", "serve", "--dir", "d"]).is_err());
     }

@@ -5,6 +5,7 @@
 //! - [`store`]: node groups from a directory of YAML files, operator overrides, versions.
 //! - [`session`]: one proxy session as a state machine: what to send, given ACKs and NACKs.
 //! - [`server`]: the stream and the operator API on one port; [`server::serve`].
+//! - [`tls`]: TLS and mTLS for the server and the operator CLI (rustls, `ring`).
 //! - [`cli`]: the `legate-xds` command line.
 
 pub mod cli;
@@ -12,5 +13,7 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod tls;
 
 pub use server::{serve, ServeConfig, ServeError, ServerHandle};
+pub use tls::{ClientTlsFiles, ServerTlsFiles};

@@ -1,5 +1,6 @@
 //! The control plane server: the xDS-lite stream (R1–R4) and the operator API, on one port,
-//! HTTP/2 with prior knowledge or HTTP/1.1.
+//! HTTP/2 with prior knowledge or HTTP/1.1; over TLS (ALPN `h2` and `http/1.1`, optionally
+//! requiring client certificates) when [`ServeConfig::tls`] is set.
 //!
 //! - `POST /xds/v1/stream`: one proxy session (see [`crate::session`]).
 //! - `POST /v1/endpoints/{set-weight,pool,depool,reset}`: operator overrides, persisted to the
@@ -27,10 +28,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use notify::Watcher as _;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -43,6 +45,8 @@ use crate::session::{kind, Session, SessionError};
 use crate::store::{
     load_dir, GroupEvent, GroupLookup, OperatorError, OperatorRequest, Overrides, Snapshots, Store,
 };
+use crate::tls::{server_config, ServerTlsFiles, TlsError};
+use tokio_rustls::TlsAcceptor;
 
 /// Directory events closer together than this are one change.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -52,6 +56,8 @@ const MAX_OPERATOR_BODY: usize = 64 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Messages queued towards one proxy before sending waits.
 const SEND_QUEUE: usize = 64;
+/// How long a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where to read resources, listen, and keep operator state.
 #[derive(Debug, Clone)]
@@ -62,6 +68,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// The operator overrides, JSON. Created on the first change.
     pub state: PathBuf,
+    /// Serve TLS (and, with a client CA, require client certificates); plaintext when `None`.
+    pub tls: Option<ServerTlsFiles>,
 }
 
 /// Why the server could not start.
@@ -84,6 +92,8 @@ pub enum ServeError {
         addr: SocketAddr,
         error: std::io::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A running server.
@@ -132,6 +142,10 @@ struct SessionEntry {
 /// Starts the control plane: loads the state file and the directory, binds, and serves until
 /// [`ServerHandle::shutdown`].
 pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
+    let acceptor = match &config.tls {
+        Some(files) => Some(TlsAcceptor::from(server_config(files)?)),
+        None => None,
+    };
     let overrides = load_state(&config.state)?;
     let loaded = load_dir(&config.dir).map_err(|error| ServeError::Dir {
         dir: config.dir.clone(),
@@ -165,8 +179,15 @@ pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
         shutdown: shutdown_rx,
     });
     let watcher = start_watching(shared.clone());
-    info!(%addr, dir = %config.dir.display(), state = %config.state.display(), "legate-xds serving");
-    let task = tokio::spawn(accept_loop(shared, listener, watcher));
+    let tls = match &config.tls {
+        None => "off",
+        Some(ServerTlsFiles {
+            client_ca: None, ..
+        }) => "on",
+        Some(_) => "on, client certificates required",
+    };
+    info!(%addr, dir = %config.dir.display(), state = %config.state.display(), tls, "legate-xds serving");
+    let task = tokio::spawn(accept_loop(shared, listener, acceptor, watcher));
     Ok(ServerHandle {
         addr,
         shutdown: shutdown_tx,
@@ -319,6 +340,7 @@ async fn reload(shared: &Arc<Shared>) {
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
     watcher: Option<notify::RecommendedWatcher>,
 ) {
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -336,18 +358,16 @@ async fn accept_loop(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(handle(shared, peer, req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
+                let conn = Connection {
+                    builder: builder.clone(),
+                    watcher: graceful.watcher(),
+                    shared: shared.clone(),
+                    peer,
+                };
+                match &acceptor {
+                    None => tokio::spawn(conn.serve(stream)),
+                    Some(acceptor) => tokio::spawn(conn.serve_tls(acceptor.clone(), stream)),
+                };
             }
             _ = shutdown.changed() => break,
         }
@@ -361,6 +381,66 @@ async fn accept_loop(
         warn!("connections still open after the shutdown grace period");
     }
     info!("legate-xds stopped");
+}
+
+/// One accepted connection, ready to serve HTTP once its transport is (after TLS, say).
+struct Connection {
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// The TLS handshake, then [`Connection::serve`]. It runs in the connection's own task, so
+    /// a slow or failed handshake never holds up the accept loop; one that fails, takes longer
+    /// than [`HANDSHAKE_TIMEOUT`] or is under way at shutdown just closes the connection.
+    async fn serve_tls(self, acceptor: TlsAcceptor, stream: TcpStream) {
+        let peer = self.peer;
+        let mut shutdown = self.shared.shutdown.clone();
+        let stream = tokio::select! {
+            r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake not done after {HANDSHAKE_TIMEOUT:?}");
+                    return;
+                }
+            },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let tls = stream.get_ref().1;
+        debug!(%peer, alpn = %String::from_utf8_lossy(tls.alpn_protocol().unwrap_or_default()),
+            client_certificate = tls.peer_certificates().is_some(), "TLS handshake done");
+        self.serve(stream).await;
+    }
+
+    /// Serves the stream and the operator API on `io` (HTTP/2 or HTTP/1.1, as the client
+    /// speaks) until the connection closes or shutdown ends it.
+    async fn serve<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            builder,
+            watcher,
+            shared,
+            peer,
+        } = self;
+        let service = hyper::service::service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(handle(shared, peer, req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        if let Err(e) = watcher.watch(conn).await {
+            debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
 }
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;

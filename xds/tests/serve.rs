@@ -164,6 +164,7 @@ async fn start(dir: &Path, state: &Path) -> ServerHandle {
         dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         state: state.to_path_buf(),
+        tls: None,
     })
     .await
     .unwrap()
