@@ -73,15 +73,12 @@ for i in $(seq "$RUNS"); do
   results+=("$(run nginx "$NGX" "$(nginx_worker)")")
   results+=("$(run legate "$LEG" "$LEGATE_PID")")
 done
-printf '%s\n' "${results[@]}" | sort -k1,1 -k2,2n | awk '
-  { name[NR]=$1; rps[NR]=$2; cpu[NR]=$3 }
-  END {
-    for (i = 1; i <= NR; i++) { n[name[i]]++; r[name[i], n[name[i]]] = rps[i]; c[name[i], n[name[i]]] = cpu[i] }
-    printf "%-8s %12s %20s\n", "proxy", "median rps", "median CPU µs/request"
-    for (k in n) {
-      m = int((n[k] + 1) / 2)
-      # rps sorted already; CPU per request sorted separately
-      split("", cs); for (j = 1; j <= n[k]; j++) cs[j] = c[k, j]; asort(cs)
-      printf "%-8s %12d %20.2f\n", k, r[k, m], cs[m]
-    }
-  }'
+printf '%s\n' "${results[@]}" | python3 -c '
+import statistics, sys
+rows = [line.split() for line in sys.stdin if line.strip()]
+print("%-8s %12s %22s" % ("proxy", "median rps", "median CPU us/request"))
+for name in sorted({r[0] for r in rows}):
+    rps = [float(r[1]) for r in rows if r[0] == name]
+    cpu = [float(r[2]) for r in rows if r[0] == name]
+    print("%-8s %12.0f %22.2f" % (name, statistics.median(rps), statistics.median(cpu)))
+'
