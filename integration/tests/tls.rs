@@ -1505,3 +1505,51 @@ async fn kartotherian_example_validates_with_its_certificates_in_place() -> Resu
     assert!(output.contains("certs/maps.crt"), "{output}");
     Ok(())
 }
+
+/// Session resumption is on: a client that comes back with the session it was given skips the
+/// full handshake (TLS 1.3 tickets and TLS 1.2 session ids both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_clients_resume_their_session() -> Result<()> {
+    use rustls::HandshakeKind;
+    use tokio::io::AsyncWriteExt;
+
+    let pki = Pki::new()?;
+    let app = Upstream::echo("app").await?;
+    let proxy = start(&pki, "", &app)?;
+    let addr = proxy.addr("tls");
+    for versions in [Versions::Tls13Only, Versions::Tls12Only] {
+        // One config, so one client session cache across both connections.
+        let config = pki
+            .client()
+            .versions(versions)
+            .alpn(&["http/1.1"])
+            .config()?;
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls_pki_types::ServerName::try_from("maps.example.org")?;
+            let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await?;
+            kinds.push(tls.get_ref().1.handshake_kind());
+            // A full exchange, so TLS 1.3 tickets (sent after the handshake) are received.
+            tls.write_all(
+                b"GET /healthz HTTP/1.1\r\nhost: maps.example.org\r\nconnection: close\r\n\r\n",
+            )
+            .await?;
+            let mut answer = Vec::new();
+            tls.read_to_end(&mut answer).await?;
+            ensure!(
+                answer.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        assert_eq!(
+            kinds,
+            [Some(HandshakeKind::Full), Some(HandshakeKind::Resumed)],
+            "{versions:?}"
+        );
+    }
+    Ok(())
+}
