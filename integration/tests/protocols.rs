@@ -263,6 +263,14 @@ async fn websocket_upgrade_tunnels_bytes_both_ways() -> Result<()> {
         tokio::time::timeout(Duration::from_secs(5), tunnel.read_exact(&mut back)).await??;
         assert_eq!(back, message);
     }
+    // The open tunnel still counts as a request in flight to its endpoint.
+    let clusters = client::get(proxy.admin(), "admin", "/clusters")
+        .await?
+        .json()?;
+    assert_eq!(
+        clusters["clusters"][0]["endpoints"][0]["active_requests"], 1,
+        "{clusters:#}"
+    );
     // Closing our side closes the tunnel: the upstream sees the end and hangs up too.
     tunnel.shutdown().await?;
     let mut rest = Vec::new();

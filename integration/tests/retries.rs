@@ -265,3 +265,35 @@ async fn post_is_retried_after_a_connect_failure_because_nothing_was_sent() -> R
     assert_eq!(live.requests(), 6);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_cannot_run_leaves_the_upstream_answer_standing() -> Result<()> {
+    // Both endpoints answer 503; the retry budget is zero, so the second try never happens:
+    // the client gets the upstream's own 503, not an error Legate made up.
+    let a = Upstream::builder("a").status(503).start().await?;
+    let b = Upstream::builder("b").status(503).start().await?;
+    let config = yaml(TWO_ENDPOINTS)
+        .set("LB", "round_robin")
+        .set("A", a.addr())
+        .set("B", b.addr())
+        .set("RETRY", r#"{ attempts: 3, on: ["503"] }"#)
+        .text()?
+        .replace(
+            "connect_timeout: 500ms }",
+            "connect_timeout: 500ms, circuit_breakers: { max_retries: 0 } }",
+        );
+    let proxy = Proxy::start(yaml(&config))?;
+    let mut client = Http1::connect(proxy.addr("front")).await?;
+    for _ in 0..4 {
+        let reply = client.get("app.example.org", "/").await?;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            reply.legate_error(),
+            None,
+            "the upstream's answer, not Legate's"
+        );
+        assert!(reply.upstream().is_some(), "x-upstream names who answered");
+    }
+    assert_eq!(a.requests() + b.requests(), 4, "one try each, no retry");
+    Ok(())
+}

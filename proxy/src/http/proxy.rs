@@ -315,7 +315,15 @@ async fn forward(
         trace.pooled = None;
         if let Some(downstream) = downstream_upgrade {
             let upstream = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(downstream, upstream));
+            // The tunnel holds the request's slots and counts as work a drain waits for.
+            let held = Tunnel {
+                _endpoint: trace.endpoint.take(),
+                _cluster_slot: trace.cluster_slot.take(),
+                _guard: ctx.drain.guard(),
+            };
+            let drain = ctx.drain.clone();
+            let drain_timeout = ctx.settings.drain_timeout;
+            tokio::spawn(tunnel(downstream, upstream, held, drain, drain_timeout));
         }
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(parts, ProxyBody::empty()));
@@ -386,7 +394,9 @@ async fn send_with_retries(
     let per_try = policy.and_then(|p| p.per_try_timeout);
     let mut next = Some(first);
     let mut previous: Option<SocketAddr> = None;
-    let mut last_error: Option<ProxyError> = None;
+    // The answer of the latest try that is kept if no later try happens: a retriable
+    // response (its body unread) or an error. A retry that cannot run leaves it standing.
+    let mut kept: Option<Kept> = None;
     let mut _retry_slot: Option<Admitted> = None;
     for attempt in 1..=attempts {
         if attempt > 1 {
@@ -400,13 +410,11 @@ async fn send_with_retries(
                 None => break,
             }
         }
-        let endpoint = match previous {
+        let picked = match previous {
             None => cluster.pick(hash),
             Some(addr) => cluster.pick_other(addr, hash),
-        }
-        .ok_or_else(|| ProxyError::NoEndpoint {
-            cluster: cluster.name.clone(),
-        })?;
+        };
+        let Some(endpoint) = picked else { break };
         let Some(request) = next
             .take()
             .or_else(|| template.as_ref().map(Template::build))
@@ -425,6 +433,7 @@ async fn send_with_retries(
                 let retry_status = policy.is_some_and(|p| p.on.retries_status(resp.status()));
                 if !last && retry_status && template.is_some() {
                     debug!(upstream = %endpoint.addr, status = %resp.status(), "retrying");
+                    kept = Some(Kept::Response(resp, pooled, active));
                     continue;
                 }
                 trace.endpoint = Some(active);
@@ -435,23 +444,39 @@ async fn send_with_retries(
                 let condition = match &error {
                     ProxyError::ConnectFailed { .. }
                     | ProxyError::ConnectTimeout { .. }
-                    | ProxyError::UpstreamTls { .. } => RetryOn::ConnectFailure,
-                    ProxyError::PerTryTimeout => RetryOn::Timeout,
-                    _ => RetryOn::Reset,
+                    | ProxyError::UpstreamTls { .. } => Some(RetryOn::ConnectFailure),
+                    ProxyError::PerTryTimeout => Some(RetryOn::Timeout),
+                    ProxyError::UpstreamReset { .. } => Some(RetryOn::Reset),
+                    // Local refusals (overflow, a bad request) are answered at once.
+                    _ => None,
                 };
-                let allowed = policy.is_some_and(|p| p.on.contains(condition));
+                let allowed = condition.is_some_and(|c| policy.is_some_and(|p| p.on.contains(c)));
                 if last || !allowed || (unsent.is_none() && template.is_none()) {
                     return Err(error);
                 }
                 debug!(upstream = %endpoint.addr, error = %error, "retrying");
                 next = unsent;
-                last_error = Some(error);
+                kept = Some(Kept::Error(error));
             }
         }
     }
-    Err(last_error.unwrap_or_else(|| ProxyError::NoEndpoint {
-        cluster: cluster.name.clone(),
-    }))
+    match kept {
+        Some(Kept::Response(resp, pooled, active)) => {
+            trace.endpoint = Some(active);
+            trace.pooled = pooled;
+            Ok(resp)
+        }
+        Some(Kept::Error(error)) => Err(error),
+        None => Err(ProxyError::NoEndpoint {
+            cluster: cluster.name.clone(),
+        }),
+    }
+}
+
+/// What a try left for the client when no further try happens.
+enum Kept {
+    Response(Response<Incoming>, Option<Pooled>, ActiveRequest),
+    Error(ProxyError),
 }
 
 /// Feeds passive outlier detection with the outcome of one try.
@@ -503,8 +528,9 @@ async fn try_once(
     let once = async move {
         let mut request = request;
         // A pooled keep-alive connection may have been closed by the upstream while idle; a
-        // request that never left it goes out again on a new connection.
-        for _ in 0..3 {
+        // request that never left it goes out again, on another connection (twice at most).
+        let mut stale = 0;
+        loop {
             let mut pooled = if upgrade {
                 match upstream::connect_for_upgrade(cluster, endpoint).await {
                     Ok(tx) => Pooled::dedicated(tx),
@@ -532,7 +558,10 @@ async fn try_once(
                     let unsent = e.take_message();
                     let source = e.into_error();
                     match unsent {
-                        Some(r) if pooled.reused => request = r,
+                        Some(r) if pooled.reused && stale < 2 => {
+                            stale += 1;
+                            request = r;
+                        }
                         unsent => {
                             // TLS 1.3 reports some handshake refusals (a client certificate
                             // the upstream wants) only on the first read.
@@ -553,12 +582,6 @@ async fn try_once(
                 }
             }
         }
-        Err(Failure {
-            error: ProxyError::NoEndpoint {
-                cluster: cluster.name.clone(),
-            },
-            unsent: None,
-        })
     };
     match per_try {
         None => once.await,
@@ -584,7 +607,23 @@ fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Copies bytes both ways between an upgraded client connection and its upstream.
-async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// What an upgraded tunnel holds for its life: the request's endpoint count and
+/// circuit-breaker slot, and a place in the listener's drain.
+struct Tunnel {
+    _endpoint: Option<ActiveRequest>,
+    _cluster_slot: Option<Admitted>,
+    _guard: crate::drain::Guard,
+}
+
+/// Copies bytes both ways between an upgraded client connection and its upstream until
+/// either side closes, or until the drain timeout once the listener drains.
+async fn tunnel(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _held: Tunnel,
+    mut drain: crate::drain::Watch,
+    drain_timeout: Duration,
+) {
     let (down, up) = match tokio::join!(downstream, upstream) {
         (Ok(d), Ok(u)) => (d, u),
         (Err(e), _) | (_, Err(e)) => {
@@ -594,9 +633,17 @@ async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade:
     };
     let mut down = TokioIo::new(down);
     let mut up = TokioIo::new(up);
-    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        Ok((to_up, to_down)) => debug!(to_up, to_down, "tunnel closed"),
-        Err(e) => debug!(error = %e, "tunnel closed with error"),
+    let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+    tokio::pin!(copy);
+    tokio::select! {
+        res = &mut copy => match res {
+            Ok((to_up, to_down)) => debug!(to_up, to_down, "tunnel closed"),
+            Err(e) => debug!(error = %e, "tunnel closed with error"),
+        },
+        _ = async {
+            drain.signaled().await;
+            tokio::time::sleep(drain_timeout).await;
+        } => debug!("drain deadline reached; closing tunnel"),
     }
 }
 

@@ -28,6 +28,8 @@ pub struct ConnCtx {
     pub scheme: &'static str,
     /// The verified client certificate's identity, when the listener forwards it.
     pub client_cert: Option<http::HeaderValue>,
+    /// The listener's drain, which upgraded tunnels outlive the connection to follow.
+    pub drain: drain::Watch,
 }
 
 /// Liveness of one connection, read by its coarse idle check.
@@ -125,6 +127,7 @@ async fn serve_http<T>(
         activity: activity.clone(),
         scheme,
         client_cert,
+        drain: drain.clone(),
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -236,7 +236,15 @@ async fn connect(
             return Ok((MaybeTls::Plain(tcp), h2));
         };
         let name = tls.server_name(endpoint.hostname.as_deref(), addr);
-        let stream = tokio_rustls::TlsConnector::from(tls.config())
+        let mut config = tls.config();
+        if force_h1 && config.alpn_protocols.iter().any(|p| p == b"h2") {
+            // An upgrade needs HTTP/1.1; never let the server pick h2 for it. Upgrades are
+            // rare enough that a copy of the config per connection costs nothing that matters.
+            let mut h1 = (*config).clone();
+            h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+            config = std::sync::Arc::new(h1);
+        }
+        let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|source| ProxyError::UpstreamTls { addr, source })?;
