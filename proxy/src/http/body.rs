@@ -1,22 +1,23 @@
-//! Body types: what Legate sends downstream and upstream, streamed frame by frame.
+//! The response body sent to clients, streamed frame by frame, and the answer an error becomes.
 //!
 //! [`ProxyBody`] also carries the work due when a response is finished — returning the upstream
 //! connection to its pool, releasing request counters, writing the access-log line — so that
 //! it happens exactly once, whether the body ends cleanly or is dropped mid-stream.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
 use crate::cluster::{ActiveRequest, Admitted};
 
-use super::server::InFlight;
+use super::conn::InFlight;
+use super::error::{ProxyError, LEGATE_ERROR};
 use super::upstream::Pooled;
 
 /// The response body sent to a client.
@@ -149,46 +150,31 @@ impl Drop for ProxyBody {
     }
 }
 
-/// The request body sent to an upstream.
-pub enum UpstreamBody {
-    Empty,
-    /// The client's body, counted into the access log as it streams.
-    Client(Incoming, Option<Arc<AtomicU64>>),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Client(body, counter) => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if let (Poll::Ready(Some(Ok(frame))), Some(counter)) = (&polled, counter) {
-                    if let Some(data) = frame.data_ref() {
-                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    }
-                }
-                polled
+// Here rather than in `error.rs`, which sits below the body types.
+impl ProxyError {
+    /// The short answer a client gets: status, `legate-error`, and a one-line body.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let body = match self {
+            ProxyError::NoRoute { .. } => "no route\n",
+            ProxyError::MissingHost => "missing Host header\n",
+            ProxyError::BadRequest(_) => "bad request\n",
+            ProxyError::NoEndpoint { .. } => "no healthy upstream\n",
+            ProxyError::Overflow { .. } => "upstream overflow\n",
+            ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. } => {
+                "upstream connect error\n"
             }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Empty => true,
-            UpstreamBody::Client(b, _) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Client(b, _) => b.size_hint(),
-        }
+            ProxyError::UpstreamReset { .. } => "upstream reset before response\n",
+            ProxyError::UpstreamTls { .. } => "upstream TLS handshake failed\n",
+            ProxyError::Timeout | ProxyError::PerTryTimeout => "upstream request timeout\n",
+        };
+        let mut resp = Response::new(ProxyBody::full(Bytes::from_static(body.as_bytes())));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(LEGATE_ERROR, HeaderValue::from_static(self.reason()));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
     }
 }

@@ -1,10 +1,6 @@
 //! Errors the proxy answers itself, and the one place they become status codes.
 
-use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Response, StatusCode};
-
-use super::body::ProxyBody;
+use http::StatusCode;
 
 /// Header naming why Legate, not the upstream, produced a response.
 pub const LEGATE_ERROR: &str = "legate-error";
@@ -99,32 +95,6 @@ impl ProxyError {
             ProxyError::NoEndpoint { .. } | ProxyError::Overflow { .. } => Origin::Internal,
             _ => Origin::Upstream,
         }
-    }
-
-    /// The short answer a client gets: status, `legate-error`, and a one-line body.
-    pub fn to_response(&self) -> Response<ProxyBody> {
-        let body = match self {
-            ProxyError::NoRoute { .. } => "no route\n",
-            ProxyError::MissingHost => "missing Host header\n",
-            ProxyError::BadRequest(_) => "bad request\n",
-            ProxyError::NoEndpoint { .. } => "no healthy upstream\n",
-            ProxyError::Overflow { .. } => "upstream overflow\n",
-            ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. } => {
-                "upstream connect error\n"
-            }
-            ProxyError::UpstreamReset { .. } => "upstream reset before response\n",
-            ProxyError::UpstreamTls { .. } => "upstream TLS handshake failed\n",
-            ProxyError::Timeout | ProxyError::PerTryTimeout => "upstream request timeout\n",
-        };
-        let mut resp = Response::new(ProxyBody::full(Bytes::from_static(body.as_bytes())));
-        *resp.status_mut() = self.status();
-        let h = resp.headers_mut();
-        h.insert(LEGATE_ERROR, HeaderValue::from_static(self.reason()));
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        resp
     }
 }
 

@@ -15,11 +15,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, debug_span, Instrument};
 
-use super::body::{ProxyBody, RequestEnd, UpstreamBody};
+use super::body::{ProxyBody, RequestEnd};
+use super::conn::{ConnCtx, InFlight};
 use super::error::ProxyError;
 use super::headers;
-use super::server::{ConnCtx, InFlight};
-use super::upstream::{self, Pooled};
+use super::upstream::{self, Pooled, UpstreamBody};
 use crate::access_log::AccessRecord;
 use crate::cluster::{outlier, ActiveRequest, Admitted, Cluster, Picked};
 use crate::config::model::{RetryOn, UpstreamProtocol};

@@ -1,7 +1,7 @@
 //! Downstream side: the accept loop and one task per client connection (HTTP/1.1 or h2c).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,49 +12,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use super::conn::{Activity, ConnCtx};
 use crate::drain;
 use crate::io::Touching;
 use crate::listener::{HttpSettings, Listener};
-
-/// What every request on one client connection shares.
-#[derive(Debug)]
-pub struct ConnCtx {
-    pub listener: Arc<Listener>,
-    /// The settings the connection started with (used if the listener stops being HTTP).
-    pub settings: Arc<HttpSettings>,
-    pub peer: SocketAddr,
-    pub activity: Arc<Activity>,
-    /// `x-forwarded-proto` for requests on this connection.
-    pub scheme: &'static str,
-    /// The verified client certificate's identity, when the listener forwards it.
-    pub client_cert: Option<http::HeaderValue>,
-    /// The listener's drain, which upgraded tunnels outlive the connection to follow.
-    pub drain: drain::Watch,
-}
-
-/// Liveness of one connection, read by its coarse idle check.
-#[derive(Debug, Default)]
-pub struct Activity {
-    touched: Arc<AtomicBool>,
-    in_flight: AtomicUsize,
-}
-
-/// Marks a request in flight on its connection until dropped (when the response body ends).
-#[derive(Debug)]
-pub struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    pub fn start(activity: &Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(activity.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// How many idle checks without traffic close a connection.
 const IDLE_CHECKS: u32 = 4;

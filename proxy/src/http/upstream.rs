@@ -2,20 +2,26 @@
 //!
 //! HTTP/1.1 keeps a stack of idle keep-alive connections per endpoint; HTTP/2 keeps one
 //! multiplexed connection per endpoint. Pools are thread-local: a worker's requests never
-//! contend with another worker's for a connection, and no lock is taken.
+//! contend with another worker's for a connection, and no lock is taken. Requests go out with
+//! an [`UpstreamBody`].
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::body::UpstreamBody;
 use super::error::ProxyError;
 use crate::cluster::{Admitted, Cluster, Picked as Endpoint};
 use crate::config::model::UpstreamProtocol;
@@ -97,6 +103,50 @@ impl Pooled {
                 });
             }
         });
+    }
+}
+
+/// The request body sent to an upstream.
+pub enum UpstreamBody {
+    Empty,
+    /// The client's body, counted into the access log as it streams.
+    Client(Incoming, Option<Arc<AtomicU64>>),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Empty => Poll::Ready(None),
+            UpstreamBody::Client(body, counter) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(frame))), Some(counter)) = (&polled, counter) {
+                    if let Some(data) = frame.data_ref() {
+                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Empty => true,
+            UpstreamBody::Client(b, _) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Empty => SizeHint::with_exact(0),
+            UpstreamBody::Client(b, _) => b.size_hint(),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! What Legate understands of the PostgreSQL wire protocol: the first message of a
-//! connection (startup, SSL/GSS negotiation, or a cancel request), the BackendKeyData that
-//! ties a session's cancel key to its server, and a credential-free health probe.
+//! connection (startup, SSL/GSS negotiation, or a cancel request) and the BackendKeyData that
+//! ties a session's cancel key to its server. (The health probe is `cluster::health::postgres`.)
 //!
 //! Sessions that negotiate TLS with the server end to end hide their BackendKeyData; a cancel
 //! for a key Legate has not seen is sent to every pooled endpoint (servers ignore keys that are
@@ -21,12 +21,10 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::cluster::{Cluster, ClusterState};
-use crate::config::model::PostgresHealthCheck;
 
 const CANCEL_REQUEST: i32 = 80_877_102;
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
-const PROTOCOL_3_0: i32 = 196_608;
 /// Longest startup message accepted (PostgreSQL's own limit is 10000 bytes).
 const MAX_STARTUP: usize = 10_000;
 /// Time a client has to send its first message.
@@ -429,144 +427,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for KeySniffer<S> {
     }
 }
 
-// === health probe ===
-
-/// Whether a Postgres server at `addr` accepts sessions. Without credentials, a server that
-/// asks for authentication (or refuses it) is up; one starting up, shutting down, out of
-/// connection slots or silent is down. With credentials, it also logs in and checks recovery
-/// and lag as configured.
-pub async fn probe(addr: SocketAddr, spec: &PostgresHealthCheck) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    stream
-        .write_all(&startup_message(&spec.user, &spec.database))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut kind = [0u8; 1];
-    stream
-        .read_exact(&mut kind)
-        .await
-        .map_err(|e| format!("no answer to startup: {e}"))?;
-    match kind[0] {
-        b'R' | b'v' => {}
-        b'E' => {
-            let mut len = [0u8; 4];
-            stream
-                .read_exact(&mut len)
-                .await
-                .map_err(|e| e.to_string())?;
-            let len = usize::try_from(i32::from_be_bytes(len))
-                .unwrap_or(4)
-                .clamp(4, 65_536);
-            let mut body = vec![0u8; len - 4];
-            stream
-                .read_exact(&mut body)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (code, message) = error_fields(&body);
-            // Not accepting sessions: starting up, shutting down, in recovery without hot
-            // standby (57P03), administrator shutdown (57P01), or no connection slots (53300).
-            if matches!(code.as_str(), "57P03" | "57P01" | "53300" | "53000") {
-                return Err(format!("{code}: {message}"));
-            }
-            // Anything else (bad password, unknown role or database, no pg_hba entry) means
-            // the server is up and answering.
-        }
-        other => return Err(format!("unexpected answer {other:?} to startup")),
-    }
-    drop(stream);
-    if spec.has_credentials() {
-        query_check(addr, spec).await?;
-    }
-    Ok(())
-}
-
-fn startup_message(user: &str, database: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&PROTOCOL_3_0.to_be_bytes());
-    for (k, v) in [
-        ("user", user),
-        ("database", database),
-        ("application_name", "legate-health-check"),
-    ] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = Vec::with_capacity(body.len() + 4);
-    msg.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    msg.extend_from_slice(&body);
-    msg
-}
-
-/// The SQLSTATE code and message of an ErrorResponse body.
-fn error_fields(body: &[u8]) -> (String, String) {
-    let mut code = String::new();
-    let mut message = String::new();
-    for field in body.split(|b| *b == 0) {
-        match field.split_first() {
-            Some((b'C', v)) => code = String::from_utf8_lossy(v).into_owned(),
-            Some((b'M', v)) => message = String::from_utf8_lossy(v).into_owned(),
-            _ => {}
-        }
-    }
-    (code, message)
-}
-
-async fn query_check(addr: SocketAddr, spec: &PostgresHealthCheck) -> Result<(), String> {
-    let password = match (&spec.password, &spec.password_file) {
-        (Some(p), _) => p.clone(),
-        (None, Some(file)) => std::fs::read_to_string(file)
-            .map_err(|e| format!("cannot read password_file {file}: {e}"))?
-            .trim_end_matches(['\n', '\r'])
-            .to_owned(),
-        (None, None) => String::new(),
-    };
-    let mut config = tokio_postgres::Config::new();
-    config
-        .hostaddr(addr.ip())
-        .port(addr.port())
-        .user(&spec.user)
-        .password(password)
-        .dbname(&spec.database)
-        .application_name("legate-health-check");
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| format!("login failed: {e}"))?;
-    let driver = tokio::spawn(connection);
-    // Lag is zero when everything received has been replayed: an idle primary writes
-    // nothing, and its replicas are then current however old the last transaction is.
-    let row = client
-        .query_one(
-            "SELECT pg_is_in_recovery(), \
-             CASE WHEN NOT pg_is_in_recovery() \
-                    OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-                  ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) \
-             END::float8",
-            &[],
-        )
-        .await
-        .map_err(|e| format!("health query failed: {e}"));
-    driver.abort();
-    let row = row?;
-    let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
-    let lag: f64 = row.try_get(1).map_err(|e| e.to_string())?;
-    if spec.require_replica && !in_recovery {
-        return Err("not a replica (the server is not in recovery)".to_owned());
-    }
-    if let Some(max) = spec.max_lag {
-        if lag > max.get().as_secs_f64() {
-            return Err(format!("replication lag {lag:.1}s exceeds max_lag {max}"));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::health::postgres::{error_fields, startup_message};
 
     fn be(v: i32) -> [u8; 4] {
         v.to_be_bytes()

@@ -1,6 +1,8 @@
 //! Active health checks: a probe per endpoint on the control thread, and the threshold state
 //! machine that turns probe results into health.
 
+pub(crate) mod postgres;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,7 +117,7 @@ pub async fn probe_target(target: &Target, spec: &HealthCheck) -> bool {
     let addr = target.addr;
     let attempt = async {
         if let Some(pg) = &spec.postgres {
-            return crate::tcp::postgres::probe(addr, pg).await;
+            return postgres::probe(addr, pg).await;
         }
         let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let Some(tls) = &target.tls else {
