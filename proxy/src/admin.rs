@@ -1,4 +1,5 @@
-//! The admin listener: readiness, liveness, the effective config, and cluster state.
+//! The admin listener: readiness, liveness, the effective config, cluster state and metrics,
+//! read from [`State`]; `POST /reload` goes to the [`Reload`] it is handed.
 //!
 //! Runs on the control thread so that a busy data plane never delays a probe.
 
@@ -16,26 +17,38 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tracing::{debug, warn};
 
-use crate::app::Shared;
+use crate::state::State;
+
+/// Reloads the config on `POST /reload`: the new version, or why it was rejected.
+pub trait Reload: Send + Sync {
+    fn reload(&self) -> Result<String, String>;
+}
+
+/// What the admin server serves.
+#[derive(Clone)]
+pub struct Admin {
+    pub state: Arc<State>,
+    pub reload: Arc<dyn Reload>,
+}
 
 /// Binds the admin address and serves it on the control thread. Returns the bound address.
 pub fn start(
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    admin: Admin,
     control: &tokio::runtime::Handle,
 ) -> std::io::Result<SocketAddr> {
     let std_listener = crate::listener::bind(addr, 128)?;
     let bound = std_listener.local_addr()?;
     control.spawn(async move {
         match tokio::net::TcpListener::from_std(std_listener) {
-            Ok(listener) => serve(listener, shared).await,
+            Ok(listener) => serve(listener, admin).await,
             Err(e) => warn!(error = %e, "admin listener unusable"),
         }
     });
     Ok(bound)
 }
 
-async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+async fn serve(listener: tokio::net::TcpListener, admin: Admin) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -46,11 +59,11 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let shared = shared.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &req)) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(&admin, &req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -63,16 +76,16 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let state = &*admin.state;
     if req.method() == Method::POST && req.uri().path() == "/reload" {
-        return match shared.reload.get().map(crate::app::Reloader::reload) {
-            Some(Ok(version)) => json(&serde_json::json!({ "result": "ok", "version": version })),
-            Some(Err(error)) => {
+        return match admin.reload.reload() {
+            Ok(version) => json(&serde_json::json!({ "result": "ok", "version": version })),
+            Err(error) => {
                 let mut resp = json(&serde_json::json!({ "result": "rejected", "error": error }));
                 *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
                 resp
             }
-            None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         };
     }
     if req.method() != Method::GET {
@@ -80,10 +93,10 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/ready" => {
-            if shared.draining.load(Ordering::SeqCst) {
+            if state.is_draining() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
             }
-            if !shared.xds.ready.load(Ordering::Acquire) {
+            if !state.xds.is_ready() {
                 return text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "waiting for the first config from the control plane\n",
@@ -91,7 +104,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             }
             // Ready once every cluster has its first DNS answers and health check results,
             // so a new proxy does not take traffic it would answer with 503s.
-            let snapshot = shared.snapshot.load();
+            let snapshot = state.snapshot.load();
             let warming = snapshot
                 .clusters
                 .values()
@@ -104,14 +117,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/metrics" => {
-            let stats = shared.listener_stats.load();
-            let listeners: Vec<_> = stats
-                .iter()
-                .map(|l| (l.name.clone(), l.counters.clone(), l.connections.active()))
-                .collect();
-            let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render(
-                shared, &listeners,
-            ))));
+            let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render(state))));
             resp.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static(
@@ -121,25 +127,23 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             resp
         }
         "/config" => {
-            let snapshot = shared.snapshot.load();
-            let last_reload = shared.last_reload.load();
+            let snapshot = state.snapshot.load();
+            let last_reload = state.reloads.last.load();
             json(&serde_json::json!({
                 "version": snapshot.version,
                 "loaded_at": humantime::format_rfc3339_millis(snapshot.loaded_at).to_string(),
                 "last_reload": &**last_reload,
                 "reloads": {
-                    "ok": shared.reloads_ok.load(Ordering::Relaxed),
-                    "rejected": shared.reloads_rejected.load(Ordering::Relaxed),
+                    "ok": state.reloads.ok.load(Ordering::Relaxed),
+                    "rejected": state.reloads.rejected.load(Ordering::Relaxed),
                 },
-                "listeners": &**shared.listener_addrs.load(),
-                "xds": snapshot.config.xds.as_ref().map(|_| {
-                    shared.xds.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
-                }),
+                "listeners": state.listener_addrs(),
+                "xds": snapshot.config.xds.as_ref().map(|_| state.xds.status()),
                 "config": &snapshot.config,
             }))
         }
         "/clusters" => {
-            let snapshot = shared.snapshot.load();
+            let snapshot = state.snapshot.load();
             let mut clusters: Vec<_> = snapshot.clusters.values().map(|c| c.status()).collect();
             clusters.sort_by(|a, b| a.name.cmp(&b.name));
             json(&serde_json::json!({

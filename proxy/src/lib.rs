@@ -1,14 +1,16 @@
 //! Legate: a sidecar service-mesh proxy. HTTP routing by Host over many listeners, hot-swapped
 //! config, per-core event loops with their own upstream pools.
 //!
-//! Architecture: YAML → [`config`] (typed model, validated) → [`snapshot`] (compiled, immutable,
-//! published with arc-swap) → served by [`worker`]s, each a current-thread runtime that accepts on
-//! its own SO_REUSEPORT socket per [`listener`] and proxies with [`http`] over [`cluster`]s.
-//! [`app`] wires it together; [`admin`] and reloads run on a separate control thread.
+//! Architecture (docs/architecture.md): a [`source`] (the file, the control plane) hands a
+//! config to the [`apply`] road — check → compile into a [`snapshot`] → reconcile listeners →
+//! publish — which is served by [`worker`]s, each a current-thread runtime that accepts on its
+//! own SO_REUSEPORT socket per [`listener`] ([`serve`]) and proxies with [`http`] or [`tcp`]
+//! over [`cluster`]s. [`admin`] and [`metrics`] read [`state`]; [`app`] wires it together.
 
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod apply;
 pub mod cluster;
 pub mod config;
 pub mod control;
@@ -18,9 +20,11 @@ pub mod io;
 pub mod listener;
 pub mod metrics;
 pub mod router;
+pub mod serve;
 pub mod snapshot;
+pub mod source;
+pub mod state;
 pub mod tcp;
 pub mod tls;
 pub mod watch;
 pub mod worker;
-pub mod xds;

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
-use legate::{app, config};
+use legate::{app, apply, config};
 
 #[derive(Parser)]
 #[command(name = "legate", version, about = "A sidecar service-mesh proxy")]
@@ -51,9 +51,22 @@ fn main() -> ExitCode {
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {
-    match config::load_file_with_warnings(path) {
-        Ok((_, text, warnings)) => {
-            for w in &warnings {
+    let invalid = |path: &str, errors: &[config::ConfigError]| {
+        eprintln!("{path}: {} problem(s)", errors.len());
+        for e in errors {
+            eprintln!("{path}: {e}");
+        }
+        ExitCode::FAILURE
+    };
+    match config::load_file(path) {
+        Ok((config, text)) => {
+            let mut files = apply::check::files(&config);
+            config::locate(&text, &mut files.errors);
+            config::locate(&text, &mut files.warnings);
+            if !files.errors.is_empty() {
+                return invalid(&path.display().to_string(), &files.errors);
+            }
+            for w in &files.warnings {
                 eprintln!("{}: warning: {w}", path.display());
             }
             println!(
@@ -63,13 +76,7 @@ fn validate(path: &std::path::Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(config::LoadError::Invalid { path, errors }) => {
-            eprintln!("{path}: {} problem(s)", errors.0.len());
-            for e in &errors.0 {
-                eprintln!("{path}: {e}");
-            }
-            ExitCode::FAILURE
-        }
+        Err(config::LoadError::Invalid { path, errors }) => invalid(&path, &errors.0),
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE
@@ -100,6 +107,11 @@ fn run(path: PathBuf) -> ExitCode {
     };
     let app = match app::build(config, config::version_of(&text)) {
         Ok(app) => app,
+        Err(app::BuildError::Apply(app::ApplyError::Invalid(mut errors))) => {
+            config::locate(&text, &mut errors.0);
+            error!("{} is invalid:\n{errors}", path.display());
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             error!("cannot start: {e}");
             return ExitCode::FAILURE;

@@ -3,7 +3,7 @@
 //! The request path only bumps atomics it already holds; this module reads them at scrape
 //! time, on the control thread, and encodes them with `prometheus-client`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -11,26 +11,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::app::Shared;
 use crate::cluster::Health;
+use crate::state::State;
 
 type Labels = Vec<(&'static str, String)>;
-
-/// Responses sent by one listener, by status class (index: status / 100; 0 for anything else).
-#[derive(Debug, Default)]
-pub struct ListenerCounters {
-    pub responses: [AtomicU64; 6],
-}
-
-impl ListenerCounters {
-    pub fn record(&self, status: u16) {
-        let class = usize::from(status / 100);
-        let slot = if (1..=5).contains(&class) { class } else { 0 };
-        if let Some(counter) = self.responses.get(slot) {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
 
 fn counter(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
     let family = Family::<Labels, Counter>::default();
@@ -45,12 +29,9 @@ fn gauge(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gaug
 }
 
 /// The exposition text for the current state.
-pub fn render(
-    shared: &Shared,
-    listeners: &[(String, std::sync::Arc<ListenerCounters>, usize)],
-) -> String {
+pub fn render(state: &State) -> String {
     let mut r = Registry::with_prefix("legate");
-    let snapshot = shared.snapshot.load();
+    let snapshot = state.snapshot.load();
 
     let info = gauge(&mut r, "config_info", "The config version being served");
     info.get_or_create(&vec![("version", snapshot.version.clone())])
@@ -58,22 +39,17 @@ pub fn render(
     let reloads = counter(&mut r, "config_reloads", "Config reload attempts by result");
     reloads
         .get_or_create(&vec![("result", "ok".to_owned())])
-        .inc_by(shared.reloads_ok.load(Ordering::Relaxed));
+        .inc_by(state.reloads.ok.load(Ordering::Relaxed));
     reloads
         .get_or_create(&vec![("result", "rejected".to_owned())])
-        .inc_by(shared.reloads_rejected.load(Ordering::Relaxed));
+        .inc_by(state.reloads.rejected.load(Ordering::Relaxed));
     let xds = gauge(
         &mut r,
         "xds_connected",
         "1 while a control plane session is up",
     );
     if snapshot.config.xds.is_some() {
-        let up = shared
-            .xds
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .connected;
+        let up = state.xds.status().connected;
         xds.get_or_create(&vec![]).set(i64::from(up));
     }
 
@@ -87,7 +63,8 @@ pub fn render(
         "downstream_connections_active",
         "Open client connections by listener",
     );
-    for (name, counters, active) in listeners {
+    for l in state.listeners.load().iter() {
+        let (name, counters) = (l.name.to_string(), &l.counters);
         for (slot, class) in ["other", "1xx", "2xx", "3xx", "4xx", "5xx"]
             .iter()
             .enumerate()
@@ -104,7 +81,7 @@ pub fn render(
         }
         connections
             .get_or_create(&vec![("listener", name.clone())])
-            .set(i64::try_from(*active).unwrap_or(i64::MAX));
+            .set(i64::try_from(l.connections.active()).unwrap_or(i64::MAX));
     }
 
     let rq_total = counter(&mut r, "upstream_requests", "Requests sent to an endpoint");
@@ -219,23 +196,4 @@ pub fn render(
         out.clear();
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_classes() {
-        let c = ListenerCounters::default();
-        for s in [200, 204, 404, 503, 101, 999] {
-            c.record(s);
-        }
-        let counts: Vec<u64> = c
-            .responses
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .collect();
-        assert_eq!(counts, vec![1, 1, 2, 0, 1, 1]);
-    }
 }

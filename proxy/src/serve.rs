@@ -1,5 +1,5 @@
-//! The accept loop: one per listener per worker. It never dies on a bad accept, and hands each
-//! connection to the protocol the listener serves at that moment.
+//! The accept loop: one per listener per worker, above the protocols it hands connections to.
+//! It never dies on a bad accept, and serves each connection as the listener says at that moment.
 
 use std::io;
 use std::sync::Arc;
@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::{Listener, Protocol};
 use crate::drain;
+use crate::listener::{Listener, Protocol};
 
 /// Accepts connections until the listener drains.
 pub async fn accept_loop(listener: Arc<Listener>, socket: TcpListener, mut drain: drain::Watch) {

@@ -5,62 +5,77 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher as _};
+pub use notify::RecursiveMode;
+use notify::Watcher as _;
 use tokio::sync::mpsc;
 use tracing::warn;
 
 /// Events closer together than this are one change (editors and `kubectl` write in steps).
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// Watches directories until dropped; each event sends `()`.
-pub struct Watcher {
-    _inner: notify::RecommendedWatcher,
+/// Changes to a set of files, until dropped.
+pub struct Changes {
+    _watcher: notify::RecommendedWatcher,
+    events: mpsc::UnboundedReceiver<()>,
 }
 
-impl std::fmt::Debug for Watcher {
+impl std::fmt::Debug for Changes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Watcher")
+        f.write_str("Changes")
     }
 }
 
-/// Watches the directory of each file. A symlink swap or rename replaces the directory entry,
-/// which a watch on the file itself would miss.
-pub fn watch(files: &[String]) -> notify::Result<(Watcher, mpsc::UnboundedReceiver<()>)> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(e) if e.kind.is_access() => {}
-            Ok(_) => {
-                let _ = tx.send(());
-            }
-            Err(e) => warn!(error = %e, "file watch error"),
-        })?;
-    let dirs: BTreeSet<PathBuf> = files
-        .iter()
-        .map(|f| {
-            let path = Path::new(f);
-            match path.parent() {
+impl Changes {
+    /// Watches the directory of each file. A symlink swap or rename replaces the directory
+    /// entry, which a watch on the file itself would miss.
+    pub fn new(files: &[String]) -> notify::Result<Changes> {
+        let dirs: BTreeSet<PathBuf> = files
+            .iter()
+            .map(|f| match Path::new(f).parent() {
                 Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                 _ => PathBuf::from("."),
-            }
-        })
-        .collect();
-    for dir in dirs {
-        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+            })
+            .collect();
+        Changes::watch(
+            dirs.iter()
+                .map(|d| (d.as_path(), RecursiveMode::NonRecursive)),
+        )
     }
-    Ok((Watcher { _inner: watcher }, rx))
-}
 
-/// Waits for the next change, then for the burst it starts to settle.
-pub async fn next_change(rx: &mut mpsc::UnboundedReceiver<()>) -> bool {
-    if rx.recv().await.is_none() {
-        return false;
+    /// Watches each directory, recursively or not.
+    pub fn watch<'a>(
+        dirs: impl IntoIterator<Item = (&'a Path, RecursiveMode)>,
+    ) -> notify::Result<Changes> {
+        let (tx, events) = mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+                Ok(e) if e.kind.is_access() => {}
+                Ok(_) => {
+                    let _ = tx.send(());
+                }
+                Err(e) => warn!(error = %e, "file watch error"),
+            })?;
+        for (dir, mode) in dirs {
+            watcher.watch(dir, mode)?;
+        }
+        Ok(Changes {
+            _watcher: watcher,
+            events,
+        })
     }
-    loop {
-        match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-            Ok(Some(())) => continue,
-            Ok(None) => return false,
-            Err(_) => return true,
+
+    /// Waits for the next change, then for the burst it starts to settle; false once the
+    /// watch has ended.
+    pub async fn next(&mut self) -> bool {
+        if self.events.recv().await.is_none() {
+            return false;
+        }
+        loop {
+            match tokio::time::timeout(DEBOUNCE, self.events.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => return false,
+                Err(_) => return true,
+            }
         }
     }
 }
@@ -76,15 +91,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("cert.pem");
         std::fs::write(&file, "one").unwrap();
-        let (_w, mut rx) = watch(&[file.display().to_string()]).unwrap();
+        let mut rx = Changes::new(&[file.display().to_string()]).unwrap();
 
         std::fs::write(&file, "two").unwrap();
-        assert!(next_change(&mut rx).await, "in-place edit");
+        assert!(rx.next().await, "in-place edit");
 
         let tmp = dir.join("cert.pem.tmp");
         std::fs::write(&tmp, "three").unwrap();
         std::fs::rename(&tmp, &file).unwrap();
-        assert!(next_change(&mut rx).await, "atomic rename");
+        assert!(rx.next().await, "atomic rename");
 
         // Kubernetes: cert.pem -> ..data/cert.pem, and ..data is swapped to a new directory.
         let v1 = dir.join("..v1");
@@ -95,10 +110,10 @@ mod tests {
         std::fs::write(v2.join("tls.crt"), "b").unwrap();
         std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
         std::os::unix::fs::symlink("..data/tls.crt", dir.join("tls.crt")).unwrap();
-        let (_w2, mut rx2) = watch(&[dir.join("tls.crt").display().to_string()]).unwrap();
+        let mut rx2 = Changes::new(&[dir.join("tls.crt").display().to_string()]).unwrap();
         std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
         std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
-        assert!(next_change(&mut rx2).await, "symlink swap");
+        assert!(rx2.next().await, "symlink swap");
         assert_eq!(std::fs::read_to_string(dir.join("tls.crt")).unwrap(), "b");
         let _ = std::fs::remove_dir_all(&dir);
     }

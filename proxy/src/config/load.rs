@@ -7,7 +7,7 @@ use serde_yaml::Value;
 use super::lines::LineIndex;
 use super::suggest::{did_you_mean_key, did_you_mean_quoted};
 use super::validate::{Names, Provenance};
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, ErrorKind};
 
 /// The top-level keys of `Config`, in documentation order.
 pub const SECTIONS: [&str; 8] = [
@@ -117,6 +117,8 @@ pub fn load(text: &str) -> Result<Loaded, ConfigError> {
 impl Loaded {
     fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
+            kind: ErrorKind::Syntax,
+            entry: None,
             path: path.into(),
             line: None,
             message: message.into(),
@@ -299,6 +301,8 @@ fn yaml_error(e: &serde_yaml::Error) -> ConfigError {
         l.line()
     });
     ConfigError {
+        kind: ErrorKind::Syntax,
+        entry: None,
         path: String::new(),
         line,
         message: format!("invalid YAML: {message}"),

@@ -3,6 +3,7 @@
 pub mod duration;
 pub mod lines;
 pub mod load;
+pub mod merge;
 pub mod model;
 pub mod suggest;
 pub mod validate;
@@ -13,14 +14,101 @@ use std::path::Path;
 pub use duration::Duration;
 pub use model::Config;
 
+/// What kind of problem a [`ConfigError`] is: decisions (an xDS update deferred until the
+/// resource it names arrives, say) are taken on the kind, never on the message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Not YAML, a value of the wrong type, or an unknown field.
+    Syntax,
+    /// A value out of range, malformed, or in conflict with another value.
+    Invalid,
+    /// A name defined twice.
+    Duplicate,
+    /// A reference to a route table or cluster that is not defined.
+    UnknownReference,
+    /// A file the config names is unreadable or unusable (TLS certificates, keys, CAs).
+    File,
+}
+
+/// The top-level sections whose entries a control plane can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Section {
+    Listeners,
+    RouteTables,
+    Clusters,
+}
+
+impl Section {
+    pub fn key(self) -> &'static str {
+        match self {
+            Section::Listeners => "listeners",
+            Section::RouteTables => "route_tables",
+            Section::Clusters => "clusters",
+        }
+    }
+}
+
+/// The listener, route table or cluster a problem is found in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub section: Section,
+    pub name: String,
+    /// Its position in the section's list (route tables are a map: `None`).
+    pub index: Option<usize>,
+}
+
+impl Entry {
+    /// How field paths start for this entry: `clusters[3]`, `route_tables.main`.
+    pub fn path_prefix(&self) -> String {
+        match self.index {
+            Some(i) => format!("{}[{i}]", self.section.key()),
+            None => format!("{}.{}", self.section.key(), self.name),
+        }
+    }
+
+    /// `path` with the entry named rather than numbered: `clusters[tiles].connect_timeout`.
+    pub fn named_path(&self, path: &str) -> String {
+        let prefix = self.path_prefix();
+        match (self.index, path.strip_prefix(prefix.as_str())) {
+            (Some(_), Some(rest)) => format!("{}[{}]{rest}", self.section.key(), self.name),
+            _ => path.to_owned(),
+        }
+    }
+
+    /// The entry as a resource name: `clusters[tiles]`.
+    pub fn resource_name(&self) -> String {
+        format!("{}[{}]", self.section.key(), self.name)
+    }
+}
+
 /// One problem in a config file, located by its field path and, where known, its line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    pub kind: ErrorKind,
+    /// The entry the path is in, when it is in one.
+    pub entry: Option<Entry>,
     /// Field path, e.g. `clusters[2].endpoints[0].address`; empty for the document itself.
     pub path: String,
     /// 1-based line in the source text.
     pub line: Option<usize>,
     pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(kind: ErrorKind, path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            kind,
+            entry: None,
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn in_entry(mut self, entry: Entry) -> Self {
+        self.entry = Some(entry);
+        self
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -86,36 +174,32 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     Err(ConfigErrors(errors))
 }
 
-/// Read, parse and validate a config file, including the files it names (certificates).
+/// Read, parse and validate a config file. The files it names (certificates) are checked
+/// when it is applied (`apply::check`).
 pub fn load_file(path: &Path) -> Result<(Config, String), LoadError> {
-    load_file_with_warnings(path).map(|(config, text, _)| (config, text))
-}
-
-/// Like [`load_file`], also returning warnings (problems that do not reject the file).
-pub fn load_file_with_warnings(
-    path: &Path,
-) -> Result<(Config, String, Vec<ConfigError>), LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    let invalid = |errors| LoadError::Invalid {
+    let config = parse(&text).map_err(|errors| LoadError::Invalid {
         path: path.display().to_string(),
         errors,
-    };
-    let config = parse(&text).map_err(invalid)?;
-    let findings = crate::tls::check::check(&config);
-    let lines = lines::LineIndex::new(&text);
-    let place = |mut list: Vec<ConfigError>| {
-        for e in &mut list {
+    })?;
+    Ok((config, text))
+}
+
+/// Gives each error found after parsing (by checks of the files a config names, say) the
+/// line of `text` its path points at.
+pub fn locate(text: &str, errors: &mut [ConfigError]) {
+    if errors.iter().all(|e| e.line.is_some()) {
+        return;
+    }
+    let lines = lines::LineIndex::new(text);
+    for e in errors {
+        if e.line.is_none() {
             e.line = lines.line_of(&e.path);
         }
-        list
-    };
-    if !findings.errors.is_empty() {
-        return Err(invalid(ConfigErrors(place(findings.errors))));
     }
-    Ok((config, text, place(findings.warnings)))
 }
 
 /// A short, stable identifier of a config's text, shown by `/config` and in logs. The same

@@ -1,10 +1,11 @@
-//! Listeners: binding sockets, the per-listener state shared by workers, and reconciliation.
+//! Listeners: binding sockets, the per-listener state shared by workers, and the diff that
+//! reconciliation follows.
 
-pub mod accept;
 pub mod diff;
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,23 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// Swapped on reload; each connection (and each HTTP request) loads it once.
     pub settings: ArcSwap<Protocol>,
-    pub counters: Arc<crate::metrics::ListenerCounters>,
+    pub counters: Arc<ListenerCounters>,
+}
+
+/// Responses sent by one listener, by status class (index: status / 100; 0 for anything else).
+#[derive(Debug, Default)]
+pub struct ListenerCounters {
+    pub responses: [AtomicU64; 6],
+}
+
+impl ListenerCounters {
+    pub fn record(&self, status: u16) {
+        let class = usize::from(status / 100);
+        let slot = if (1..=5).contains(&class) { class } else { 0 };
+        if let Some(counter) = self.responses.get(slot) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// What a listener serves.
@@ -102,6 +119,20 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_classes() {
+        let c = ListenerCounters::default();
+        for s in [200, 204, 404, 503, 101, 999] {
+            c.record(s);
+        }
+        let counts: Vec<u64> = c
+            .responses
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(counts, vec![1, 1, 2, 0, 1, 1]);
+    }
 
     #[test]
     fn group_shares_one_resolved_port() {

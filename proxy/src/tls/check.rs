@@ -3,18 +3,22 @@
 
 use super::files::{self, CertInfo};
 use crate::config::model::Config;
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Entry, ErrorKind, Section};
 
 /// What the TLS files of a config say: errors reject the config, warnings are printed.
 #[derive(Debug, Default)]
 pub struct Findings {
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<ConfigError>,
+    /// The listener or cluster being checked.
+    entry: Option<Entry>,
 }
 
 impl Findings {
     fn error(&mut self, path: String, message: impl Into<String>) {
         self.errors.push(ConfigError {
+            kind: ErrorKind::File,
+            entry: self.entry.clone(),
             path,
             line: None,
             message: message.into(),
@@ -23,6 +27,8 @@ impl Findings {
 
     fn warning(&mut self, path: String, message: impl Into<String>) {
         self.warnings.push(ConfigError {
+            kind: ErrorKind::File,
+            entry: self.entry.clone(),
             path,
             line: None,
             message: message.into(),
@@ -35,6 +41,11 @@ pub fn check(config: &Config) -> Findings {
     for (li, listener) in config.listeners.iter().enumerate() {
         let Some(tls) = &listener.tls else { continue };
         let base = format!("listeners[{li}].tls");
+        out.entry = Some(Entry {
+            section: Section::Listeners,
+            name: listener.name.clone(),
+            index: Some(li),
+        });
         let hosts: Vec<&str> = listener
             .http
             .as_ref()
@@ -118,14 +129,24 @@ pub fn check(config: &Config) -> Findings {
         .clusters
         .iter()
         .enumerate()
-        .filter_map(|(ci, c)| c.tls.as_ref().map(|t| (format!("clusters[{ci}].tls"), t)))
+        .filter_map(|(ci, c)| {
+            let entry = Entry {
+                section: Section::Clusters,
+                name: c.name.clone(),
+                index: Some(ci),
+            };
+            c.tls
+                .as_ref()
+                .map(|t| (format!("clusters[{ci}].tls"), Some(entry), t))
+        })
         .chain(
             config
                 .xds
                 .iter()
-                .filter_map(|x| x.tls.as_ref().map(|t| ("xds.tls".to_owned(), t))),
+                .filter_map(|x| x.tls.as_ref().map(|t| ("xds.tls".to_owned(), None, t))),
         );
-    for (base, tls) in upstreams {
+    for (base, entry, tls) in upstreams {
+        out.entry = entry;
         if let Some(ca) = &tls.ca {
             if let Err(e) = files::read_roots(ca) {
                 out.error(format!("{base}.ca"), e.to_string());
@@ -151,5 +172,6 @@ pub fn check(config: &Config) -> Findings {
             );
         }
     }
+    out.entry = None;
     out
 }

@@ -1,0 +1,167 @@
+//! The applier: the one road every config takes, from any source — check → compile →
+//! reconcile → publish — one config at a time.
+
+pub mod check;
+pub mod reconcile;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tracing::warn;
+
+use crate::cluster::Registry;
+use crate::config::merge::{self, Resources};
+use crate::config::{Config, ConfigErrors};
+use crate::snapshot::{CompileError, Snapshot};
+use crate::state::State;
+use check::Rules;
+use reconcile::DataPlane;
+
+/// A new config, as a source hands it over.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// A whole config that `config::parse` accepted: a file, or a test's text. With a control
+    /// plane, it is the bootstrap its resources are added to.
+    Parsed(Box<Config>),
+    /// The control plane's resources, added to the last parsed config.
+    Xds(Resources),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The config breaks a rule or names an unusable file; nothing was changed.
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("listeners[{name}]: cannot bind {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("shutting down")]
+    Stopped,
+}
+
+/// Applies configs one at a time; the only writer of the published snapshot.
+#[derive(Debug)]
+pub struct Applier {
+    state: Arc<State>,
+    registry: Arc<Registry>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The last parsed config applied (the bootstrap, with a control plane).
+    parsed: Config,
+    /// The control plane's last applied resources and their version label.
+    xds: Option<(Resources, String)>,
+    /// `None` once stopped.
+    plane: Option<DataPlane>,
+}
+
+impl Applier {
+    /// Checks and compiles the first config; nothing runs until [`Applier::start`].
+    pub fn new(
+        config: Config,
+        version: String,
+        registry: Arc<Registry>,
+        plane: DataPlane,
+    ) -> Result<(Applier, Arc<State>), ApplyError> {
+        check::check(&config, Rules::Checked).map_err(ApplyError::Invalid)?;
+        let snapshot = Snapshot::compile(config.clone(), version, &registry)?;
+        let state = Arc::new(State::new(snapshot));
+        let applier = Applier {
+            state: state.clone(),
+            registry,
+            inner: Mutex::new(Inner {
+                parsed: config,
+                xds: None,
+                plane: Some(plane),
+            }),
+        };
+        Ok((applier, state))
+    }
+
+    /// Binds and serves the first config's listeners and starts its upkeep.
+    pub fn start(&self) -> Result<(), ApplyError> {
+        let mut inner = self.lock();
+        let snapshot = self.state.snapshot.load_full();
+        let plane = inner.plane.as_mut().ok_or(ApplyError::Stopped)?;
+        let listeners = plane.reconcile(&[], &snapshot)?;
+        self.state.listeners.store(Arc::new(listeners));
+        plane.restart_upkeep(&snapshot);
+        Ok(())
+    }
+
+    /// Applies `update`, all or nothing: on error the running config stays. `version` labels
+    /// the snapshot; a parsed config applied while control plane resources are held takes
+    /// their label, as the combination serves what the control plane last sent.
+    pub fn apply(&self, update: Update, version: String) -> Result<(), ApplyError> {
+        let mut inner = self.lock();
+        let (config, rules, version, parsed, xds) = match update {
+            Update::Parsed(config) => match &inner.xds {
+                // The whole config, or the bootstrap of what the control plane sent.
+                Some((resources, label)) => (
+                    merge::merge(&config, resources)
+                        .map_err(|e| ApplyError::Invalid(ConfigErrors(e)))?,
+                    Rules::Unchecked,
+                    label.clone(),
+                    *config,
+                    inner.xds.clone(),
+                ),
+                None => ((*config).clone(), Rules::Checked, version, *config, None),
+            },
+            Update::Xds(resources) => (
+                merge::merge(&inner.parsed, &resources)
+                    .map_err(|e| ApplyError::Invalid(ConfigErrors(e)))?,
+                Rules::Unchecked,
+                version.clone(),
+                inner.parsed.clone(),
+                Some((resources, version)),
+            ),
+        };
+        check::check(&config, rules).map_err(ApplyError::Invalid)?;
+        let old = self.state.snapshot.load_full();
+        if config.admin != old.config.admin {
+            warn!("admin.listen changed; it takes effect on restart");
+        }
+        if config.runtime.workers != old.config.runtime.workers {
+            warn!("runtime.workers changed; it takes effect on restart");
+        }
+        let new = Arc::new(Snapshot::compile(config, version, &self.registry)?);
+        let plane = inner.plane.as_mut().ok_or(ApplyError::Stopped)?;
+        let listeners = plane.reconcile(&old.config.listeners, &new)?;
+        self.state.listeners.store(Arc::new(listeners));
+        self.state.snapshot.store(new.clone());
+        plane.restart_upkeep(&new);
+        inner.parsed = parsed;
+        inner.xds = xds;
+        Ok(())
+    }
+
+    /// Starts draining every listener; returns the triggers to wait on.
+    pub fn drain_all(&self) -> Vec<crate::drain::Trigger> {
+        let mut inner = self.lock();
+        inner
+            .plane
+            .as_mut()
+            .map(DataPlane::drain_all)
+            .unwrap_or_default()
+    }
+
+    /// Stops the data plane: every worker and upkeep task ends; later applies fail.
+    pub fn stop(&self) {
+        let plane = self.lock().plane.take();
+        if let Some(plane) = plane {
+            plane.stop();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

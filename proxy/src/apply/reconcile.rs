@@ -1,0 +1,300 @@
+//! Moves the running data plane to a new snapshot: listener diff, bind, swap and drain, then
+//! cluster upkeep and TLS file watches restarted for the new snapshot.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tracing::{info, warn};
+
+use super::ApplyError;
+use crate::cluster::{manager, Registry};
+use crate::config::model;
+use crate::drain;
+use crate::listener::{self, diff, HttpSettings, Listener, Protocol, TcpSettings};
+use crate::serve;
+use crate::snapshot::Snapshot;
+use crate::state::ListenerView;
+use crate::worker::Workers;
+
+/// The running listeners and upkeep tasks; only the applier changes them.
+#[derive(Debug)]
+pub struct DataPlane {
+    workers: Workers,
+    /// Spawns onto the control thread (cluster upkeep, TLS watches).
+    control: tokio::runtime::Handle,
+    registry: Arc<Registry>,
+    running: HashMap<String, Running>,
+    /// Listeners removed or moved by a reload, still draining their connections.
+    retired: Vec<drain::Trigger>,
+    /// The upkeep task of each cluster.
+    managers: Vec<tokio::task::AbortHandle>,
+    /// The task rotating TLS certificates when their files change.
+    tls_watch: Option<tokio::task::AbortHandle>,
+}
+
+#[derive(Debug)]
+struct Running {
+    ctx: Arc<Listener>,
+    trigger: drain::Trigger,
+    watch: drain::Watch,
+}
+
+impl DataPlane {
+    pub fn new(
+        workers: Workers,
+        control: tokio::runtime::Handle,
+        registry: Arc<Registry>,
+    ) -> DataPlane {
+        DataPlane {
+            workers,
+            control,
+            registry,
+            running: HashMap::new(),
+            retired: Vec::new(),
+            managers: Vec::new(),
+            tls_watch: None,
+        }
+    }
+
+    /// Moves the running listeners from `old` to `new`'s: binds first (failing without side
+    /// effects), then swaps settings, starts new accept loops and drains what is gone.
+    /// Returns the listeners now running.
+    pub fn reconcile(
+        &mut self,
+        old: &[model::Listener],
+        new: &Snapshot,
+    ) -> Result<Vec<ListenerView>, ApplyError> {
+        let zone = new.config.node.zone.as_deref();
+        let ops = diff::diff(old, &new.config.listeners);
+        let spec = |name: &str| new.config.listeners.iter().find(|l| l.name == name);
+
+        // 1. Bind every new socket before changing anything.
+        let mut bound = HashMap::new();
+        for op in &ops {
+            if let diff::Op::Bind(name) | diff::Op::Rebind(name) = op {
+                let Some(l) = spec(name) else { continue };
+                let addr = Snapshot::listen_addr(l)?;
+                let group = listener::bind_group(addr, l.backlog, self.workers.len()).map_err(
+                    |source| ApplyError::Bind {
+                        name: name.clone(),
+                        addr,
+                        source,
+                    },
+                )?;
+                bound.insert(name.clone(), group);
+            }
+        }
+
+        // 2. Nothing below can fail. Clusters new to this process get their endpoints before
+        //    any listener can route to them; the others after the listeners' new settings are
+        //    in place, so sessions woken by a drain read the new drain timeouts.
+        let (fresh, known): (Vec<_>, Vec<_>) = new
+            .clusters
+            .values()
+            .partition(|c| c.state.membership.load().endpoints.is_empty());
+        for cluster in fresh {
+            manager::publish(cluster, &self.registry, zone);
+        }
+        for op in ops {
+            match op {
+                diff::Op::Keep(name) => {
+                    if let (Some(running), Some(l)) = (self.running.get(&name), spec(&name)) {
+                        if let Some(settings) = listener_settings(l, new) {
+                            running.ctx.settings.store(Arc::new(settings));
+                        }
+                    }
+                }
+                diff::Op::Bind(name) | diff::Op::Rebind(name) => {
+                    let (Some(l), Some((addr, sockets))) = (spec(&name), bound.remove(&name))
+                    else {
+                        continue;
+                    };
+                    let Some(settings) = listener_settings(l, new) else {
+                        continue;
+                    };
+                    let running = start_listener(&self.workers, &name, addr, sockets, settings);
+                    info!(listener = %name, %addr, "listening");
+                    if let Some(old) = self.running.insert(name, running) {
+                        old.trigger.drain();
+                        self.retired.push(old.trigger);
+                    }
+                }
+                diff::Op::Close(name) => {
+                    if let Some(old) = self.running.remove(&name) {
+                        info!(listener = %name, "closing; draining its connections");
+                        old.trigger.drain();
+                        self.retired.push(old.trigger);
+                    }
+                }
+            }
+        }
+        for cluster in known {
+            manager::publish(cluster, &self.registry, zone);
+        }
+        self.retired.retain(|t| t.active() > 0);
+        Ok(self
+            .running
+            .values()
+            .map(|r| ListenerView {
+                name: r.ctx.name.clone(),
+                addr: r.ctx.addr,
+                counters: r.ctx.counters.clone(),
+                connections: r.watch.clone(),
+            })
+            .collect())
+    }
+
+    /// Restarts cluster upkeep (health checks, DNS, ejections) and the TLS file watch for a
+    /// newly published snapshot. Health and ejection state live in the registry, so a restart
+    /// loses nothing.
+    pub fn restart_upkeep(&mut self, snapshot: &Arc<Snapshot>) {
+        let zone: Option<Arc<str>> = snapshot.config.node.zone.as_deref().map(Into::into);
+        for task in self.managers.drain(..) {
+            task.abort();
+        }
+        for cluster in snapshot.clusters.values() {
+            let task = self.control.spawn(manager::run(
+                cluster.clone(),
+                self.registry.clone(),
+                zone.clone(),
+            ));
+            self.managers.push(task.abort_handle());
+        }
+        self.start_tls_watch(snapshot);
+    }
+
+    /// Watches the snapshot's TLS files; a change installs new certificates for new
+    /// handshakes (a bad new pair is logged and the old one kept).
+    fn start_tls_watch(&mut self, snapshot: &Arc<Snapshot>) {
+        if let Some(old) = self.tls_watch.take() {
+            old.abort();
+        }
+        let servers: Vec<_> = snapshot.listener_tls.values().cloned().collect();
+        let clients: Vec<_> = snapshot
+            .clusters
+            .values()
+            .filter_map(|c| c.tls.clone())
+            .collect();
+        let files: Vec<String> = servers
+            .iter()
+            .flat_map(|t| t.files())
+            .chain(clients.iter().flat_map(|t| t.files()))
+            .collect();
+        if files.is_empty() {
+            return;
+        }
+        let task = self.control.spawn(async move {
+            let mut changes = match crate::watch::Changes::new(&files) {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!(error = %e, "cannot watch TLS files; SIGHUP reloads them");
+                    return;
+                }
+            };
+            // Files changed between loading and watching are picked up now (a no-op when
+            // nothing changed).
+            let mut pending = true;
+            while std::mem::take(&mut pending) || changes.next().await {
+                for server in &servers {
+                    if let Err(e) = server.reload() {
+                        tracing::error!(error = %e, "new TLS certificate rejected; the current one keeps serving");
+                    }
+                }
+                for client in &clients {
+                    if let Err(e) = client.reload() {
+                        tracing::error!(error = %e, "new upstream TLS files rejected; the current ones stay");
+                    }
+                }
+            }
+        });
+        self.tls_watch = Some(task.abort_handle());
+    }
+
+    /// Starts draining every listener (running or retired); returns their triggers to wait on.
+    pub fn drain_all(&mut self) -> Vec<drain::Trigger> {
+        let mut all: Vec<_> = self.running.drain().map(|(_, r)| r.trigger).collect();
+        all.append(&mut self.retired);
+        for t in &all {
+            t.drain();
+        }
+        all
+    }
+
+    /// Ends every worker (closing what they still hold) and upkeep task.
+    pub fn stop(self) {
+        for task in &self.managers {
+            task.abort();
+        }
+        if let Some(t) = &self.tls_watch {
+            t.abort();
+        }
+        self.workers.stop();
+    }
+}
+
+fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protocol> {
+    let drain_timeout = snapshot.config.runtime.drain_timeout.get();
+    if let Some(tcp) = &l.tcp {
+        let cluster = snapshot.clusters.get(&tcp.cluster)?.clone();
+        return Some(Protocol::Tcp(Arc::new(TcpSettings {
+            endpoint_drain_timeout: tcp
+                .drain_timeout
+                .or(cluster.spec.drain_timeout)
+                .map(|d| d.get()),
+            cluster,
+            postgres: tcp.protocol == Some(model::TcpProtocol::Postgres),
+            idle_timeout: tcp.idle_timeout.map(|d| d.get()),
+            connect_attempts: tcp.connect_attempts,
+            drain_timeout,
+        })));
+    }
+    let http = l.http.as_ref()?;
+    let route_table = snapshot.route_tables.get(&http.route_table)?.clone();
+    let access_log = &snapshot.config.access_log;
+    Some(Protocol::Http(Arc::new(HttpSettings {
+        route_table,
+        header_read_timeout: http.header_read_timeout.get(),
+        idle_timeout: http.idle_timeout.get(),
+        max_header_size: http.max_header_size,
+        max_concurrent_streams: http.max_concurrent_streams,
+        access_log: access_log.enabled.then_some(access_log.format),
+        drain_timeout,
+        tls: snapshot.listener_tls.get(&l.name).cloned(),
+    })))
+}
+
+fn start_listener(
+    workers: &Workers,
+    name: &str,
+    addr: SocketAddr,
+    sockets: Vec<std::net::TcpListener>,
+    settings: Protocol,
+) -> Running {
+    let ctx = Arc::new(Listener {
+        name: name.into(),
+        addr,
+        settings: ArcSwap::from_pointee(settings),
+        counters: Arc::default(),
+    });
+    let (trigger, watch) = drain::channel();
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let ctx = ctx.clone();
+        let watch = watch.clone();
+        workers.run_on(
+            i % workers.len().max(1),
+            Box::new(move || match tokio::net::TcpListener::from_std(socket) {
+                Ok(socket) => {
+                    tokio::spawn(serve::accept_loop(ctx, socket, watch));
+                }
+                Err(e) => warn!(listener = %ctx.name, error = %e, "cannot register socket"),
+            }),
+        );
+    }
+    Running {
+        ctx,
+        trigger,
+        watch,
+    }
+}

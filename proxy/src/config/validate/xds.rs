@@ -1,0 +1,78 @@
+//! The `xds` section: the control plane server, its TLS, and the node group it needs.
+
+use super::Validator;
+
+impl Validator<'_> {
+    pub(super) fn xds(&mut self) {
+        let Some(xds) = &self.config.xds else {
+            return;
+        };
+        let server = xds.server.as_str();
+        let port_ok = server.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok {
+            self.error("xds.server", format!("{server:?} must be host:port"));
+        }
+        self.positive("xds.connect_timeout", xds.connect_timeout);
+        if let Some(tls) = &xds.tls {
+            self.upstream_tls("xds.tls", tls);
+            if tls.alpn.iter().any(|p| p != "h2") {
+                self.error(
+                    "xds.tls.alpn",
+                    "the control plane stream is HTTP/2: only h2",
+                );
+            }
+        }
+        if self
+            .config
+            .node
+            .cluster
+            .as_deref()
+            .is_none_or(str::is_empty)
+        {
+            self.error(
+                "node.cluster",
+                "with `xds`, the node group (node.cluster) chooses the resources and must be set",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{assert_errors, parse_ok};
+
+    #[test]
+    fn xds_server_tls_and_node_group() {
+        assert_errors(
+            r#"
+            node: { id: edge-1 }
+            xds:
+              server: control-plane
+              connect_timeout: 0s
+              tls: { alpn: [h2, "http/1.1"] }
+            "#,
+            &[
+                (
+                    "node.cluster",
+                    1,
+                    "with `xds`, the node group (node.cluster) chooses the resources and must be set",
+                ),
+                ("xds.server", 3, "\"control-plane\" must be host:port"),
+                ("xds.connect_timeout", 4, "must be greater than zero"),
+                (
+                    "xds.tls.alpn",
+                    5,
+                    "the control plane stream is HTTP/2: only h2",
+                ),
+            ],
+        );
+        parse_ok(
+            r#"
+            node: { cluster: edge }
+            xds: { server: "127.0.0.1:18000", tls: { alpn: [h2] } }
+            "#,
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! The config file as a source: read on SIGHUP, `POST /reload` and file system events, then
+//! handed to the applier; the outcome is recorded for `/config` and `/metrics`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tracing::{info, warn};
+
+use crate::apply::{Applier, ApplyError, Update};
+use crate::config::{self, LoadError};
+use crate::state::State;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("config rejected: {0}")]
+    Apply(#[from] ApplyError),
+    #[error("no config file to reload (the config was not loaded from a file)")]
+    NoFile,
+}
+
+/// Reloads the config file through the applier.
+#[derive(Debug)]
+pub struct FileSource {
+    applier: Arc<Applier>,
+    state: Arc<State>,
+    inner: Mutex<Watched>,
+}
+
+#[derive(Debug, Default)]
+struct Watched {
+    /// The watched file and the task watching it.
+    file: Option<(PathBuf, tokio::task::AbortHandle)>,
+    /// The version of the file last applied, to notice a change the watcher missed.
+    applied: Option<String>,
+}
+
+impl FileSource {
+    /// `version` is that of the config already running, if it came from a file.
+    pub fn new(applier: Arc<Applier>, state: Arc<State>, version: String) -> FileSource {
+        FileSource {
+            applier,
+            state,
+            inner: Mutex::new(Watched {
+                file: None,
+                applied: Some(version),
+            }),
+        }
+    }
+
+    /// Loads `path` and applies it, all or nothing; the new version, or why it was rejected.
+    pub fn reload_file(&self, path: &Path) -> Result<String, ReloadError> {
+        let result = self.load_and_apply(path);
+        self.state
+            .reloads
+            .record(result.as_deref().map_err(ToString::to_string));
+        match &result {
+            Ok(v) => {
+                self.lock().applied = Some(v.clone());
+                info!(version = %v, "config reloaded");
+            }
+            Err(e) => warn!(error = %e, "config reload rejected; the running config stays"),
+        }
+        result
+    }
+
+    fn load_and_apply(&self, path: &Path) -> Result<String, ReloadError> {
+        let (config, text) = config::load_file(path)?;
+        let version = config::version_of(&text);
+        match self
+            .applier
+            .apply(Update::Parsed(Box::new(config)), version.clone())
+        {
+            Ok(()) => Ok(version),
+            // Problems with the files the config names are the file's problems: show their lines.
+            Err(ApplyError::Invalid(mut errors)) => {
+                config::locate(&text, &mut errors.0);
+                Err(LoadError::Invalid {
+                    path: path.display().to_string(),
+                    errors,
+                }
+                .into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reloads the watched file (`POST /reload`).
+    pub fn reload(&self) -> Result<String, ReloadError> {
+        let path = self.lock().file.as_ref().map(|(p, _)| p.clone());
+        self.reload_file(&path.ok_or(ReloadError::NoFile)?)
+    }
+
+    /// Reloads `path` whenever it (or its directory entry: rename, symlink swap) changes. A
+    /// rejected file leaves the running config untouched.
+    pub fn watch(self: &Arc<Self>, path: &Path, control: &tokio::runtime::Handle) {
+        let file = path.to_path_buf();
+        let this = self.clone();
+        let task = control.spawn(async move {
+            let mut changes =
+                match crate::watch::Changes::new(std::slice::from_ref(&file.display().to_string())) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        warn!(file = %file.display(), error = %e, "cannot watch the config file; SIGHUP and POST /reload still reload it");
+                        return;
+                    }
+                };
+            let mut last = std::fs::read(&file).ok();
+            // A change between loading the file and starting the watch would go unseen.
+            let current = last
+                .as_deref()
+                .map(|t| config::version_of(&String::from_utf8_lossy(t)));
+            if current.is_some() && current != this.lock().applied {
+                let _ = this.reload_file(&file);
+            }
+            while changes.next().await {
+                // A directory event may concern another file; reload only on a real change.
+                let now = std::fs::read(&file).ok();
+                if now.is_none() || now == last {
+                    continue;
+                }
+                last = now;
+                let _ = this.reload_file(&file);
+            }
+        });
+        let mut inner = self.lock();
+        if let Some((_, old)) = inner
+            .file
+            .replace((path.to_path_buf(), task.abort_handle()))
+        {
+            old.abort();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watched> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,144 @@
+//! The read model: what admin and metrics show, written by the applier and the config sources.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::drain;
+use crate::listener::ListenerCounters;
+use crate::snapshot::Snapshot;
+
+/// Everything outside the request path reads about the running proxy.
+#[derive(Debug)]
+pub struct State {
+    /// The snapshot being served; the applier is its only writer.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Set when a graceful shutdown begins.
+    pub draining: AtomicBool,
+    /// Each running listener, as the last apply left them.
+    pub listeners: ArcSwap<Vec<ListenerView>>,
+    pub reloads: Reloads,
+    pub xds: XdsState,
+}
+
+impl State {
+    pub fn new(snapshot: Snapshot) -> State {
+        State {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            draining: AtomicBool::new(false),
+            listeners: ArcSwap::from_pointee(Vec::new()),
+            reloads: Reloads::default(),
+            xds: XdsState::default(),
+        }
+    }
+
+    /// The bound address of each listener, by name.
+    pub fn listener_addrs(&self) -> BTreeMap<String, SocketAddr> {
+        self.listeners
+            .load()
+            .iter()
+            .map(|l| (l.name.to_string(), l.addr))
+            .collect()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// What admin and metrics read of one running listener.
+#[derive(Debug)]
+pub struct ListenerView {
+    pub name: Arc<str>,
+    pub addr: SocketAddr,
+    pub counters: Arc<ListenerCounters>,
+    pub connections: drain::Watch,
+}
+
+/// Config file reloads: the latest attempt and the count of each outcome.
+#[derive(Debug, Default)]
+pub struct Reloads {
+    pub last: ArcSwap<Option<ReloadStatus>>,
+    pub ok: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+impl Reloads {
+    /// Records the outcome of one reload attempt.
+    pub fn record(&self, result: Result<&str, String>) {
+        let (version, error) = match result {
+            Ok(v) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                (Some(v.to_owned()), None)
+            }
+            Err(e) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                (None, Some(e))
+            }
+        };
+        self.last.store(Arc::new(Some(ReloadStatus {
+            time: SystemTime::now(),
+            version,
+            error,
+        })));
+    }
+}
+
+/// The outcome of the latest reload attempt, shown by `GET /config`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    #[serde(serialize_with = "serialize_time")]
+    pub time: SystemTime,
+    pub version: Option<String>,
+    pub error: Option<String>,
+}
+
+fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+/// The control plane session, as the xDS source reports it.
+#[derive(Debug, Default)]
+pub struct XdsState {
+    /// Set once a complete config from the control plane has been applied (xDS-lite R12), or
+    /// at start when no control plane is configured.
+    pub ready: AtomicBool,
+    status: Mutex<XdsStatus>,
+}
+
+impl XdsState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn status(&self) -> XdsStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut XdsStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// What `/config` shows about the control plane session.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct XdsStatus {
+    pub server: String,
+    pub connected: bool,
+    /// Versions held (applied), per resource type.
+    pub versions: BTreeMap<String, String>,
+    /// The system version of the endpoints held.
+    pub endpoints_version: Option<String>,
+    pub endpoint_versions: BTreeMap<String, String>,
+    pub last_error: Option<String>,
+    pub last_nack: Option<String>,
+    pub updated_at: Option<String>,
+}
