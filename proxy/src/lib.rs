@@ -26,5 +26,8 @@ pub mod source;
 pub mod state;
 pub mod tcp;
 pub mod tls;
-pub mod watch;
 pub mod worker;
+
+/// File-change events closer together than this are one change (editors and `kubectl` write
+/// in steps): for the watches on the config file and the TLS files.
+pub const WATCH_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(200);

@@ -6,14 +6,18 @@
 //! - [`session`]: one proxy session as a state machine: what to send, given ACKs and NACKs.
 //! - [`server`]: the stream and the operator API on one port; [`server::serve`].
 //! - [`tls`]: TLS and mTLS for the server and the operator CLI (rustls, `ring`).
+//! - [`pem`]: reading certificate chains, keys and CA bundles; shared with the proxy.
+//! - [`watch`]: debounced change notices for files and directories; shared with the proxy.
 //! - [`cli`]: the `legate-xds` command line.
 
 pub mod cli;
+pub mod pem;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod watch;
 
 pub use server::{serve, ServeConfig, ServeError, ServerHandle};
 pub use tls::{ClientTlsFiles, ServerTlsFiles};

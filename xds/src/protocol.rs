@@ -192,14 +192,13 @@ impl LineDecoder {
     }
 }
 
-/// A version derived from content, so equal content has equal versions across restarts (R14).
+/// A version derived from content, so equal content has equal versions across restarts (R14):
+/// FNV-1a 64 of the bytes, as 16 hex digits.
 pub fn content_version(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    use std::hash::Hasher as _;
+    let mut fnv = fnv::FnvHasher::default();
+    fnv.write(bytes);
+    format!("{:016x}", fnv.finish())
 }
 
 #[cfg(test)]

@@ -29,7 +29,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use notify::Watcher as _;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -46,6 +45,7 @@ use crate::store::{
     load_dir, GroupEvent, GroupLookup, OperatorError, OperatorRequest, Overrides, Snapshots, Store,
 };
 use crate::tls::{server_config, ServerTlsFiles, TlsError};
+use crate::watch::{Changes, RecursiveMode};
 use tokio_rustls::TlsAcceptor;
 
 /// Directory events closer together than this are one change.
@@ -178,7 +178,7 @@ pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
             .unwrap_or_default(),
         shutdown: shutdown_rx,
     });
-    let watcher = start_watching(shared.clone());
+    start_watching(shared.clone());
     let tls = match &config.tls {
         None => "off",
         Some(ServerTlsFiles {
@@ -187,7 +187,7 @@ pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
         Some(_) => "on, client certificates required",
     };
     info!(%addr, dir = %config.dir.display(), state = %config.state.display(), tls, "legate-xds serving");
-    let task = tokio::spawn(accept_loop(shared, listener, acceptor, watcher));
+    let task = tokio::spawn(accept_loop(shared, listener, acceptor));
     Ok(ServerHandle {
         addr,
         shutdown: shutdown_tx,
@@ -263,58 +263,30 @@ fn publish(shared: &Shared, store: &Store) {
     });
 }
 
-/// Watches the directory; `None` (with a warning) if it cannot be watched.
-fn start_watching(shared: Arc<Shared>) -> Option<notify::RecommendedWatcher> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let watcher =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(e) if e.kind.is_access() => {}
-            Ok(_) => {
-                let _ = tx.send(());
-            }
-            Err(e) => warn!(error = %e, "directory watch error"),
-        })
-        .and_then(|mut w| {
-            w.watch(&shared.dir, notify::RecursiveMode::Recursive)?;
-            Ok(w)
-        });
-    match watcher {
-        Ok(w) => {
-            tokio::spawn(reload_loop(shared, rx));
-            Some(w)
+/// Watches the directory and reloads it on changes, until shutdown; a warning if it cannot be
+/// watched.
+fn start_watching(shared: Arc<Shared>) {
+    match Changes::watch([(shared.dir.as_path(), RecursiveMode::Recursive)], DEBOUNCE) {
+        Ok(changes) => {
+            tokio::spawn(reload_loop(shared, changes));
         }
         Err(e) => {
             warn!(dir = %shared.dir.display(), error = %e, "cannot watch the resource directory: changes will not be seen");
-            None
         }
     }
 }
 
-async fn reload_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<()>) {
+async fn reload_loop(shared: Arc<Shared>, mut changes: Changes) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         tokio::select! {
-            more = next_change(&mut rx) => {
+            more = changes.next() => {
                 if !more {
                     return;
                 }
                 reload(&shared).await;
             }
             _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// Waits for a change, then for the burst it starts to settle.
-async fn next_change(rx: &mut mpsc::UnboundedReceiver<()>) -> bool {
-    if rx.recv().await.is_none() {
-        return false;
-    }
-    loop {
-        match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-            Ok(Some(())) => continue,
-            Ok(None) => return false,
-            Err(_) => return true,
         }
     }
 }
@@ -337,12 +309,7 @@ async fn reload(shared: &Arc<Shared>) {
     publish(shared, &store);
 }
 
-async fn accept_loop(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    acceptor: Option<TlsAcceptor>,
-    watcher: Option<notify::RecommendedWatcher>,
-) {
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, acceptor: Option<TlsAcceptor>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let mut shutdown = shared.shutdown.clone();
@@ -373,7 +340,6 @@ async fn accept_loop(
         }
     }
     drop(listener);
-    drop(watcher);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()

@@ -1,14 +1,15 @@
 //! TLS for the control plane: the server's certificate and, for mTLS, the CA its clients'
-//! certificates must chain to; and the operator CLI's client side. rustls with `ring`.
+//! certificates must chain to; and the operator CLI's client side. rustls with `ring`; the
+//! PEM files are read by [`crate::pem`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::pem::{self, read_certs, read_key, read_roots, PemError};
 
 /// ALPN protocols the server offers: the xDS stream is HTTP/2 (R1); the operator API also
 /// answers HTTP/1.1.
@@ -47,17 +48,8 @@ impl ClientTlsFiles {
 /// Why TLS could not be set up; every file error names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {}: {error}", path.display())]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("{} is not valid PEM: {message}", path.display())]
-    Pem { path: PathBuf, message: String },
-    #[error("{} holds no certificate", path.display())]
-    NoCertificates { path: PathBuf },
-    #[error("{} holds no private key", path.display())]
-    NoKey { path: PathBuf },
+    #[error(transparent)]
+    File(#[from] PemError),
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
     #[error("certificate {} and key {} cannot be used together: {message}", cert.display(), key.display())]
@@ -79,64 +71,9 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|error| TlsError::Read {
-        path: path.to_path_buf(),
-        error,
-    })
-}
-
-/// The certificates of a PEM file, in file order.
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificates {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(certs)
-}
-
-/// The first private key of a PEM file.
-pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = read(path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
-            path: path.to_path_buf(),
-        },
-        e => TlsError::Pem {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        },
-    })
-}
-
-/// A CA bundle as a root store.
-pub fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for cert in read_certs(path)? {
-        roots.add(cert).map_err(|e| TlsError::Invalid {
-            path: path.to_path_buf(),
-            message: format!("unusable CA certificate: {e}"),
-        })?;
-    }
-    Ok(roots)
-}
-
-/// The system's CA certificates.
+/// The system's CA certificates; none is an error.
 fn system_roots() -> Result<RootCertStore, TlsError> {
-    let found = rustls_native_certs::load_native_certs();
-    for e in &found.errors {
-        tracing::warn!(error = %e, "while loading system CA certificates");
-    }
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(found.certs);
+    let (roots, _) = pem::system_roots();
     if roots.is_empty() {
         return Err(TlsError::NoSystemRoots);
     }
@@ -222,16 +159,16 @@ mod tests {
             client_ca: None,
         })
         .unwrap_err();
-        assert!(matches!(e, TlsError::Read { .. }), "{e}");
+        assert!(matches!(e, TlsError::File(PemError::Read { .. })), "{e}");
         assert!(e.to_string().contains("missing.pem"), "{e}");
 
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not pem\n").unwrap();
         let e = read_certs(&empty).unwrap_err();
-        assert!(matches!(e, TlsError::NoCertificates { .. }), "{e}");
+        assert!(matches!(e, PemError::NoCertificates { .. }), "{e}");
         assert!(e.to_string().contains("empty.pem"), "{e}");
         let e = read_key(&empty).unwrap_err();
-        assert!(matches!(e, TlsError::NoKey { .. }), "{e}");
+        assert!(matches!(e, PemError::NoKey { .. }), "{e}");
         assert!(e.to_string().contains("empty.pem"), "{e}");
 
         let e = client_config(

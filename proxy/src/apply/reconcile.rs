@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use legate_xds::watch::Changes;
 use tracing::{info, warn};
 
 use super::ApplyError;
@@ -17,6 +18,7 @@ use crate::serve;
 use crate::snapshot::Snapshot;
 use crate::state::ListenerView;
 use crate::worker::Workers;
+use crate::WATCH_DEBOUNCE;
 
 /// The running listeners and upkeep tasks; only the applier changes them.
 #[derive(Debug)]
@@ -186,7 +188,7 @@ impl DataPlane {
             return;
         }
         let task = self.control.spawn(async move {
-            let mut changes = match crate::watch::Changes::new(&files) {
+            let mut changes = match Changes::new(&files, WATCH_DEBOUNCE) {
                 Ok(w) => w,
                 Err(e) => {
                     warn!(error = %e, "cannot watch TLS files; SIGHUP reloads them");

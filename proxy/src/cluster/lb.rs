@@ -5,6 +5,7 @@
 //! constructor and `pick` only reads immutable arrays, a thread-local RNG and a few atomics.
 
 use std::fmt;
+use std::hash::Hasher as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -45,12 +46,9 @@ pub fn build(policy: LbPolicy, members: &[Member]) -> Box<dyn Balancer> {
 /// A stable 64-bit hash of bytes (for hash keys and request hashing): FNV-1a then a
 /// splitmix64 finaliser, so that results don't change between builds or platforms.
 pub fn hash_bytes(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix64(h)
+    let mut fnv = fnv::FnvHasher::default();
+    fnv.write(bytes);
+    mix64(fnv.finish())
 }
 
 /// splitmix64's finaliser: FNV alone leaves the high bits poorly mixed for short inputs, and

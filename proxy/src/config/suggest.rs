@@ -1,36 +1,11 @@
 //! "Did you mean" suggestions: the closest known name to a misspelt one, if it is close enough.
 
-/// Edit distance between two strings, by chars: insertions, deletions, substitutions and
-/// swaps of two adjacent chars each cost 1 (optimal string alignment), because swapped letters
-/// (`mpas` for `maps`) are the commonest typo.
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let width = b.len() + 1;
-    // Rows i-2, i-1 and i of the DP table; a swap looks two rows back.
-    let mut before: Vec<usize> = vec![0; width];
-    let mut previous: Vec<usize> = (0..width).collect();
-    let mut current: Vec<usize> = vec![0; width];
-    for i in 1..=a.len() {
-        current[0] = i;
-        for j in 1..width {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (previous[j - 1] + cost)
-                .min(previous[j] + 1)
-                .min(current[j - 1] + 1);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(before[j - 2] + 1);
-            }
-            current[j] = best;
-        }
-        std::mem::swap(&mut before, &mut previous);
-        std::mem::swap(&mut previous, &mut current);
-    }
-    previous[b.len()]
-}
-
 /// The candidate closest to `word`, compared case-insensitively, if its distance is at most
 /// `max(1, len / 3)`. Ties go to the earliest candidate, so callers control the order.
+///
+/// The distance is by chars, and counts insertions, deletions, substitutions and swaps of two
+/// adjacent chars as 1 each (optimal string alignment, [`strsim::osa_distance`]), because
+/// swapped letters (`mpas` for `maps`) are the commonest typo.
 pub fn closest<'a, I>(word: &str, candidates: I) -> Option<&'a str>
 where
     I: IntoIterator<Item = &'a str>,
@@ -43,7 +18,7 @@ where
             // Suggesting the very name the user wrote helps nobody.
             continue;
         }
-        let distance = edit_distance(&word_lower, &candidate.to_lowercase());
+        let distance = strsim::osa_distance(&word_lower, &candidate.to_lowercase());
         let better = match best {
             Some((d, _)) => distance < d,
             None => true,
@@ -78,6 +53,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strsim::osa_distance as edit_distance;
 
     #[test]
     fn distance_counts_single_edits() {

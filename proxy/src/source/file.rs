@@ -4,11 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use legate_xds::watch::Changes;
 use tracing::{info, warn};
 
 use crate::apply::{Applier, ApplyError, Update};
 use crate::config::{self, LoadError};
 use crate::state::State;
+use crate::WATCH_DEBOUNCE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -98,14 +100,13 @@ impl FileSource {
         let file = path.to_path_buf();
         let this = self.clone();
         let task = control.spawn(async move {
-            let mut changes =
-                match crate::watch::Changes::new(std::slice::from_ref(&file.display().to_string())) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        warn!(file = %file.display(), error = %e, "cannot watch the config file; SIGHUP and POST /reload still reload it");
-                        return;
-                    }
-                };
+            let mut changes = match Changes::new(std::slice::from_ref(&file), WATCH_DEBOUNCE) {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!(file = %file.display(), error = %e, "cannot watch the config file; SIGHUP and POST /reload still reload it");
+                    return;
+                }
+            };
             let mut last = std::fs::read(&file).ok();
             // A change between loading the file and starting the watch would go unseen.
             let current = last

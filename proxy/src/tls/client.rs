@@ -142,15 +142,10 @@ fn build(
     Ok((Arc::new(config), contents))
 }
 
-/// The operating system's trusted roots (`/etc/ssl/certs` on Debian).
+/// The operating system's trusted roots (`/etc/ssl/certs` on Debian); none is only a warning.
 fn system_roots() -> RootCertStore {
-    let found = rustls_native_certs::load_native_certs();
-    for e in &found.errors {
-        warn!(error = %e, "while loading system CA certificates");
-    }
-    let mut roots = RootCertStore::empty();
-    let (added, ignored) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
+    let (roots, ignored) = legate_xds::pem::system_roots();
+    if roots.is_empty() {
         warn!(
             ignored,
             "no usable system CA certificates; upstream TLS verification will fail"

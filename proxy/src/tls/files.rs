@@ -1,64 +1,52 @@
-//! PEM files: certificate chains, private keys, CA bundles, and what a certificate says
-//! (names, validity) for validation and for forwarding client identities.
+//! PEM files: certificate chains, private keys, CA bundles (read by [`legate_xds::pem`], with
+//! errors in the proxy's words), and what a certificate says (names, validity) for validation
+//! and for forwarding client identities.
 
 use std::time::{Duration, SystemTime};
 
+use legate_xds::pem::{self, PemError};
 use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::TlsError;
 
-fn read(path: &str) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })
+impl From<PemError> for TlsError {
+    fn from(e: PemError) -> TlsError {
+        let name = |path: std::path::PathBuf| path.display().to_string();
+        match e {
+            PemError::Read { path, error } => TlsError::Read {
+                path: name(path),
+                source: error,
+            },
+            PemError::Pem { path, message } => TlsError::Pem {
+                path: name(path),
+                message,
+            },
+            PemError::NoCertificates { path } => TlsError::NoCertificates { path: name(path) },
+            PemError::NoKey { path } => TlsError::NoKey { path: name(path) },
+            PemError::UnusableCa { path, message } => TlsError::Invalid {
+                path: name(path),
+                message: format!("unusable CA certificate: {message}"),
+            },
+        }
+    }
 }
 
 /// The certificates of a PEM file, leaf first.
 pub fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificates {
-            path: path.to_owned(),
-        });
-    }
-    Ok(certs)
+    Ok(pem::read_certs(path)?)
 }
 
 /// The first private key of a PEM file.
 pub fn read_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = read(path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
-            path: path.to_owned(),
-        },
-        e => TlsError::Pem {
-            path: path.to_owned(),
-            message: e.to_string(),
-        },
-    })
+    Ok(pem::read_key(path)?)
 }
 
 /// A CA bundle as a root store.
 pub fn read_roots(path: &str) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for cert in read_certs(path)? {
-        roots.add(cert).map_err(|e| TlsError::Invalid {
-            path: path.to_owned(),
-            message: format!("unusable CA certificate: {e}"),
-        })?;
-    }
-    Ok(roots)
+    Ok(pem::read_roots(path)?)
 }
 
 /// What Legate needs to know about a certificate.

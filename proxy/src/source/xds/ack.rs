@@ -269,7 +269,13 @@ mod tests {
             let mut held = full();
             let mut pending = Pending::default();
             let apply = Rejecting(ErrorKind::UnknownReference, wording);
-            let answers = handle(clusters_update("n1"), &mut held, &mut pending, &apply, &shared);
+            let answers = handle(
+                clusters_update("n1"),
+                &mut held,
+                &mut pending,
+                &apply,
+                &shared,
+            );
             assert!(answers.is_empty(), "{wording}: held back, got {answers:?}");
             assert!(pending.deadline().is_some());
         }
@@ -277,7 +283,13 @@ mod tests {
         let mut held = full();
         let mut pending = Pending::default();
         let apply = Rejecting(ErrorKind::Invalid, "unknown cluster \"tiles\"");
-        let answers = handle(clusters_update("n2"), &mut held, &mut pending, &apply, &shared);
+        let answers = handle(
+            clusters_update("n2"),
+            &mut held,
+            &mut pending,
+            &apply,
+            &shared,
+        );
         assert!(
             matches!(&answers[..], [Message::Nack { nonce, .. }] if nonce == "n2"),
             "{answers:?}"
@@ -310,7 +322,10 @@ mod tests {
         match &answers[..] {
             [Message::Nack { error_detail, .. }] => {
                 assert_eq!(error_detail[0].name, "tiles", "{error_detail:?}");
-                assert!(error_detail[0].error.contains("has no port"), "{error_detail:?}");
+                assert!(
+                    error_detail[0].error.contains("has no port"),
+                    "{error_detail:?}"
+                );
             }
             other => panic!("{other:?}"),
         }

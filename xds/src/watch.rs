@@ -1,5 +1,7 @@
-//! File watching: notices in-place edits, atomic renames and Kubernetes' `..data` symlink
-//! swaps of the files Legate reads, by watching their directories.
+//! File watching with debounce: notices in-place edits, atomic renames and Kubernetes' `..data`
+//! symlink swaps of files by watching their directories, or watches given directories; a burst
+//! of events is one change. Used by the control plane (its resource directory) and the Legate
+//! proxy (its config and TLS files); each names its own debounce interval.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -10,13 +12,11 @@ use notify::Watcher as _;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-/// Events closer together than this are one change (editors and `kubectl` write in steps).
-pub const DEBOUNCE: Duration = Duration::from_millis(200);
-
-/// Changes to a set of files, until dropped.
+/// Changes to a set of files or directories, until dropped.
 pub struct Changes {
     _watcher: notify::RecommendedWatcher,
     events: mpsc::UnboundedReceiver<()>,
+    debounce: Duration,
 }
 
 impl std::fmt::Debug for Changes {
@@ -27,11 +27,12 @@ impl std::fmt::Debug for Changes {
 
 impl Changes {
     /// Watches the directory of each file. A symlink swap or rename replaces the directory
-    /// entry, which a watch on the file itself would miss.
-    pub fn new(files: &[String]) -> notify::Result<Changes> {
+    /// entry, which a watch on the file itself would miss. Events closer together than
+    /// `debounce` are one change.
+    pub fn new<P: AsRef<Path>>(files: &[P], debounce: Duration) -> notify::Result<Changes> {
         let dirs: BTreeSet<PathBuf> = files
             .iter()
-            .map(|f| match Path::new(f).parent() {
+            .map(|f| match f.as_ref().parent() {
                 Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                 _ => PathBuf::from("."),
             })
@@ -39,12 +40,15 @@ impl Changes {
         Changes::watch(
             dirs.iter()
                 .map(|d| (d.as_path(), RecursiveMode::NonRecursive)),
+            debounce,
         )
     }
 
-    /// Watches each directory, recursively or not.
+    /// Watches each directory, recursively or not. Events closer together than `debounce`
+    /// are one change.
     pub fn watch<'a>(
         dirs: impl IntoIterator<Item = (&'a Path, RecursiveMode)>,
+        debounce: Duration,
     ) -> notify::Result<Changes> {
         let (tx, events) = mpsc::unbounded_channel();
         let mut watcher =
@@ -61,6 +65,7 @@ impl Changes {
         Ok(Changes {
             _watcher: watcher,
             events,
+            debounce,
         })
     }
 
@@ -71,7 +76,7 @@ impl Changes {
             return false;
         }
         loop {
-            match tokio::time::timeout(DEBOUNCE, self.events.recv()).await {
+            match tokio::time::timeout(self.debounce, self.events.recv()).await {
                 Ok(Some(())) => continue,
                 Ok(None) => return false,
                 Err(_) => return true,
@@ -84,6 +89,8 @@ impl Changes {
 mod tests {
     use super::*;
 
+    const DEBOUNCE: Duration = Duration::from_millis(200);
+
     #[tokio::test]
     async fn notices_edit_rename_and_symlink_swap() {
         let dir = std::env::temp_dir().join(format!("legate-watch-{}", std::process::id()));
@@ -91,7 +98,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("cert.pem");
         std::fs::write(&file, "one").unwrap();
-        let mut rx = Changes::new(&[file.display().to_string()]).unwrap();
+        let mut rx = Changes::new(&[file.display().to_string()], DEBOUNCE).unwrap();
 
         std::fs::write(&file, "two").unwrap();
         assert!(rx.next().await, "in-place edit");
@@ -110,7 +117,7 @@ mod tests {
         std::fs::write(v2.join("tls.crt"), "b").unwrap();
         std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
         std::os::unix::fs::symlink("..data/tls.crt", dir.join("tls.crt")).unwrap();
-        let mut rx2 = Changes::new(&[dir.join("tls.crt").display().to_string()]).unwrap();
+        let mut rx2 = Changes::new(&[dir.join("tls.crt")], DEBOUNCE).unwrap();
         std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
         std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
         assert!(rx2.next().await, "symlink swap");
