@@ -17,6 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tracing::{debug, warn};
 
+use crate::metrics::Metrics;
 use crate::state::State;
 
 /// Reloads the config on `POST /reload`: the new version, or why it was rejected.
@@ -41,14 +42,17 @@ pub fn start(
     let bound = std_listener.local_addr()?;
     control.spawn(async move {
         match tokio::net::TcpListener::from_std(std_listener) {
-            Ok(listener) => serve(listener, admin).await,
+            Ok(listener) => {
+                let metrics = Arc::new(Metrics::new(admin.state.clone()));
+                serve(listener, admin, metrics).await
+            }
             Err(e) => warn!(error = %e, "admin listener unusable"),
         }
     });
     Ok(bound)
 }
 
-async fn serve(listener: tokio::net::TcpListener, admin: Admin) {
+async fn serve(listener: tokio::net::TcpListener, admin: Admin, metrics: Arc<Metrics>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -59,11 +63,11 @@ async fn serve(listener: tokio::net::TcpListener, admin: Admin) {
                 continue;
             }
         };
-        let admin = admin.clone();
+        let (admin, metrics) = (admin.clone(), metrics.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, &req)) }
+                let (admin, metrics) = (admin.clone(), metrics.clone());
+                async move { Ok::<_, Infallible>(route(&admin, &metrics, &req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -76,7 +80,7 @@ async fn serve(listener: tokio::net::TcpListener, admin: Admin) {
     }
 }
 
-fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(admin: &Admin, metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let state = &*admin.state;
     if req.method() == Method::POST && req.uri().path() == "/reload" {
         return match admin.reload.reload() {
@@ -117,7 +121,7 @@ fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/metrics" => {
-            let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render(state))));
+            let mut resp = Response::new(Full::new(Bytes::from(metrics.render())));
             resp.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static(

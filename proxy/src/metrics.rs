@@ -1,199 +1,297 @@
 //! `GET /metrics`: Prometheus exposition of the counters Legate keeps anyway.
 //!
-//! The request path only bumps atomics it already holds; this module reads them at scrape
-//! time, on the control thread, and encodes them with `prometheus-client`.
+//! The request path only bumps atomics it already holds. One registry is built at start with a
+//! collector over [`State`], which reads those atomics at scrape time, on the control thread.
 
+use std::fmt;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::cluster::Health;
 use crate::state::State;
 
-type Labels = Vec<(&'static str, String)>;
-
-fn counter(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
-    let family = Family::<Labels, Counter>::default();
-    registry.register(name, help, family.clone());
-    family
+/// The exposition of one proxy's state.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
 }
 
-fn gauge(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
-    let family = Family::<Labels, Gauge>::default();
-    registry.register(name, help, family.clone());
-    family
-}
-
-/// The exposition text for the current state.
-pub fn render(state: &State) -> String {
-    let mut r = Registry::with_prefix("legate");
-    let snapshot = state.snapshot.load();
-
-    let info = gauge(&mut r, "config_info", "The config version being served");
-    info.get_or_create(&vec![("version", snapshot.version.clone())])
-        .set(1);
-    let reloads = counter(&mut r, "config_reloads", "Config reload attempts by result");
-    reloads
-        .get_or_create(&vec![("result", "ok".to_owned())])
-        .inc_by(state.reloads.ok.load(Ordering::Relaxed));
-    reloads
-        .get_or_create(&vec![("result", "rejected".to_owned())])
-        .inc_by(state.reloads.rejected.load(Ordering::Relaxed));
-    let xds = gauge(
-        &mut r,
-        "xds_connected",
-        "1 while a control plane session is up",
-    );
-    if snapshot.config.xds.is_some() {
-        let up = state.xds.status().connected;
-        xds.get_or_create(&vec![]).set(i64::from(up));
+impl Metrics {
+    pub fn new(state: Arc<State>) -> Metrics {
+        let mut registry = Registry::with_prefix("legate");
+        registry.register_collector(Box::new(StateCollector(state)));
+        Metrics { registry }
     }
 
-    let responses = counter(
-        &mut r,
-        "downstream_responses",
-        "Responses sent to clients by listener and status class",
-    );
-    let connections = gauge(
-        &mut r,
-        "downstream_connections_active",
-        "Open client connections by listener",
-    );
-    for l in state.listeners.load().iter() {
-        let (name, counters) = (l.name.to_string(), &l.counters);
-        for (slot, class) in ["other", "1xx", "2xx", "3xx", "4xx", "5xx"]
-            .iter()
-            .enumerate()
+    /// The exposition text (OpenMetrics) for the state now.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResponseLabels {
+    listener: String,
+    code_class: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CancelLabels {
+    cluster: String,
+    routing: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndpointLabels {
+    cluster: String,
+    endpoint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BytesLabels {
+    cluster: String,
+    endpoint: String,
+    direction: &'static str,
+}
+
+/// Reads [`State`] on every scrape.
+#[derive(Debug)]
+struct StateCollector(Arc<State>);
+
+/// One family: its samples, encoded as counters or gauges.
+struct Family<L> {
+    name: &'static str,
+    help: &'static str,
+    samples: Vec<(L, i64)>,
+}
+
+impl<L: EncodeLabelSet> Family<L> {
+    fn new(name: &'static str, help: &'static str) -> Self {
+        Family {
+            name,
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, labels: L, value: impl TryInto<i64>) {
+        self.samples
+            .push((labels, value.try_into().unwrap_or(i64::MAX)));
+    }
+
+    fn counters(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let mut family = e.encode_descriptor(self.name, self.help, None, MetricType::Counter)?;
+        for (labels, v) in &self.samples {
+            let value = u64::try_from(*v).unwrap_or(0);
+            ConstCounter::new(value).encode(family.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn gauges(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let mut family = e.encode_descriptor(self.name, self.help, None, MetricType::Gauge)?;
+        for (labels, v) in &self.samples {
+            ConstGauge::new(*v).encode(family.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+const CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl Collector for StateCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let state = &self.0;
+        let snapshot = state.snapshot.load();
+
+        let mut info = Family::new("config_info", "The config version being served");
+        info.add(
+            VersionLabels {
+                version: snapshot.version.clone(),
+            },
+            1,
+        );
+        info.gauges(&mut e)?;
+        let mut reloads = Family::new("config_reloads", "Config reload attempts by result");
+        reloads.add(
+            ResultLabels { result: "ok" },
+            state.reloads.ok.load(Ordering::Relaxed),
+        );
+        reloads.add(
+            ResultLabels { result: "rejected" },
+            state.reloads.rejected.load(Ordering::Relaxed),
+        );
+        reloads.counters(&mut e)?;
         {
-            let n = counters.responses[slot].load(Ordering::Relaxed);
-            if n > 0 {
-                responses
-                    .get_or_create(&vec![
-                        ("listener", name.clone()),
-                        ("code_class", (*class).to_owned()),
-                    ])
-                    .inc_by(n);
+            let connected = e.encode_descriptor(
+                "xds_connected",
+                "1 while a control plane session is up",
+                None,
+                MetricType::Gauge,
+            )?;
+            if snapshot.config.xds.is_some() {
+                ConstGauge::new(i64::from(state.xds.status().connected)).encode(connected)?;
             }
         }
-        connections
-            .get_or_create(&vec![("listener", name.clone())])
-            .set(i64::try_from(l.connections.active()).unwrap_or(i64::MAX));
-    }
 
-    let rq_total = counter(&mut r, "upstream_requests", "Requests sent to an endpoint");
-    let rq_active = gauge(
-        &mut r,
-        "upstream_requests_active",
-        "Requests in flight to an endpoint",
-    );
-    let sessions_total = counter(&mut r, "upstream_sessions", "TCP sessions to an endpoint");
-    let sessions_active = gauge(
-        &mut r,
-        "upstream_sessions_active",
-        "TCP sessions open to an endpoint",
-    );
-    let bytes = counter(
-        &mut r,
-        "upstream_session_bytes",
-        "Bytes relayed by TCP sessions, by direction",
-    );
-    let connect_failures = counter(
-        &mut r,
-        "upstream_connect_failures",
-        "Failed connection attempts to an endpoint",
-    );
-    let healthy = gauge(
-        &mut r,
-        "endpoint_healthy",
-        "1 healthy, 0 unhealthy, -1 not checked",
-    );
-    let ejected = gauge(
-        &mut r,
-        "endpoint_ejected",
-        "1 while outlier detection ejects the endpoint",
-    );
-    let pooled = gauge(
-        &mut r,
-        "endpoint_pooled",
-        "1 when the endpoint takes new work",
-    );
-    let overflows = counter(
-        &mut r,
-        "cluster_overflows",
-        "Requests refused by a circuit breaker",
-    );
-    let cancels = counter(
-        &mut r,
-        "cluster_postgres_cancels",
-        "Postgres cancel requests by how they were routed",
-    );
-    let panic = gauge(
-        &mut r,
-        "cluster_panic",
-        "1 while the cluster balances in panic mode",
-    );
-    for cluster in snapshot.clusters.values() {
-        let c = || ("cluster", cluster.name.to_string());
-        let state = &cluster.state;
-        overflows
-            .get_or_create(&vec![c()])
-            .inc_by(state.overflows.load(Ordering::Relaxed));
-        cancels
-            .get_or_create(&vec![c(), ("routing", "owner".to_owned())])
-            .inc_by(state.cancels_routed.load(Ordering::Relaxed));
-        cancels
-            .get_or_create(&vec![c(), ("routing", "broadcast".to_owned())])
-            .inc_by(state.cancels_broadcast.load(Ordering::Relaxed));
-        let membership = state.membership.load();
-        panic
-            .get_or_create(&vec![c()])
-            .set(i64::from(membership.panic));
-        for e in &membership.endpoints {
-            let labels = vec![c(), ("endpoint", e.addr.to_string())];
-            let s = &e.state;
-            rq_total
-                .get_or_create(&labels)
-                .inc_by(s.total_requests.load(Ordering::Relaxed));
-            rq_active
-                .get_or_create(&labels)
-                .set(i64::try_from(s.active_requests.load(Ordering::Relaxed)).unwrap_or(0));
-            sessions_total
-                .get_or_create(&labels)
-                .inc_by(s.total_sessions.load(Ordering::Relaxed));
-            sessions_active
-                .get_or_create(&labels)
-                .set(i64::try_from(s.active_sessions.load(Ordering::Relaxed)).unwrap_or(0));
-            let mut up = labels.clone();
-            up.push(("direction", "to_upstream".to_owned()));
-            bytes
-                .get_or_create(&up)
-                .inc_by(s.bytes_to_upstream.load(Ordering::Relaxed));
-            let mut down = labels.clone();
-            down.push(("direction", "to_client".to_owned()));
-            bytes
-                .get_or_create(&down)
-                .inc_by(s.bytes_to_client.load(Ordering::Relaxed));
-            connect_failures
-                .get_or_create(&labels)
-                .inc_by(s.connect_failures.load(Ordering::Relaxed));
-            healthy.get_or_create(&labels).set(match s.health() {
-                Health::Healthy => 1,
-                Health::Unhealthy => 0,
-                Health::Unknown => -1,
-            });
-            ejected
-                .get_or_create(&labels)
-                .set(i64::from(s.ejected_until_ms().is_some()));
-            pooled.get_or_create(&labels).set(i64::from(e.pooled));
+        let mut responses = Family::new(
+            "downstream_responses",
+            "Responses sent to clients by listener and status class",
+        );
+        let mut connections = Family::new(
+            "downstream_connections_active",
+            "Open client connections by listener",
+        );
+        for l in state.listeners.load().iter() {
+            for (slot, class) in CLASSES.iter().enumerate() {
+                let n = l.counters.responses[slot].load(Ordering::Relaxed);
+                if n > 0 {
+                    let labels = ResponseLabels {
+                        listener: l.name.to_string(),
+                        code_class: class,
+                    };
+                    responses.add(labels, n);
+                }
+            }
+            let labels = ListenerLabels {
+                listener: l.name.to_string(),
+            };
+            connections.add(labels, l.connections.active());
         }
+        responses.counters(&mut e)?;
+        connections.gauges(&mut e)?;
+
+        let mut rq_total = Family::new("upstream_requests", "Requests sent to an endpoint");
+        let mut rq_active = Family::new(
+            "upstream_requests_active",
+            "Requests in flight to an endpoint",
+        );
+        let mut sessions_total = Family::new("upstream_sessions", "TCP sessions to an endpoint");
+        let mut sessions_active = Family::new(
+            "upstream_sessions_active",
+            "TCP sessions open to an endpoint",
+        );
+        let mut bytes = Family::new(
+            "upstream_session_bytes",
+            "Bytes relayed by TCP sessions, by direction",
+        );
+        let mut connect_failures = Family::new(
+            "upstream_connect_failures",
+            "Failed connection attempts to an endpoint",
+        );
+        let mut healthy = Family::new("endpoint_healthy", "1 healthy, 0 unhealthy, -1 not checked");
+        let mut ejected = Family::new(
+            "endpoint_ejected",
+            "1 while outlier detection ejects the endpoint",
+        );
+        let mut pooled = Family::new("endpoint_pooled", "1 when the endpoint takes new work");
+        let mut overflows =
+            Family::new("cluster_overflows", "Requests refused by a circuit breaker");
+        let mut cancels = Family::new(
+            "cluster_postgres_cancels",
+            "Postgres cancel requests by how they were routed",
+        );
+        let mut panic = Family::new(
+            "cluster_panic",
+            "1 while the cluster balances in panic mode",
+        );
+        for cluster in snapshot.clusters.values() {
+            let name = || cluster.name.to_string();
+            let c = &cluster.state;
+            overflows.add(
+                ClusterLabels { cluster: name() },
+                c.overflows.load(Ordering::Relaxed),
+            );
+            for (routing, n) in [
+                ("owner", &c.cancels_routed),
+                ("broadcast", &c.cancels_broadcast),
+            ] {
+                let labels = CancelLabels {
+                    cluster: name(),
+                    routing,
+                };
+                cancels.add(labels, n.load(Ordering::Relaxed));
+            }
+            let membership = c.membership.load();
+            panic.add(
+                ClusterLabels { cluster: name() },
+                i64::from(membership.panic),
+            );
+            for ep in &membership.endpoints {
+                let labels = || EndpointLabels {
+                    cluster: name(),
+                    endpoint: ep.addr.to_string(),
+                };
+                let s = &ep.state;
+                rq_total.add(labels(), s.total_requests.load(Ordering::Relaxed));
+                rq_active.add(labels(), s.active_requests.load(Ordering::Relaxed));
+                sessions_total.add(labels(), s.total_sessions.load(Ordering::Relaxed));
+                sessions_active.add(labels(), s.active_sessions.load(Ordering::Relaxed));
+                for (direction, n) in [
+                    ("to_upstream", &s.bytes_to_upstream),
+                    ("to_client", &s.bytes_to_client),
+                ] {
+                    let labels = BytesLabels {
+                        cluster: name(),
+                        endpoint: ep.addr.to_string(),
+                        direction,
+                    };
+                    bytes.add(labels, n.load(Ordering::Relaxed));
+                }
+                connect_failures.add(labels(), s.connect_failures.load(Ordering::Relaxed));
+                let health = match s.health() {
+                    Health::Healthy => 1,
+                    Health::Unhealthy => 0,
+                    Health::Unknown => -1,
+                };
+                healthy.add(labels(), health);
+                ejected.add(labels(), i64::from(s.ejected_until_ms().is_some()));
+                pooled.add(labels(), i64::from(ep.pooled));
+            }
+        }
+        rq_total.counters(&mut e)?;
+        rq_active.gauges(&mut e)?;
+        sessions_total.counters(&mut e)?;
+        sessions_active.gauges(&mut e)?;
+        bytes.counters(&mut e)?;
+        connect_failures.counters(&mut e)?;
+        healthy.gauges(&mut e)?;
+        ejected.gauges(&mut e)?;
+        pooled.gauges(&mut e)?;
+        overflows.counters(&mut e)?;
+        cancels.counters(&mut e)?;
+        panic.gauges(&mut e)
     }
-    let mut out = String::new();
-    if encode(&mut out, &r).is_err() {
-        out.clear();
-    }
-    out
 }
