@@ -44,8 +44,8 @@ impl From<&str> for Yaml {
     }
 }
 
-/// Parses and validates a config, as the proxy would; errors list every problem.
-pub fn parse(text: &str) -> Result<legate::config::Config> {
+/// Parses and checks a config, as the proxy would; errors list every problem.
+pub fn parse(text: &str) -> Result<legate::config::Checked> {
     legate::config::parse(text).map_err(|errors| anyhow!("invalid test config:\n{errors}"))
 }
 

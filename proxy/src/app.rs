@@ -12,7 +12,7 @@ use crate::admin::{self, Admin};
 use crate::apply::reconcile::DataPlane;
 use crate::apply::{Applier, Update};
 use crate::cluster::Registry;
-use crate::config::Config;
+use crate::config::Checked;
 use crate::control::Control;
 use crate::snapshot::Snapshot;
 use crate::source::file::FileSource;
@@ -47,22 +47,13 @@ pub struct App {
     control: Mutex<Option<Control>>,
 }
 
-/// Starts Legate with `config`, which `config::parse` accepted: binds every listener and the
-/// admin listener, then serves. `version` identifies the config text (see
-/// [`crate::config::version_of`]).
-pub fn build(config: Config, version: String) -> Result<App, BuildError> {
+/// Starts Legate with a checked config: binds every listener and the admin listener, then
+/// serves. `version` identifies the config text (see [`crate::config::version_of`]).
+pub fn build(config: Checked, version: String) -> Result<App, BuildError> {
     let workers = config
         .runtime
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    let admin_listen = config.admin.listen.clone();
-    let admin_error = |source| BuildError::Admin {
-        addr: admin_listen.clone(),
-        source,
-    };
-    let admin_addr: SocketAddr = admin_listen
-        .parse()
-        .map_err(|e| admin_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
     let xds = config.xds.clone().map(|x| (x, config.node.clone()));
 
     let control = Control::start().map_err(BuildError::Workers)?;
@@ -95,8 +86,13 @@ pub fn build(config: Config, version: String) -> Result<App, BuildError> {
         state: state.clone(),
         reload: file.clone(),
     };
-    let admin_addr = admin::start(admin_addr, admin, &control.handle()).map_err(admin_error)?;
     let snapshot = state.snapshot.load();
+    let admin_addr = admin::start(snapshot.admin, admin, &control.handle()).map_err(|source| {
+        BuildError::Admin {
+            addr: snapshot.config.admin.listen.clone(),
+            source,
+        }
+    })?;
     info!(version = %snapshot.version, listeners = snapshot.config.listeners.len(), workers, "legate started");
     Ok(App {
         state,
@@ -137,10 +133,10 @@ impl App {
         self.file.reload_file(path)
     }
 
-    /// Applies a config `config::parse` accepted: checks the files it names, compiles it,
-    /// reconciles listeners, publishes the snapshot. Requests in flight finish on the snapshot
-    /// they started with.
-    pub fn apply(&self, config: Config, version: String) -> Result<(), ApplyError> {
+    /// Applies a checked config: checks the files it names, compiles it, reconciles
+    /// listeners, publishes the snapshot. Requests in flight finish on the snapshot they
+    /// started with.
+    pub fn apply(&self, config: Checked, version: String) -> Result<(), ApplyError> {
         self.applier
             .apply(Update::Parsed(Box::new(config)), version)
     }

@@ -4,11 +4,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use http::StatusCode;
-use regex::Regex;
 
 use crate::cluster::Cluster;
+pub use crate::config::checked::{HeaderMatch, HeaderMatchKind, HeaderOps, PathMatch};
 use crate::config::model::RetryOn;
 
 /// A route table compiled for matching: host lookups are a hash probe plus a suffix walk.
@@ -41,27 +41,6 @@ pub struct Route {
     pub prefix_rewrite: Option<Box<str>>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
-}
-
-#[derive(Debug)]
-pub enum PathMatch {
-    Prefix(Box<str>),
-    Exact(Box<str>),
-    Regex(Regex),
-}
-
-#[derive(Debug)]
-pub struct HeaderMatch {
-    pub name: HeaderName,
-    pub kind: HeaderMatchKind,
-    pub invert: bool,
-}
-
-#[derive(Debug)]
-pub enum HeaderMatchKind {
-    Exact(HeaderValue),
-    Regex(Regex),
-    Present(bool),
 }
 
 #[derive(Debug)]
@@ -137,11 +116,7 @@ impl RetryConditions {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct HeaderOps {
-    pub set: Vec<(HeaderName, HeaderValue)>,
-    pub remove: Vec<HeaderName>,
-}
+// === impl HeaderOps ===
 
 impl HeaderOps {
     pub fn is_empty(&self) -> bool {
@@ -297,14 +272,11 @@ impl Split {
     }
 }
 
-/// Anchors a user regex so it must match the whole input, as users of Envoy's `safe_regex` expect.
-pub fn full_match_regex(pattern: &str) -> Result<Regex, regex::Error> {
-    Regex::new(&format!("^(?:{pattern})$"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::validate::full_match_regex;
+    use http::header::HeaderName;
 
     fn respond_route(path: PathMatch, status: u16) -> Route {
         Route {

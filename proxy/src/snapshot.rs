@@ -1,4 +1,5 @@
-//! The compiled, immutable form of a validated config that the request path reads.
+//! Compile: a checked config becomes the immutable snapshot the request path reads. Every value
+//! was parsed by checking; the only thing that can still fail here is reading TLS files.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -6,14 +7,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
-use http::StatusCode;
+use http::header::{HeaderValue, CONTENT_TYPE};
 
 use crate::cluster::{Cluster, Registry};
-use crate::config::model::{self, Config};
+use crate::config::checked::{ActionValues, EndpointAddress, RouteValues};
+use crate::config::{model, Checked, Config};
 use crate::router::{
-    full_match_regex, Action, HeaderMatch, HeaderMatchKind, HeaderOps, PathMatch, Redirect,
-    Respond, RetryConditions, RetryPolicy, Route, RouteTable, Split, VirtualHost,
+    Action, Redirect, Respond, RetryConditions, RetryPolicy, Route, RouteTable, Split, VirtualHost,
 };
 use crate::tls::client::ClientTls;
 use crate::tls::server::ServerTls;
@@ -31,10 +31,14 @@ pub struct Snapshot {
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// TLS of each listener that terminates it, by listener name.
     pub listener_tls: HashMap<String, Arc<ServerTls>>,
+    /// The address each listener binds, by listener name.
+    pub listen: HashMap<String, SocketAddr>,
+    /// The admin listener's address.
+    pub admin: SocketAddr,
 }
 
-/// A config that passed validation but could not be compiled. Validation should make this
-/// unreachable; it exists so that a gap between the two is an error, not a panic.
+/// A TLS file that could not be used when the snapshot was built (it changed after the
+/// check, say).
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct CompileError {
@@ -42,36 +46,44 @@ pub struct CompileError {
     pub message: String,
 }
 
-fn err(path: impl Into<String>, message: impl std::fmt::Display) -> CompileError {
-    CompileError {
-        path: path.into(),
-        message: message.to_string(),
-    }
-}
-
 impl Snapshot {
     pub fn compile(
-        config: Config,
+        checked: Checked,
         version: String,
         registry: &Registry,
     ) -> Result<Snapshot, CompileError> {
+        let (config, mut values) = checked.into_parts();
         let mut clusters = HashMap::new();
-        for (ci, c) in config.clusters.iter().enumerate() {
-            clusters.insert(c.name.clone(), Arc::new(compile_cluster(ci, c, registry)?));
+        let addresses = values
+            .endpoints
+            .drain(..)
+            .chain(std::iter::repeat_with(Vec::new));
+        for ((ci, c), addresses) in config.clusters.iter().enumerate().zip(addresses) {
+            let cluster = compile_cluster(ci, c, addresses, registry)?;
+            clusters.insert(c.name.clone(), Arc::new(cluster));
         }
         let mut listener_tls = HashMap::new();
         for (li, l) in config.listeners.iter().enumerate() {
             if let Some(tls) = &l.tls {
-                let server =
-                    ServerTls::new(tls).map_err(|e| err(format!("listeners[{li}].tls"), e))?;
+                let server = ServerTls::new(tls).map_err(|e| CompileError {
+                    path: format!("listeners[{li}].tls"),
+                    message: e.to_string(),
+                })?;
                 listener_tls.insert(l.name.clone(), Arc::new(server));
             }
         }
         let mut route_tables = HashMap::new();
         for (name, table) in &config.route_tables {
-            let compiled = compile_table(name, table, &clusters)?;
+            let vhosts = values.routes.remove(name).unwrap_or_default();
+            let compiled = compile_table(name, table, vhosts, &clusters);
             route_tables.insert(name.clone(), Arc::new(compiled));
         }
+        let listen = config
+            .listeners
+            .iter()
+            .zip(&values.listen)
+            .map(|(l, addr)| (l.name.clone(), *addr))
+            .collect();
         Ok(Snapshot {
             version,
             loaded_at: SystemTime::now(),
@@ -79,21 +91,16 @@ impl Snapshot {
             route_tables,
             clusters,
             listener_tls,
+            listen,
+            admin: values.admin,
         })
-    }
-
-    /// The listener's address as configured (validated to be a socket address).
-    pub fn listen_addr(listener: &model::Listener) -> Result<SocketAddr, CompileError> {
-        listener
-            .listen
-            .parse()
-            .map_err(|e| err(format!("listeners.{}.listen", listener.name), e))
     }
 }
 
 fn compile_cluster(
     ci: usize,
     c: &model::Cluster,
+    addresses: Vec<EndpointAddress>,
     registry: &Registry,
 ) -> Result<Cluster, CompileError> {
     let tls = match &c.tls {
@@ -101,7 +108,10 @@ fn compile_cluster(
             if spec.insecure_skip_verify {
                 tracing::warn!(cluster = %c.name, "upstream TLS certificates are not verified (insecure_skip_verify)");
             }
-            ClientTls::new(spec, c.protocol).map_err(|e| err(format!("clusters[{ci}].tls"), e))?
+            ClientTls::new(spec, c.protocol).map_err(|e| CompileError {
+                path: format!("clusters[{ci}].tls"),
+                message: e.to_string(),
+            })?
         })),
         None => None,
     };
@@ -113,6 +123,7 @@ fn compile_cluster(
         idle_timeout: c.idle_timeout.get(),
         limits: c.circuit_breakers.clone(),
         spec: Arc::new(c.clone()),
+        addresses,
         state: registry.cluster_state(&c.name),
         tls,
         transport: crate::cluster::transport_key(c),
@@ -122,102 +133,78 @@ fn compile_cluster(
 fn compile_table(
     name: &str,
     table: &model::RouteTable,
+    values: Vec<Vec<RouteValues>>,
     clusters: &HashMap<String, Arc<Cluster>>,
-) -> Result<RouteTable, CompileError> {
+) -> RouteTable {
     let mut vhosts = Vec::with_capacity(table.virtual_hosts.len());
-    for (vi, vh) in table.virtual_hosts.iter().enumerate() {
-        let mut routes = Vec::with_capacity(vh.routes.len());
-        for (ri, r) in vh.routes.iter().enumerate() {
-            let path = format!("route_tables.{name}.virtual_hosts[{vi}].routes[{ri}]");
-            routes.push(compile_route(&path, r, clusters)?);
-        }
+    for ((vi, vh), routes) in table.virtual_hosts.iter().enumerate().zip(values) {
+        let routes = vh
+            .routes
+            .iter()
+            .enumerate()
+            .zip(routes)
+            .filter_map(|((ri, r), values)| {
+                let id = format!("route_tables.{name}.virtual_hosts[{vi}].routes[{ri}]");
+                compile_route(id, r, values, clusters)
+            })
+            .collect();
         vhosts.push((vh.hosts.clone(), VirtualHost { routes }));
     }
-    Ok(RouteTable::new(name, vhosts))
+    RouteTable::new(name, vhosts)
 }
 
+/// A route, or `None` when a cluster it names is missing (checking rules that out).
 fn compile_route(
-    path: &str,
+    id: String,
     r: &model::Route,
+    values: RouteValues,
     clusters: &HashMap<String, Arc<Cluster>>,
-) -> Result<Route, CompileError> {
-    let m = &r.matcher;
-    let path_match = match (&m.prefix, &m.exact, &m.regex) {
-        (Some(p), None, None) => PathMatch::Prefix(p.as_str().into()),
-        (None, Some(e), None) => PathMatch::Exact(e.as_str().into()),
-        (None, None, Some(re)) => PathMatch::Regex(
-            full_match_regex(re).map_err(|e| err(format!("{path}.match.regex"), e))?,
-        ),
-        _ => {
-            return Err(err(
-                format!("{path}.match"),
-                "needs exactly one of prefix, exact, regex",
-            ))
-        }
-    };
-    let headers = m
-        .headers
-        .iter()
-        .enumerate()
-        .map(|(hi, h)| compile_header_match(&format!("{path}.match.headers[{hi}]"), h))
-        .collect::<Result<Vec<_>, _>>()?;
-    let cluster = |p: String, name: &str| {
-        clusters
-            .get(name)
-            .cloned()
-            .ok_or_else(|| err(p, format!("unknown cluster {name:?}")))
-    };
-    let action = match (&r.cluster, &r.split, &r.redirect, &r.respond) {
-        (Some(c), None, None, None) => Action::Cluster(cluster(format!("{path}.cluster"), c)?),
-        (None, Some(split), None, None) => Action::Split(Split::new(
-            split
-                .iter()
-                .enumerate()
-                .map(|(si, t)| {
-                    Ok((
-                        cluster(format!("{path}.split[{si}].cluster"), &t.cluster)?,
-                        t.weight,
-                    ))
-                })
-                .collect::<Result<Vec<_>, CompileError>>()?,
+) -> Option<Route> {
+    let action = match values.action {
+        ActionValues::Cluster(name) => Action::Cluster(clusters.get(&name)?.clone()),
+        ActionValues::Split(targets) => Action::Split(Split::new(
+            targets
+                .into_iter()
+                .map(|(name, weight)| Some((clusters.get(&name)?.clone(), weight)))
+                .collect::<Option<Vec<_>>>()?,
         )),
-        (None, None, Some(rd), None) => Action::Redirect(Redirect {
-            scheme: rd.scheme.as_deref().map(Into::into),
-            host: rd.host.as_deref().map(Into::into),
-            port: rd.port,
-            path: rd.path.as_deref().map(Into::into),
-            strip_query: rd.strip_query,
-            status: status(&format!("{path}.redirect.status"), rd.status)?,
-        }),
-        (None, None, None, Some(rs)) => {
-            let mut headers = HeaderMap::new();
-            for (k, v) in &rs.headers {
-                let p = format!("{path}.respond.headers.{k}");
-                headers.insert(header_name(&p, k)?, header_value(&p, v)?);
-            }
-            if !rs.body.is_empty() && !headers.contains_key(CONTENT_TYPE) {
+        ActionValues::Redirect { status } => {
+            let rd = r.redirect.as_ref()?;
+            Action::Redirect(Redirect {
+                scheme: rd.scheme.as_deref().map(Into::into),
+                host: rd.host.as_deref().map(Into::into),
+                port: rd.port,
+                path: rd.path.as_deref().map(Into::into),
+                strip_query: rd.strip_query,
+                status,
+            })
+        }
+        ActionValues::Respond {
+            status,
+            mut headers,
+        } => {
+            let body = r
+                .respond
+                .as_ref()
+                .map(|rs| rs.body.clone())
+                .unwrap_or_default();
+            if !body.is_empty() && !headers.contains_key(CONTENT_TYPE) {
                 headers.insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; charset=utf-8"),
                 );
             }
             Action::Respond(Respond {
-                status: status(&format!("{path}.respond.status"), rs.status)?,
-                body: Bytes::from(rs.body.clone()),
+                status,
+                body: Bytes::from(body),
                 headers,
             })
         }
-        _ => {
-            return Err(err(
-                path,
-                "needs exactly one of cluster, split, redirect, respond",
-            ))
-        }
     };
-    Ok(Route {
-        id: path.into(),
-        path: path_match,
-        headers,
+    Some(Route {
+        id: id.into(),
+        path: values.path,
+        headers: values.headers,
         action,
         timeout: r.timeout.map_or(DEFAULT_ROUTE_TIMEOUT, |d| d.get()),
         retry: r.retry.as_ref().map(|p| RetryPolicy {
@@ -225,55 +212,9 @@ fn compile_route(
             on: RetryConditions::from_list(&p.on),
             per_try_timeout: p.per_try_timeout.map(|d| d.get()),
         }),
-        host_rewrite: r
-            .host_rewrite
-            .as_deref()
-            .map(|h| header_value(&format!("{path}.host_rewrite"), h))
-            .transpose()?,
+        host_rewrite: values.host_rewrite,
         prefix_rewrite: r.prefix_rewrite.as_deref().map(Into::into),
-        request_headers: header_ops(&format!("{path}.request_headers"), &r.request_headers)?,
-        response_headers: header_ops(&format!("{path}.response_headers"), &r.response_headers)?,
+        request_headers: values.request_headers,
+        response_headers: values.response_headers,
     })
-}
-
-fn compile_header_match(path: &str, h: &model::HeaderMatch) -> Result<HeaderMatch, CompileError> {
-    let kind = match (&h.exact, &h.regex, h.present) {
-        (Some(v), None, None) => HeaderMatchKind::Exact(header_value(&format!("{path}.exact"), v)?),
-        (None, Some(re), None) => HeaderMatchKind::Regex(
-            full_match_regex(re).map_err(|e| err(format!("{path}.regex"), e))?,
-        ),
-        (None, None, Some(p)) => HeaderMatchKind::Present(p),
-        (None, None, None) => HeaderMatchKind::Present(true),
-        _ => return Err(err(path, "needs at most one of exact, regex, present")),
-    };
-    Ok(HeaderMatch {
-        name: header_name(&format!("{path}.name"), &h.name)?,
-        kind,
-        invert: h.invert,
-    })
-}
-
-fn header_ops(path: &str, ops: &model::HeaderOps) -> Result<HeaderOps, CompileError> {
-    let mut out = HeaderOps::default();
-    for (k, v) in &ops.add {
-        let p = format!("{path}.add.{k}");
-        out.set.push((header_name(&p, k)?, header_value(&p, v)?));
-    }
-    for (i, k) in ops.remove.iter().enumerate() {
-        out.remove
-            .push(header_name(&format!("{path}.remove[{i}]"), k)?);
-    }
-    Ok(out)
-}
-
-fn header_name(path: &str, name: &str) -> Result<HeaderName, CompileError> {
-    HeaderName::from_bytes(name.as_bytes()).map_err(|e| err(path, e))
-}
-
-fn header_value(path: &str, value: &str) -> Result<HeaderValue, CompileError> {
-    HeaderValue::from_str(value).map_err(|e| err(path, e))
-}
-
-fn status(path: &str, code: u16) -> Result<StatusCode, CompileError> {
-    StatusCode::from_u16(code).map_err(|e| err(path, e))
 }

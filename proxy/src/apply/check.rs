@@ -1,30 +1,24 @@
-//! The check stage: the config's own rules for configs assembled from several sources, and
-//! the files every config names (TLS certificates, keys and CAs).
+//! The check stage: the rules of configs assembled from several sources, and the files every
+//! config names (TLS certificates, keys and CAs).
 
-use crate::config::{validate, Config, ConfigError, ConfigErrors};
+use crate::config::{self, Checked, Config, ConfigError, ConfigErrors};
 use crate::tls;
 
-/// Whether the config still needs its own rules checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rules {
-    /// `config::parse` (or `config::validate`) already accepted it as it is.
-    Checked,
-    /// It was assembled after parsing (a bootstrap file plus control plane resources).
-    Unchecked,
+/// Checks an assembled config; on success returns it checked, with the warnings (problems
+/// that do not reject it).
+pub fn assembled(config: Config) -> Result<(Checked, Vec<ConfigError>), ConfigErrors> {
+    let checked = config::check(config)?;
+    let warnings = files_ok(&checked)?;
+    Ok((checked, warnings))
 }
 
-/// Checks `config`; on success returns the warnings (problems that do not reject it).
-pub fn check(config: &Config, rules: Rules) -> Result<Vec<ConfigError>, ConfigErrors> {
-    let mut errors = match rules {
-        Rules::Checked => Vec::new(),
-        Rules::Unchecked => validate::validate(config),
-    };
-    let files = files(config);
-    errors.extend(files.errors);
-    if errors.is_empty() {
-        Ok(files.warnings)
+/// Checks the files a checked config names; the warnings, or the errors.
+pub fn files_ok(config: &Config) -> Result<Vec<ConfigError>, ConfigErrors> {
+    let findings = files(config);
+    if findings.errors.is_empty() {
+        Ok(findings.warnings)
     } else {
-        Err(ConfigErrors(errors))
+        Err(ConfigErrors(findings.errors))
     }
 }
 

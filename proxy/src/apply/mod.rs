@@ -11,18 +11,17 @@ use tracing::warn;
 
 use crate::cluster::Registry;
 use crate::config::merge::{self, Resources};
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Checked, Config, ConfigErrors};
 use crate::snapshot::{CompileError, Snapshot};
 use crate::state::State;
-use check::Rules;
 use reconcile::DataPlane;
 
 /// A new config, as a source hands it over.
 #[derive(Debug, Clone)]
 pub enum Update {
-    /// A whole config that `config::parse` accepted: a file, or a test's text. With a control
-    /// plane, it is the bootstrap its resources are added to.
-    Parsed(Box<Config>),
+    /// A whole checked config: a file, or a test's text. With a control plane, it is the
+    /// bootstrap its resources are added to.
+    Parsed(Box<Checked>),
     /// The control plane's resources, added to the last parsed config.
     Xds(Resources),
 }
@@ -32,6 +31,7 @@ pub enum ApplyError {
     /// The config breaks a rule or names an unusable file; nothing was changed.
     #[error("{0}")]
     Invalid(ConfigErrors),
+    /// A TLS file changed between the check and its use.
     #[error(transparent)]
     Compile(#[from] CompileError),
     #[error("listeners[{name}]: cannot bind {addr}: {source}")]
@@ -66,19 +66,20 @@ struct Inner {
 impl Applier {
     /// Checks and compiles the first config; nothing runs until [`Applier::start`].
     pub fn new(
-        config: Config,
+        config: Checked,
         version: String,
         registry: Arc<Registry>,
         plane: DataPlane,
     ) -> Result<(Applier, Arc<State>), ApplyError> {
-        check::check(&config, Rules::Checked).map_err(ApplyError::Invalid)?;
-        let snapshot = Snapshot::compile(config.clone(), version, &registry)?;
+        check::files_ok(&config).map_err(ApplyError::Invalid)?;
+        let parsed = config.config().clone();
+        let snapshot = Snapshot::compile(config, version, &registry)?;
         let state = Arc::new(State::new(snapshot));
         let applier = Applier {
             state: state.clone(),
             registry,
             inner: Mutex::new(Inner {
-                parsed: config,
+                parsed,
                 xds: None,
                 plane: Some(plane),
             }),
@@ -102,44 +103,45 @@ impl Applier {
     /// their label, as the combination serves what the control plane last sent.
     pub fn apply(&self, update: Update, version: String) -> Result<(), ApplyError> {
         let mut inner = self.lock();
-        let (config, rules, version, parsed, xds) = match update {
-            Update::Parsed(config) => match &inner.xds {
-                // The whole config, or the bootstrap of what the control plane sent.
-                Some((resources, label)) => (
-                    merge::merge(&config, resources)
-                        .map_err(|e| ApplyError::Invalid(ConfigErrors(e)))?,
-                    Rules::Unchecked,
-                    label.clone(),
-                    *config,
-                    inner.xds.clone(),
-                ),
-                None => ((*config).clone(), Rules::Checked, version, *config, None),
+        let invalid = |errors| ApplyError::Invalid(ConfigErrors(errors));
+        let (checked, version, parsed, xds) = match update {
+            // The whole config, or the bootstrap of what the control plane sent.
+            Update::Parsed(checked) => match &inner.xds {
+                Some((resources, label)) => {
+                    let merged = merge::merge(checked.config(), resources).map_err(invalid)?;
+                    let (merged, _) = check::assembled(merged).map_err(ApplyError::Invalid)?;
+                    (merged, label.clone(), checked.into_config(), None)
+                }
+                None => {
+                    check::files_ok(&checked).map_err(ApplyError::Invalid)?;
+                    let parsed = checked.config().clone();
+                    (*checked, version, parsed, None)
+                }
             },
-            Update::Xds(resources) => (
-                merge::merge(&inner.parsed, &resources)
-                    .map_err(|e| ApplyError::Invalid(ConfigErrors(e)))?,
-                Rules::Unchecked,
-                version.clone(),
-                inner.parsed.clone(),
-                Some((resources, version)),
-            ),
+            Update::Xds(resources) => {
+                let merged = merge::merge(&inner.parsed, &resources).map_err(invalid)?;
+                let (merged, _) = check::assembled(merged).map_err(ApplyError::Invalid)?;
+                let parsed = inner.parsed.clone();
+                (merged, version.clone(), parsed, Some((resources, version)))
+            }
         };
-        check::check(&config, rules).map_err(ApplyError::Invalid)?;
         let old = self.state.snapshot.load_full();
-        if config.admin != old.config.admin {
+        if checked.admin != old.config.admin {
             warn!("admin.listen changed; it takes effect on restart");
         }
-        if config.runtime.workers != old.config.runtime.workers {
+        if checked.runtime.workers != old.config.runtime.workers {
             warn!("runtime.workers changed; it takes effect on restart");
         }
-        let new = Arc::new(Snapshot::compile(config, version, &self.registry)?);
+        let new = Arc::new(Snapshot::compile(checked, version, &self.registry)?);
         let plane = inner.plane.as_mut().ok_or(ApplyError::Stopped)?;
         let listeners = plane.reconcile(&old.config.listeners, &new)?;
         self.state.listeners.store(Arc::new(listeners));
         self.state.snapshot.store(new.clone());
         plane.restart_upkeep(&new);
         inner.parsed = parsed;
-        inner.xds = xds;
+        if xds.is_some() {
+            inner.xds = xds;
+        }
         Ok(())
     }
 

@@ -76,8 +76,9 @@ impl DataPlane {
         let mut bound = HashMap::new();
         for op in &ops {
             if let diff::Op::Bind(name) | diff::Op::Rebind(name) = op {
-                let Some(l) = spec(name) else { continue };
-                let addr = Snapshot::listen_addr(l)?;
+                let (Some(l), Some(&addr)) = (spec(name), new.listen.get(name)) else {
+                    continue;
+                };
                 let group = listener::bind_group(addr, l.backlog, self.workers.len()).map_err(
                     |source| ApplyError::Bind {
                         name: name.clone(),

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::membership::{self, Endpoint, Inputs, Membership};
 use super::{health, now_ms, outlier, Cluster, Registry};
-use crate::config::validate::{parse_endpoint_address, EndpointAddress};
+use crate::config::checked::EndpointAddress;
 
 /// How long one DNS lookup may take before it counts as failed.
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,11 +25,8 @@ pub fn endpoints(cluster: &Cluster, registry: &Registry) -> Vec<Endpoint> {
     let dns = cluster.state.dns.lock().unwrap_or_else(|e| e.into_inner());
     let mut out = Vec::with_capacity(cluster.spec.endpoints.len());
     let mut seen = HashSet::new();
-    for spec in &cluster.spec.endpoints {
-        let Ok(address) = parse_endpoint_address(&spec.address) else {
-            continue;
-        };
-        let (addrs, hostname): (Vec<SocketAddr>, Option<Arc<str>>) = match &address {
+    for (spec, address) in cluster.spec.endpoints.iter().zip(&cluster.addresses) {
+        let (addrs, hostname): (Vec<SocketAddr>, Option<Arc<str>>) = match address {
             EndpointAddress::Ip(a) => (vec![*a], None),
             EndpointAddress::Dns { host, port } => (
                 dns.resolved
@@ -113,12 +110,11 @@ impl Drop for AbortOnDrop {
 pub async fn run(cluster: Arc<Cluster>, registry: Arc<Registry>, local_zone: Option<Arc<str>>) {
     let state = cluster.state.clone();
     let names: Vec<String> = cluster
-        .spec
-        .endpoints
+        .addresses
         .iter()
-        .filter_map(|e| match parse_endpoint_address(&e.address) {
-            Ok(EndpointAddress::Dns { host, .. }) => Some(host),
-            _ => None,
+        .filter_map(|a| match a {
+            EndpointAddress::Dns { host, .. } => Some(host.clone()),
+            EndpointAddress::Ip(_) => None,
         })
         .collect::<HashSet<_>>()
         .into_iter()

@@ -38,6 +38,8 @@ pub struct Cluster {
     pub limits: CircuitBreakers,
     /// The cluster's config, for the control thread (health checks, DNS, slow start).
     pub spec: Arc<model::Cluster>,
+    /// The address of each of `spec.endpoints`, as checking parsed it.
+    pub addresses: Vec<crate::config::checked::EndpointAddress>,
     pub state: Arc<ClusterState>,
     /// TLS to the endpoints, if configured.
     pub tls: Option<Arc<crate::tls::client::ClientTls>>,

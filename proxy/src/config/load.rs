@@ -5,6 +5,7 @@ use serde_path_to_error::Segment;
 use serde_yaml::Value;
 
 use super::lines::LineIndex;
+use super::path::{self, FieldPath};
 use super::suggest::{did_you_mean_key, did_you_mean_quoted};
 use super::validate::{Names, Provenance};
 use super::{Config, ConfigError, ErrorKind};
@@ -37,7 +38,7 @@ pub fn load(text: &str) -> Result<Loaded, ConfigError> {
         let mut error = yaml_error(&e);
         if error.message.contains("duplicate entry") {
             if let Some((path, line)) = LineIndex::new(text).duplicate_key() {
-                error.path = path.to_owned();
+                error.path = path.clone();
                 error.line = Some(line);
             }
         }
@@ -55,7 +56,7 @@ pub fn load(text: &str) -> Result<Loaded, ConfigError> {
         Value::Mapping(sections) => sections,
         other => {
             loaded.error(
-                "",
+                FieldPath::new(),
                 format!(
                     "a config file must be a mapping of sections ({}), found {}",
                     SECTIONS.join(", "),
@@ -68,33 +69,33 @@ pub fn load(text: &str) -> Result<Loaded, ConfigError> {
     for (key, value) in sections {
         let Some(section) = untag(key).as_str() else {
             loaded.error(
-                "",
+                FieldPath::new(),
                 format!("section names must be strings, found {}", kind(key)),
             );
             continue;
         };
         match section {
             "node" => {
-                if let Some(node) = loaded.entry("node", value) {
+                if let Some(node) = loaded.entry(&FieldPath::root("node"), value) {
                     loaded.config.node = node;
                 }
             }
             "xds" => {
-                if let Some(xds) = loaded.entry("xds", value) {
+                if let Some(xds) = loaded.entry(&FieldPath::root("xds"), value) {
                     loaded.config.xds = Some(xds);
                 }
             }
-            "admin" => match loaded.entry("admin", value) {
+            "admin" => match loaded.entry(&FieldPath::root("admin"), value) {
                 Some(admin) => loaded.config.admin = admin,
                 None => loaded.provenance.admin_broken = true,
             },
             "runtime" => {
-                if let Some(runtime) = loaded.entry("runtime", value) {
+                if let Some(runtime) = loaded.entry(&FieldPath::root("runtime"), value) {
                     loaded.config.runtime = runtime;
                 }
             }
             "access_log" => {
-                if let Some(access_log) = loaded.entry("access_log", value) {
+                if let Some(access_log) = loaded.entry(&FieldPath::root("access_log"), value) {
                     loaded.config.access_log = access_log;
                 }
             }
@@ -105,7 +106,7 @@ pub fn load(text: &str) -> Result<Loaded, ConfigError> {
                 let hint = did_you_mean_key(unknown, SECTIONS);
                 let expected = SECTIONS.map(|s| format!("`{s}`")).join(", ");
                 loaded.error(
-                    unknown,
+                    FieldPath::new().key(unknown.to_owned()),
                     format!("unknown field `{unknown}`, expected one of {expected}{hint}"),
                 );
             }
@@ -115,7 +116,7 @@ pub fn load(text: &str) -> Result<Loaded, ConfigError> {
 }
 
 impl Loaded {
-    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    fn error(&mut self, path: impl Into<FieldPath>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             kind: ErrorKind::Syntax,
             entry: None,
@@ -126,11 +127,11 @@ impl Loaded {
     }
 
     /// Deserialize one section or entry found at `path`, recording the error if it fails.
-    fn entry<T: DeserializeOwned>(&mut self, path: &str, value: &Value) -> Option<T> {
+    fn entry<T: DeserializeOwned>(&mut self, path: &FieldPath, value: &Value) -> Option<T> {
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(v) => Some(v),
             Err(e) => {
-                let mut full = path.to_owned();
+                let mut full = path.clone();
                 for segment in e.path() {
                     push_segment(&mut full, segment);
                 }
@@ -143,11 +144,12 @@ impl Loaded {
     }
 
     fn listeners(&mut self, value: &Value) {
-        let Some(items) = self.sequence("listeners", value) else {
+        let Some(items) = self.sequence(FieldPath::root("listeners"), value) else {
             return;
         };
         for (i, item) in items.iter().enumerate() {
-            if let Some(listener) = self.entry(&format!("listeners[{i}]"), item) {
+            let path = FieldPath::root("listeners").index(i);
+            if let Some(listener) = self.entry(&path, item) {
                 self.config.listeners.push(listener);
                 self.provenance.listener_index.push(i);
             }
@@ -155,12 +157,12 @@ impl Loaded {
     }
 
     fn clusters(&mut self, value: &Value) {
-        let Some(items) = self.sequence("clusters", value) else {
+        let Some(items) = self.sequence(FieldPath::root("clusters"), value) else {
             self.provenance.broken_clusters.unreadable = true;
             return;
         };
         for (i, item) in items.iter().enumerate() {
-            match self.entry(&format!("clusters[{i}]"), item) {
+            match self.entry(&FieldPath::root("clusters").index(i), item) {
                 Some(cluster) => {
                     self.config.clusters.push(cluster);
                     self.provenance.cluster_index.push(i);
@@ -176,7 +178,7 @@ impl Loaded {
             Value::Mapping(tables) => tables,
             other => {
                 self.error(
-                    "route_tables",
+                    FieldPath::root("route_tables"),
                     format!(
                         "invalid type: {}, expected a map of route table names to route tables",
                         kind(other)
@@ -189,13 +191,14 @@ impl Loaded {
         for (key, table) in tables {
             let Some(name) = untag(key).as_str() else {
                 self.error(
-                    "route_tables",
+                    FieldPath::root("route_tables"),
                     format!("route table names must be strings, found {}", kind(key)),
                 );
                 self.provenance.broken_route_tables.unreadable = true;
                 continue;
             };
-            match self.entry(&format!("route_tables.{name}"), table) {
+            let path = FieldPath::root("route_tables").key(name.to_owned());
+            match self.entry(&path, table) {
                 Some(table) => {
                     self.config.route_tables.insert(name.to_owned(), table);
                 }
@@ -210,18 +213,16 @@ impl Loaded {
     }
 
     /// The items of a list section; `None` (after reporting) when it is not a list.
-    fn sequence<'v>(&mut self, section: &str, value: &'v Value) -> Option<&'v [Value]> {
+    fn sequence<'v>(&mut self, section: FieldPath, value: &'v Value) -> Option<&'v [Value]> {
         match untag(value) {
             Value::Null => Some(&[]),
             Value::Sequence(items) => Some(items),
             other => {
-                self.error(
-                    section,
-                    format!(
-                        "invalid type: {}, expected a list of {section}",
-                        kind(other)
-                    ),
+                let message = format!(
+                    "invalid type: {}, expected a list of {section}",
+                    kind(other)
                 );
+                self.error(section, message);
                 None
             }
         }
@@ -253,21 +254,13 @@ fn remember_name(names: &mut Names, item: &Value) {
     }
 }
 
-fn push_segment(path: &mut String, segment: &Segment) {
+fn push_segment(path: &mut FieldPath, segment: &Segment) {
     match segment {
-        Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+        Segment::Seq { index } => path.push(path::Segment::Index(*index)),
         Segment::Map { key } | Segment::Enum { variant: key } => {
-            if !path.is_empty() {
-                path.push('.');
-            }
-            path.push_str(key);
+            path.push(path::Segment::Name(key.clone().into()));
         }
-        Segment::Unknown => {
-            if !path.is_empty() {
-                path.push('.');
-            }
-            path.push('?');
-        }
+        Segment::Unknown => path.push(path::Segment::Name("?".into())),
     }
 }
 
@@ -303,7 +296,7 @@ fn yaml_error(e: &serde_yaml::Error) -> ConfigError {
     ConfigError {
         kind: ErrorKind::Syntax,
         entry: None,
-        path: String::new(),
+        path: FieldPath::new(),
         line,
         message: format!("invalid YAML: {message}"),
     }
@@ -342,7 +335,7 @@ mod tests {
             Err(errors) => errors.0,
         };
         assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].path, "");
+        assert!(errors[0].path.is_empty());
         assert_eq!(errors[0].line, Some(3));
         assert!(
             errors[0].message.starts_with("invalid YAML: "),
@@ -639,7 +632,10 @@ mod tests {
         );
         assert_eq!(config.admin.listen, "127.0.0.1:9901");
         assert!(config.access_log.enabled);
-        assert_eq!(super::super::parse(&doc("")), Ok(config));
+        assert_eq!(
+            super::super::parse(&doc("")).map(super::super::Checked::into_config),
+            Ok(config)
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub fn merge(bootstrap: &Config, resources: &Resources) -> Result<Config, Vec<Co
             errors.push(
                 ConfigError::new(
                     ErrorKind::Duplicate,
-                    entry.path_prefix(),
+                    entry.path(),
                     "defined both in the bootstrap file and by the control plane",
                 )
                 .in_entry(entry),
@@ -83,6 +83,6 @@ mod tests {
         let errors = merge(&bootstrap, &resources).unwrap_err();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].kind, ErrorKind::Duplicate);
-        assert_eq!(errors[0].path, "route_tables.local");
+        assert_eq!(errors[0].path.to_string(), "route_tables.local");
     }
 }

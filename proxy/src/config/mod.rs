@@ -1,182 +1,53 @@
 //! Config: YAML text → typed model → validated, with every problem reported at once.
 
+pub mod checked;
 pub mod duration;
+pub mod error;
 pub mod lines;
 pub mod load;
 pub mod merge;
 pub mod model;
+pub mod path;
 pub mod suggest;
 pub mod validate;
 
-use std::fmt;
 use std::path::Path;
 
+pub use checked::{Checked, Values};
 pub use duration::Duration;
+pub use error::{ConfigError, ConfigErrors, Entry, ErrorKind, LoadError, Section};
 pub use model::Config;
+pub use path::FieldPath;
 
-/// What kind of problem a [`ConfigError`] is: decisions (an xDS update deferred until the
-/// resource it names arrives, say) are taken on the kind, never on the message text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
-    /// Not YAML, a value of the wrong type, or an unknown field.
-    Syntax,
-    /// A value out of range, malformed, or in conflict with another value.
-    Invalid,
-    /// A name defined twice.
-    Duplicate,
-    /// A reference to a route table or cluster that is not defined.
-    UnknownReference,
-    /// A file the config names is unreadable or unusable (TLS certificates, keys, CAs).
-    File,
-}
-
-/// The top-level sections whose entries a control plane can send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Section {
-    Listeners,
-    RouteTables,
-    Clusters,
-}
-
-impl Section {
-    pub fn key(self) -> &'static str {
-        match self {
-            Section::Listeners => "listeners",
-            Section::RouteTables => "route_tables",
-            Section::Clusters => "clusters",
-        }
-    }
-}
-
-/// The listener, route table or cluster a problem is found in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub section: Section,
-    pub name: String,
-    /// Its position in the section's list (route tables are a map: `None`).
-    pub index: Option<usize>,
-}
-
-impl Entry {
-    /// How field paths start for this entry: `clusters[3]`, `route_tables.main`.
-    pub fn path_prefix(&self) -> String {
-        match self.index {
-            Some(i) => format!("{}[{i}]", self.section.key()),
-            None => format!("{}.{}", self.section.key(), self.name),
-        }
-    }
-
-    /// `path` with the entry named rather than numbered: `clusters[tiles].connect_timeout`.
-    pub fn named_path(&self, path: &str) -> String {
-        let prefix = self.path_prefix();
-        match (self.index, path.strip_prefix(prefix.as_str())) {
-            (Some(_), Some(rest)) => format!("{}[{}]{rest}", self.section.key(), self.name),
-            _ => path.to_owned(),
-        }
-    }
-
-    /// The entry as a resource name: `clusters[tiles]`.
-    pub fn resource_name(&self) -> String {
-        format!("{}[{}]", self.section.key(), self.name)
-    }
-}
-
-/// One problem in a config file, located by its field path and, where known, its line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub kind: ErrorKind,
-    /// The entry the path is in, when it is in one.
-    pub entry: Option<Entry>,
-    /// Field path, e.g. `clusters[2].endpoints[0].address`; empty for the document itself.
-    pub path: String,
-    /// 1-based line in the source text.
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(kind: ErrorKind, path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            kind,
-            entry: None,
-            path: path.into(),
-            line: None,
-            message: message.into(),
-        }
-    }
-
-    pub fn in_entry(mut self, entry: Entry) -> Self {
-        self.entry = Some(entry);
-        self
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(line) = self.line {
-            write!(f, "line {line}: ")?;
-        }
-        if !self.path.is_empty() {
-            write!(f, "{}: ", self.path)?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-/// Every problem found in one config file, in source order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// Why a config file could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is invalid:\n{errors}")]
-    Invalid { path: String, errors: ConfigErrors },
-}
-
-/// Parse and validate config text. On failure, returns every problem found.
-pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+/// Parse and check config text. On failure, returns every problem found, with its line.
+pub fn parse(text: &str) -> Result<Checked, ConfigErrors> {
     let loaded = load::load(text).map_err(|e| ConfigErrors(vec![e]))?;
     let mut errors = loaded.errors;
-    errors.extend(validate::validate_with(&loaded.config, &loaded.provenance));
+    let (found, values) = validate::validate_with(&loaded.config, &loaded.provenance);
+    errors.extend(found);
     if errors.is_empty() {
-        return Ok(loaded.config);
+        return Ok(Checked::new(loaded.config, values));
     }
     // Indexing lines costs a second parse, so only failing files pay for it.
-    let lines = lines::LineIndex::new(text);
-    for error in &mut errors {
-        if error.line.is_none() {
-            error.line = lines.line_of(&error.path);
-        }
-    }
+    locate(text, &mut errors);
     errors.sort_by(|a, b| (a.line, &a.path).cmp(&(b.line, &b.path)));
     errors.dedup();
     Err(ConfigErrors(errors))
 }
 
-/// Read, parse and validate a config file. The files it names (certificates) are checked
-/// when it is applied (`apply::check`).
-pub fn load_file(path: &Path) -> Result<(Config, String), LoadError> {
+/// Check a config built in code or assembled from several sources (every index its own).
+pub fn check(config: Config) -> Result<Checked, ConfigErrors> {
+    let (errors, values) = validate::validate_with(&config, &validate::Provenance::default());
+    if errors.is_empty() {
+        Ok(Checked::new(config, values))
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Read, parse and check a config file. The files it names (certificates) are checked when
+/// it is applied (`apply::check`).
+pub fn load_file(path: &Path) -> Result<(Checked, String), LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.display().to_string(),
         source,
@@ -241,10 +112,10 @@ mod tests {
             Ok(config) => panic!("expected errors, got a valid config: {config:#?}"),
             Err(errors) => errors,
         };
-        let found: Vec<(&str, Option<usize>, &str)> = errors
+        let found: Vec<(String, Option<usize>, &str)> = errors
             .0
             .iter()
-            .map(|e| (e.path.as_str(), e.line, e.message.as_str()))
+            .map(|e| (e.path.to_string(), e.line, e.message.as_str()))
             .collect();
         assert_eq!(
             found.len(),
@@ -266,7 +137,7 @@ mod tests {
     /// Parse `yaml`, which must be valid.
     pub(crate) fn parse_ok(yaml: &str) -> Config {
         match parse(&doc(yaml)) {
-            Ok(config) => config,
+            Ok(config) => config.into_config(),
             Err(errors) => panic!("expected a valid config, got:\n{errors}"),
         }
     }
@@ -393,7 +264,11 @@ mod tests {
             ..Config::default()
         };
         for text in ["", "\n", "# nothing yet\n", "---\n", "~\n", "null\n"] {
-            assert_eq!(parse(text), Ok(expected.clone()), "for {text:?}");
+            assert_eq!(
+                parse(text).map(Checked::into_config),
+                Ok(expected.clone()),
+                "for {text:?}"
+            );
         }
         // Empty sections mean their defaults too.
         let config = parse_ok("admin:\nruntime: {}\nlisteners: []\nroute_tables:\nclusters:\n");
@@ -468,8 +343,12 @@ mod tests {
             Ok(_) => panic!("should fail"),
             Err(errors) => errors.0,
         };
+        let paths: Vec<(Option<usize>, String)> = errors
+            .iter()
+            .map(|e| (e.line, e.path.to_string()))
+            .collect();
         let order: Vec<(Option<usize>, &str)> =
-            errors.iter().map(|e| (e.line, e.path.as_str())).collect();
+            paths.iter().map(|(l, p)| (*l, p.as_str())).collect();
         assert_eq!(
             order,
             [

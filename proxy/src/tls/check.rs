@@ -3,7 +3,7 @@
 
 use super::files::{self, CertInfo};
 use crate::config::model::Config;
-use crate::config::{ConfigError, Entry, ErrorKind, Section};
+use crate::config::{ConfigError, Entry, ErrorKind, FieldPath, Section};
 
 /// What the TLS files of a config say: errors reject the config, warnings are printed.
 #[derive(Debug, Default)]
@@ -15,7 +15,7 @@ pub struct Findings {
 }
 
 impl Findings {
-    fn error(&mut self, path: String, message: impl Into<String>) {
+    fn error(&mut self, path: FieldPath, message: impl Into<String>) {
         self.errors.push(ConfigError {
             kind: ErrorKind::File,
             entry: self.entry.clone(),
@@ -25,7 +25,7 @@ impl Findings {
         });
     }
 
-    fn warning(&mut self, path: String, message: impl Into<String>) {
+    fn warning(&mut self, path: FieldPath, message: impl Into<String>) {
         self.warnings.push(ConfigError {
             kind: ErrorKind::File,
             entry: self.entry.clone(),
@@ -40,7 +40,7 @@ pub fn check(config: &Config) -> Findings {
     let mut out = Findings::default();
     for (li, listener) in config.listeners.iter().enumerate() {
         let Some(tls) = &listener.tls else { continue };
-        let base = format!("listeners[{li}].tls");
+        let base = FieldPath::root("listeners").index(li).field("tls");
         out.entry = Some(Entry {
             section: Section::Listeners,
             name: listener.name.clone(),
@@ -60,18 +60,18 @@ pub fn check(config: &Config) -> Findings {
             .unwrap_or_default();
         let mut infos = Vec::new();
         for (ci, pair) in tls.certificates.iter().enumerate() {
-            let cpath = format!("{base}.certificates[{ci}]");
+            let cpath = base.field("certificates").index(ci);
             let chain = match files::read_certs(&pair.cert) {
                 Ok(c) => c,
                 Err(e) => {
-                    out.error(format!("{cpath}.cert"), e.to_string());
+                    out.error(cpath.field("cert"), e.to_string());
                     continue;
                 }
             };
             let key = match files::read_key(&pair.key) {
                 Ok(k) => k,
                 Err(e) => {
-                    out.error(format!("{cpath}.key"), e.to_string());
+                    out.error(cpath.field("key"), e.to_string());
                     continue;
                 }
             };
@@ -83,21 +83,21 @@ pub fn check(config: &Config) -> Findings {
                     }
                     e => format!("{}: {e}", pair.key),
                 };
-                out.error(format!("{cpath}.key"), message);
+                out.error(cpath.field("key"), message);
             }
             match chain.first().and_then(CertInfo::parse) {
                 Some(info) => {
                     if info.is_expired() {
                         let when = humantime::format_rfc3339(info.not_after);
                         out.error(
-                            format!("{cpath}.cert"),
+                            cpath.field("cert"),
                             format!("{} expired at {when}", pair.cert),
                         );
                     }
                     infos.push(info);
                 }
                 None => out.error(
-                    format!("{cpath}.cert"),
+                    cpath.field("cert"),
                     format!("{}: the certificate cannot be parsed", pair.cert),
                 ),
             }
@@ -111,7 +111,7 @@ pub fn check(config: &Config) -> Findings {
             });
             if !covered {
                 out.warning(
-                    format!("{base}.certificates"),
+                    base.field("certificates"),
                     format!(
                         "no certificate names any of this listener's virtual hosts ({})",
                         hosts.join(", ")
@@ -121,7 +121,7 @@ pub fn check(config: &Config) -> Findings {
         }
         if let Some(auth) = &tls.client_auth {
             if let Err(e) = files::read_roots(&auth.ca) {
-                out.error(format!("{base}.client_auth.ca"), e.to_string());
+                out.error(base.field("client_auth").field("ca"), e.to_string());
             }
         }
     }
@@ -135,21 +135,24 @@ pub fn check(config: &Config) -> Findings {
                 name: c.name.clone(),
                 index: Some(ci),
             };
-            c.tls
-                .as_ref()
-                .map(|t| (format!("clusters[{ci}].tls"), Some(entry), t))
+            c.tls.as_ref().map(|t| {
+                (
+                    FieldPath::root("clusters").index(ci).field("tls"),
+                    Some(entry),
+                    t,
+                )
+            })
         })
-        .chain(
-            config
-                .xds
-                .iter()
-                .filter_map(|x| x.tls.as_ref().map(|t| ("xds.tls".to_owned(), None, t))),
-        );
+        .chain(config.xds.iter().filter_map(|x| {
+            x.tls
+                .as_ref()
+                .map(|t| (FieldPath::root("xds").field("tls"), None, t))
+        }));
     for (base, entry, tls) in upstreams {
         out.entry = entry;
         if let Some(ca) = &tls.ca {
             if let Err(e) = files::read_roots(ca) {
-                out.error(format!("{base}.ca"), e.to_string());
+                out.error(base.field("ca"), e.to_string());
             }
         }
         if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
@@ -158,16 +161,16 @@ pub fn check(config: &Config) -> Findings {
                     if let Err(e) =
                         rustls::sign::CertifiedKey::from_der(chain, key_der, &super::provider())
                     {
-                        out.error(format!("{base}.client_key"), format!("{key}: {e}"));
+                        out.error(base.field("client_key"), format!("{key}: {e}"));
                     }
                 }
-                (Err(e), _) => out.error(format!("{base}.client_cert"), e.to_string()),
-                (_, Err(e)) => out.error(format!("{base}.client_key"), e.to_string()),
+                (Err(e), _) => out.error(base.field("client_cert"), e.to_string()),
+                (_, Err(e)) => out.error(base.field("client_key"), e.to_string()),
             }
         }
         if tls.insecure_skip_verify {
             out.warning(
-                format!("{base}.insecure_skip_verify"),
+                base.field("insecure_skip_verify"),
                 "upstream certificates are not verified",
             );
         }

@@ -5,16 +5,17 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::routes::check_authority;
 use super::{Validator, MAX_WEIGHT};
+use crate::config::checked::EndpointAddress;
 use crate::config::model::{Cluster, HealthCheck, LbPolicy, OutlierDetection};
-use crate::config::{Entry, ErrorKind, Section};
+use crate::config::{Entry, ErrorKind, FieldPath, Section};
 
 impl Validator<'_> {
     pub(super) fn clusters(&mut self) {
         let config = self.config;
-        let mut names: HashMap<&str, String> = HashMap::new();
+        let mut names: HashMap<&str, FieldPath> = HashMap::new();
         for (i, cluster) in config.clusters.iter().enumerate() {
             let index = self.provenance.cluster_index.get(i).copied().unwrap_or(i);
-            let base = format!("clusters[{index}]");
+            let base = FieldPath::root("clusters").index(index);
             self.entry = Some(Entry {
                 section: Section::Clusters,
                 name: cluster.name.clone(),
@@ -22,10 +23,10 @@ impl Validator<'_> {
             });
             let name = cluster.name.as_str();
             if name.trim().is_empty() {
-                self.error(format!("{base}.name"), "a cluster needs a name");
+                self.error(base.field("name"), "a cluster needs a name");
             } else if let Some(first) = names.get(name) {
                 let message = format!("duplicate cluster name {name:?} (also {first})");
-                self.error_kind(ErrorKind::Duplicate, format!("{base}.name"), message);
+                self.error_kind(ErrorKind::Duplicate, base.field("name"), message);
             } else {
                 names.insert(name, base.clone());
             }
@@ -34,16 +35,16 @@ impl Validator<'_> {
         self.entry = None;
     }
 
-    fn cluster(&mut self, base: &str, cluster: &Cluster) {
-        self.positive(format!("{base}.connect_timeout"), cluster.connect_timeout);
-        self.positive(format!("{base}.idle_timeout"), cluster.idle_timeout);
-        self.positive(format!("{base}.dns_refresh"), cluster.dns_refresh);
+    fn cluster(&mut self, base: &FieldPath, cluster: &Cluster) {
+        self.positive(base.field("connect_timeout"), cluster.connect_timeout);
+        self.positive(base.field("idle_timeout"), cluster.idle_timeout);
+        self.positive(base.field("dns_refresh"), cluster.dns_refresh);
         if let Some(d) = cluster.slow_start {
-            self.positive(format!("{base}.slow_start"), d);
+            self.positive(base.field("slow_start"), d);
         }
         if cluster.panic_threshold > 100 {
             self.error(
-                format!("{base}.panic_threshold"),
+                base.field("panic_threshold"),
                 format!(
                     "is a percentage from 0 to 100 (got {})",
                     cluster.panic_threshold
@@ -52,13 +53,13 @@ impl Validator<'_> {
         }
         self.hash_on(base, cluster);
         if let Some(tls) = &cluster.tls {
-            self.upstream_tls(&format!("{base}.tls"), tls);
+            self.upstream_tls(&base.field("tls"), tls);
         }
         if let Some(hc) = &cluster.health_check {
-            self.health_check(&format!("{base}.health_check"), hc);
+            self.health_check(&base.field("health_check"), hc);
         }
         if let Some(od) = &cluster.outlier_detection {
-            self.outlier_detection(&format!("{base}.outlier_detection"), od);
+            self.outlier_detection(&base.field("outlier_detection"), od);
         }
         let cb = &cluster.circuit_breakers;
         for (field, value) in [
@@ -68,38 +69,40 @@ impl Validator<'_> {
         ] {
             if value == 0 {
                 self.error(
-                    format!("{base}.circuit_breakers.{field}"),
+                    base.field("circuit_breakers").key(field),
                     "must be at least 1 (0 would refuse every request)",
                 );
             }
         }
         let mut seen: HashMap<EndpointAddress, usize> = HashMap::new();
+        let mut addresses = Vec::with_capacity(cluster.endpoints.len());
         for (e, endpoint) in cluster.endpoints.iter().enumerate() {
-            let ebase = format!("{base}.endpoints[{e}]");
+            let ebase = base.field("endpoints").index(e);
             if let Some(zone) = &endpoint.zone {
                 if zone.trim().is_empty() {
-                    self.error(format!("{ebase}.zone"), "a zone name cannot be empty");
+                    self.error(ebase.field("zone"), "a zone name cannot be empty");
                 }
             }
             match parse_endpoint_address(&endpoint.address) {
                 Ok(addr) => {
                     if let Some(first) = seen.get(&addr) {
                         let message = format!("{addr} is listed twice (also endpoints[{first}])");
-                        self.error(format!("{ebase}.address"), message);
+                        self.error(ebase.field("address"), message);
                     } else {
-                        seen.insert(addr, e);
+                        seen.insert(addr.clone(), e);
                     }
+                    addresses.push(addr);
                 }
-                Err(message) => self.error(format!("{ebase}.address"), message),
+                Err(message) => self.error(ebase.field("address"), message),
             }
             if endpoint.weight == 0 {
                 self.error(
-                    format!("{ebase}.weight"),
+                    ebase.field("weight"),
                     "weight 0 is not allowed; use `pooled: false` to stop traffic to an endpoint",
                 );
             } else if endpoint.weight > MAX_WEIGHT {
                 self.error(
-                    format!("{ebase}.weight"),
+                    ebase.field("weight"),
                     format!(
                         "must be between 1 and {MAX_WEIGHT} (got {})",
                         endpoint.weight
@@ -107,31 +110,26 @@ impl Validator<'_> {
                 );
             }
         }
+        self.values.endpoints.push(addresses);
     }
 
-    fn hash_on(&mut self, base: &str, cluster: &Cluster) {
+    fn hash_on(&mut self, base: &FieldPath, cluster: &Cluster) {
         let hashing = matches!(cluster.lb, LbPolicy::RingHash | LbPolicy::Maglev);
         let Some(h) = &cluster.hash_on else {
             return;
         };
-        let path = format!("{base}.hash_on");
+        let path = base.field("hash_on");
         if !hashing {
-            self.error(
-                path.clone(),
-                "only applies to `lb: ring_hash` or `lb: maglev`",
-            );
+            self.error(&path, "only applies to `lb: ring_hash` or `lb: maglev`");
         }
         let set = [h.header.is_some(), h.cookie.is_some(), h.client_ip];
         if set.iter().filter(|b| **b).count() != 1 {
-            self.error(
-                path.clone(),
-                "needs exactly one of header, cookie, client_ip",
-            );
+            self.error(&path, "needs exactly one of header, cookie, client_ip");
         }
         if let Some(name) = &h.header {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 self.error(
-                    format!("{path}.header"),
+                    path.field("header"),
                     format!("{name:?} is not a valid header name"),
                 );
             }
@@ -139,38 +137,38 @@ impl Validator<'_> {
         if let Some(name) = &h.cookie {
             if name.is_empty() || name.contains([';', '=', ' ']) {
                 self.error(
-                    format!("{path}.cookie"),
+                    path.field("cookie"),
                     format!("{name:?} is not a valid cookie name"),
                 );
             }
         }
     }
 
-    fn health_check(&mut self, base: &str, hc: &HealthCheck) {
+    fn health_check(&mut self, base: &FieldPath, hc: &HealthCheck) {
         let kinds = [hc.http.is_some(), hc.tcp.is_some(), hc.postgres.is_some()];
         if kinds.iter().filter(|b| **b).count() != 1 {
             self.error(
-                base.to_owned(),
+                base,
                 "a health check needs exactly one of http, tcp, postgres",
             );
         }
         if let Some(pg) = &hc.postgres {
             if pg.password.is_some() && pg.password_file.is_some() {
                 self.error(
-                    format!("{base}.postgres.password_file"),
+                    base.field("postgres").field("password_file"),
                     "give either password or password_file, not both",
                 );
             }
             if !pg.has_credentials() {
                 if pg.require_replica {
                     self.error(
-                        format!("{base}.postgres.require_replica"),
+                        base.field("postgres").field("require_replica"),
                         "needs credentials (password or password_file) to query the server",
                     );
                 }
                 if pg.max_lag.is_some() {
                     self.error(
-                        format!("{base}.postgres.max_lag"),
+                        base.field("postgres").field("max_lag"),
                         "needs credentials (password or password_file) to query the server",
                     );
                 }
@@ -178,17 +176,17 @@ impl Validator<'_> {
             for (field, v) in [("user", &pg.user), ("database", &pg.database)] {
                 if v.is_empty() || v.contains('\0') {
                     self.error(
-                        format!("{base}.postgres.{field}"),
+                        base.field("postgres").key(field),
                         "must be a non-empty name",
                     );
                 }
             }
         }
-        self.positive(format!("{base}.interval"), hc.interval);
-        self.positive(format!("{base}.timeout"), hc.timeout);
+        self.positive(base.field("interval"), hc.interval);
+        self.positive(base.field("timeout"), hc.timeout);
         if hc.timeout > hc.interval {
             self.error(
-                format!("{base}.timeout"),
+                base.field("timeout"),
                 format!("{} is longer than the interval {}", hc.timeout, hc.interval),
             );
         }
@@ -198,7 +196,7 @@ impl Validator<'_> {
         ] {
             if value == 0 || value > 100 {
                 self.error(
-                    format!("{base}.{field}"),
+                    base.key(field),
                     format!("must be between 1 and 100 (got {value})"),
                 );
             }
@@ -206,32 +204,32 @@ impl Validator<'_> {
         if let Some(http) = &hc.http {
             if !http.path.starts_with('/') {
                 self.error(
-                    format!("{base}.http.path"),
+                    base.field("http").field("path"),
                     format!("{:?} must start with /", http.path),
                 );
             }
             if let Some(host) = &http.host {
                 if let Err(message) = check_authority(host) {
-                    self.error(format!("{base}.http.host"), message);
+                    self.error(base.field("http").field("host"), message);
                 }
             }
             if http.expect.is_empty() {
                 self.error(
-                    format!("{base}.http.expect"),
+                    base.field("http").field("expect"),
                     "needs at least one status or range",
                 );
             }
         }
     }
 
-    fn outlier_detection(&mut self, base: &str, od: &OutlierDetection) {
+    fn outlier_detection(&mut self, base: &FieldPath, od: &OutlierDetection) {
         if od.consecutive_failures == 0 {
-            self.error(format!("{base}.consecutive_failures"), "must be at least 1");
+            self.error(base.field("consecutive_failures"), "must be at least 1");
         }
-        self.positive(format!("{base}.base_ejection"), od.base_ejection);
+        self.positive(base.field("base_ejection"), od.base_ejection);
         if od.max_ejection < od.base_ejection {
             self.error(
-                format!("{base}.max_ejection"),
+                base.field("max_ejection"),
                 format!(
                     "{} is shorter than base_ejection {}",
                     od.max_ejection, od.base_ejection
@@ -240,7 +238,7 @@ impl Validator<'_> {
         }
         if od.max_ejected_percent > 100 {
             self.error(
-                format!("{base}.max_ejected_percent"),
+                base.field("max_ejected_percent"),
                 format!(
                     "is a percentage from 0 to 100 (got {})",
                     od.max_ejected_percent
@@ -318,22 +316,6 @@ pub(super) fn parse_socket_addr(text: &str) -> Result<SocketAddr, AddrProblem> {
         host: host.to_owned(),
         has_port: true,
     })
-}
-
-/// An endpoint address: an IP socket address, or a DNS name resolved at run time.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum EndpointAddress {
-    Ip(SocketAddr),
-    Dns { host: String, port: u16 },
-}
-
-impl std::fmt::Display for EndpointAddress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EndpointAddress::Ip(a) => write!(f, "{a}"),
-            EndpointAddress::Dns { host, port } => write!(f, "{host}:{port}"),
-        }
-    }
 }
 
 /// Parses `ip:port` or `dns-name:port`.

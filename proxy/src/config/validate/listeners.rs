@@ -7,29 +7,33 @@ use super::clusters::parse_socket_addr;
 use super::{Validator, MAX_ATTEMPTS, MAX_HEADER_SIZE, MIN_HEADER_SIZE};
 use crate::config::model::{HttpListener, Listener, TcpListener};
 use crate::config::suggest::did_you_mean_quoted;
-use crate::config::{Entry, ErrorKind, Section};
+use crate::config::{Entry, ErrorKind, FieldPath, Section};
 
 impl<'a> Validator<'a> {
     pub(super) fn listeners(&mut self) {
         let config = self.config;
-        let mut names: HashMap<&str, String> = HashMap::new();
-        let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+        let mut names: HashMap<&str, FieldPath> = HashMap::new();
+        let mut addresses: HashMap<SocketAddr, FieldPath> = HashMap::new();
         if !self.provenance.admin_broken {
-            if let Some(addr) = self.listen_address("admin.listen", &config.admin.listen) {
-                addresses.insert(addr, "admin.listen".to_owned());
+            let path = FieldPath::root("admin").field("listen");
+            if let Some(addr) = self.listen_address(&path, &config.admin.listen) {
+                addresses.insert(addr, path);
+                self.values.admin = addr;
             }
         }
         for (i, listener) in config.listeners.iter().enumerate() {
             let index = self.provenance.listener_index.get(i).copied().unwrap_or(i);
-            let base = format!("listeners[{index}]");
+            let base = FieldPath::root("listeners").index(index);
             self.entry = Some(Entry {
                 section: Section::Listeners,
                 name: listener.name.clone(),
                 index: Some(index),
             });
             self.listener_name(&base, listener, &mut names);
-            let path = format!("{base}.listen");
-            if let Some(addr) = self.listen_address(&path, &listener.listen) {
+            let path = base.field("listen");
+            let listen = self.listen_address(&path, &listener.listen);
+            self.values.listen.push(listen.unwrap_or(self.values.admin));
+            if let Some(addr) = listen {
                 // Port 0 asks the kernel for a fresh port, so it never collides.
                 if addr.port() != 0 {
                     if let Some(first) = addresses.get(&addr) {
@@ -41,7 +45,7 @@ impl<'a> Validator<'a> {
                 }
             }
             if let Some(tls) = &listener.tls {
-                self.listener_tls(&format!("{base}.tls"), tls);
+                self.listener_tls(&base.field("tls"), tls);
             }
             match (&listener.http, &listener.tcp) {
                 (Some(http), None) => self.http_listener(&base, http),
@@ -49,7 +53,7 @@ impl<'a> Validator<'a> {
                     self.tcp_listener(&base, tcp);
                     if listener.tls.is_some() {
                         self.error(
-                            format!("{base}.tls"),
+                            base.field("tls"),
                             "TLS termination applies to http listeners; a tcp listener relays bytes as they are",
                         );
                     }
@@ -64,11 +68,11 @@ impl<'a> Validator<'a> {
         self.entry = None;
     }
 
-    fn tcp_listener(&mut self, base: &str, tcp: &TcpListener) {
-        self.cluster_ref(format!("{base}.tcp.cluster"), &tcp.cluster);
+    fn tcp_listener(&mut self, base: &FieldPath, tcp: &TcpListener) {
+        self.cluster_ref(base.field("tcp").field("cluster"), &tcp.cluster);
         if tcp.connect_attempts == 0 || tcp.connect_attempts > MAX_ATTEMPTS {
             self.error(
-                format!("{base}.tcp.connect_attempts"),
+                base.field("tcp").field("connect_attempts"),
                 format!(
                     "must be between 1 and {MAX_ATTEMPTS} (got {})",
                     tcp.connect_attempts
@@ -76,28 +80,28 @@ impl<'a> Validator<'a> {
             );
         }
         if let Some(d) = tcp.idle_timeout {
-            self.positive(format!("{base}.tcp.idle_timeout"), d);
+            self.positive(base.field("tcp").field("idle_timeout"), d);
         }
     }
 
     fn listener_name(
         &mut self,
-        base: &str,
+        base: &FieldPath,
         listener: &'a Listener,
-        names: &mut HashMap<&'a str, String>,
+        names: &mut HashMap<&'a str, FieldPath>,
     ) {
         let name = listener.name.as_str();
         if name.trim().is_empty() {
-            self.error(format!("{base}.name"), "a listener needs a name");
+            self.error(base.field("name"), "a listener needs a name");
         } else if let Some(first) = names.get(name) {
             let message = format!("duplicate listener name {name:?} (also {first})");
-            self.error_kind(ErrorKind::Duplicate, format!("{base}.name"), message);
+            self.error_kind(ErrorKind::Duplicate, base.field("name"), message);
         } else {
-            names.insert(name, base.to_owned());
+            names.insert(name, base.clone());
         }
     }
 
-    fn listen_address(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+    fn listen_address(&mut self, path: &FieldPath, text: &str) -> Option<SocketAddr> {
         match parse_socket_addr(text) {
             Ok(addr) => Some(addr),
             Err(problem) => {
@@ -107,7 +111,7 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn http_listener(&mut self, base: &str, http: &HttpListener) {
+    fn http_listener(&mut self, base: &FieldPath, http: &HttpListener) {
         let name = http.route_table.as_str();
         let tables = &self.config.route_tables;
         if !tables.contains_key(name) && !self.provenance.broken_route_tables.covers(name) {
@@ -119,13 +123,13 @@ impl<'a> Validator<'a> {
             };
             self.error_kind(
                 ErrorKind::UnknownReference,
-                format!("{base}.http.route_table"),
+                base.field("http").field("route_table"),
                 message,
             );
         }
         if http.max_header_size < MIN_HEADER_SIZE {
             self.error(
-                format!("{base}.http.max_header_size"),
+                base.field("http").field("max_header_size"),
                 format!(
                     "must be at least {MIN_HEADER_SIZE} bytes (got {})",
                     http.max_header_size
@@ -133,7 +137,7 @@ impl<'a> Validator<'a> {
             );
         } else if http.max_header_size > MAX_HEADER_SIZE {
             self.error(
-                format!("{base}.http.max_header_size"),
+                base.field("http").field("max_header_size"),
                 format!(
                     "must be at most {MAX_HEADER_SIZE} bytes, 1 MiB (got {})",
                     http.max_header_size
@@ -142,15 +146,15 @@ impl<'a> Validator<'a> {
         }
         if http.max_concurrent_streams == 0 {
             self.error(
-                format!("{base}.http.max_concurrent_streams"),
+                base.field("http").field("max_concurrent_streams"),
                 "must be at least 1",
             );
         }
         self.positive(
-            format!("{base}.http.header_read_timeout"),
+            base.field("http").field("header_read_timeout"),
             http.header_read_timeout,
         );
-        self.positive(format!("{base}.http.idle_timeout"), http.idle_timeout);
+        self.positive(base.field("http").field("idle_timeout"), http.idle_timeout);
     }
 }
 

@@ -9,9 +9,11 @@ mod xds;
 
 use std::collections::HashSet;
 
-use super::{Config, ConfigError, Duration, Entry, ErrorKind};
+use super::{Config, ConfigError, Duration, Entry, ErrorKind, FieldPath, Values};
 
-pub use clusters::{parse_endpoint_address, EndpointAddress};
+pub use crate::config::checked::EndpointAddress;
+pub use clusters::parse_endpoint_address;
+pub use routes::full_match_regex;
 
 /// Upper bound of `weight` for split targets and endpoints.
 pub const MAX_WEIGHT: u32 = 10_000;
@@ -57,11 +59,12 @@ impl Names {
 
 /// Check a config built in code (every index is its own).
 pub fn validate(config: &Config) -> Vec<ConfigError> {
-    validate_with(config, &Provenance::default())
+    validate_with(config, &Provenance::default()).0
 }
 
-/// Check a config the loader assembled, possibly from a partly broken file.
-pub fn validate_with(config: &Config, provenance: &Provenance) -> Vec<ConfigError> {
+/// Check a config the loader assembled, possibly from a partly broken file. Returns every
+/// problem, and the values parsed on the way (meaningful only when there is no problem).
+pub fn validate_with(config: &Config, provenance: &Provenance) -> (Vec<ConfigError>, Values) {
     let mut v = Validator {
         config,
         provenance,
@@ -69,6 +72,7 @@ pub fn validate_with(config: &Config, provenance: &Provenance) -> Vec<ConfigErro
         cluster_set: config.clusters.iter().map(|c| c.name.as_str()).collect(),
         errors: Vec::new(),
         entry: None,
+        values: Values::default(),
     };
     v.runtime();
     v.xds();
@@ -77,7 +81,7 @@ pub fn validate_with(config: &Config, provenance: &Provenance) -> Vec<ConfigErro
         v.route_table(name, table);
     }
     v.clusters();
-    v.errors
+    (v.errors, v.values)
 }
 
 struct Validator<'a> {
@@ -90,14 +94,21 @@ struct Validator<'a> {
     errors: Vec<ConfigError>,
     /// The listener, route table or cluster being checked, which errors are stamped with.
     entry: Option<Entry>,
+    /// What checking parsed, for compile.
+    values: Values,
 }
 
 impl Validator<'_> {
-    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    fn error(&mut self, path: impl Into<FieldPath>, message: impl Into<String>) {
         self.error_kind(ErrorKind::Invalid, path, message);
     }
 
-    fn error_kind(&mut self, kind: ErrorKind, path: impl Into<String>, message: impl Into<String>) {
+    fn error_kind(
+        &mut self,
+        kind: ErrorKind,
+        path: impl Into<FieldPath>,
+        message: impl Into<String>,
+    ) {
         self.errors.push(ConfigError {
             kind,
             entry: self.entry.clone(),
@@ -107,7 +118,7 @@ impl Validator<'_> {
         });
     }
 
-    fn positive(&mut self, path: impl Into<String>, d: Duration) {
+    fn positive(&mut self, path: impl Into<FieldPath>, d: Duration) {
         if d.get().is_zero() {
             self.error(path, "must be greater than zero");
         }
@@ -134,7 +145,10 @@ mod tests {
         config.clusters.push(cluster);
         let errors = validate(&config);
         assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].path, "clusters[0].endpoints[0].address");
+        assert_eq!(
+            errors[0].path.to_string(),
+            "clusters[0].endpoints[0].address"
+        );
         assert_eq!(errors[0].line, None);
     }
 }

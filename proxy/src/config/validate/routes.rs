@@ -2,16 +2,20 @@
 
 use std::collections::HashMap;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
+use http::StatusCode;
+use regex::Regex;
 
 use super::{Validator, MAX_ATTEMPTS, MAX_WEIGHT};
+use crate::config::checked::{
+    ActionValues, HeaderMatch, HeaderMatchKind, HeaderOps, PathMatch, RouteValues,
+};
 use crate::config::model::{
-    HeaderMatch, HeaderOps, Redirect, Respond, RetryPolicy, Route, RouteMatch, RouteTable,
-    SplitTarget,
+    self, Redirect, Respond, RetryPolicy, Route, RouteMatch, RouteTable, SplitTarget,
 };
 use crate::config::suggest::did_you_mean_quoted;
-use crate::config::{Entry, ErrorKind, Section};
+use crate::config::{Entry, ErrorKind, FieldPath, Section};
 
 /// Headers that belong to one connection, plus `host` (owned by `host_rewrite`): header rules
 /// may not add or remove them.
@@ -39,27 +43,31 @@ impl Validator<'_> {
 
     fn route_table_entries(&mut self, name: &str, table: &RouteTable) {
         if name.trim().is_empty() {
-            self.error("route_tables", "a route table needs a non-empty name");
+            self.error(
+                FieldPath::root("route_tables"),
+                "a route table needs a non-empty name",
+            );
         }
-        let base = format!("route_tables.{name}");
+        let base = FieldPath::root("route_tables").key(name.to_owned());
         if table.virtual_hosts.is_empty() {
             self.error(
-                format!("{base}.virtual_hosts"),
+                base.field("virtual_hosts"),
                 "a route table needs at least one virtual host",
             );
         }
         // Lower-cased host pattern → path of its first appearance in this table.
-        let mut seen: HashMap<String, String> = HashMap::new();
+        let mut seen: HashMap<String, FieldPath> = HashMap::new();
+        let mut values = Vec::with_capacity(table.virtual_hosts.len());
         for (v, vhost) in table.virtual_hosts.iter().enumerate() {
-            let vbase = format!("{base}.virtual_hosts[{v}]");
+            let vbase = base.field("virtual_hosts").index(v);
             if vhost.hosts.is_empty() {
                 self.error(
-                    format!("{vbase}.hosts"),
+                    vbase.field("hosts"),
                     "a virtual host needs at least one host (\"*\" matches any)",
                 );
             }
             for (h, host) in vhost.hosts.iter().enumerate() {
-                let path = format!("{vbase}.hosts[{h}]");
+                let path = vbase.field("hosts").index(h);
                 if let Err(message) = check_host_pattern(host) {
                     self.error(path, message);
                     continue;
@@ -74,18 +82,22 @@ impl Validator<'_> {
             }
             if vhost.routes.is_empty() {
                 self.error(
-                    format!("{vbase}.routes"),
+                    vbase.field("routes"),
                     "a virtual host needs at least one route",
                 );
             }
-            for (r, route) in vhost.routes.iter().enumerate() {
-                self.route(&format!("{vbase}.routes[{r}]"), route);
-            }
+            let routes = vhost.routes.iter().enumerate();
+            values.push(
+                routes
+                    .map(|(r, route)| self.route(&vbase.field("routes").index(r), route))
+                    .collect(),
+            );
         }
+        self.values.routes.insert(name.to_owned(), values);
     }
 
-    fn route(&mut self, base: &str, route: &Route) {
-        self.route_match(&format!("{base}.match"), &route.matcher);
+    fn route(&mut self, base: &FieldPath, route: &Route) -> RouteValues {
+        let (path, headers) = self.route_match(&base.field("match"), &route.matcher);
 
         let actions = [
             ("cluster", route.cluster.is_some()),
@@ -104,27 +116,31 @@ impl Validator<'_> {
             );
         }
         // Check every action given, even when there are too many: each may have its own typo.
+        let mut action = None;
         if let Some(cluster) = &route.cluster {
-            self.cluster_ref(format!("{base}.cluster"), cluster);
+            self.cluster_ref(base.field("cluster"), cluster);
+            action = Some(ActionValues::Cluster(cluster.clone()));
         }
         if let Some(split) = &route.split {
-            self.split(&format!("{base}.split"), split);
+            self.split(&base.field("split"), split);
+            let targets = split.iter().map(|t| (t.cluster.clone(), t.weight));
+            action = Some(ActionValues::Split(targets.collect()));
         }
         if let Some(redirect) = &route.redirect {
-            self.redirect(&format!("{base}.redirect"), redirect);
+            action = self.redirect(&base.field("redirect"), redirect).or(action);
         }
         if let Some(respond) = &route.respond {
-            self.respond(&format!("{base}.respond"), respond);
+            action = self.respond(&base.field("respond"), respond).or(action);
         }
 
         if let Some(timeout) = route.timeout {
-            self.positive(format!("{base}.timeout"), timeout);
+            self.positive(base.field("timeout"), timeout);
         }
         if let Some(retry) = &route.retry {
-            self.retry(&format!("{base}.retry"), retry);
+            self.retry(&base.field("retry"), retry);
         }
         if let Some(rewrite) = &route.prefix_rewrite {
-            let path = format!("{base}.prefix_rewrite");
+            let path = base.field("prefix_rewrite");
             if route.matcher.prefix.is_none() {
                 self.error(&path, "prefix_rewrite needs a `prefix` match");
             }
@@ -132,16 +148,33 @@ impl Validator<'_> {
                 self.error(path, format!("{rewrite:?} must start with `/`"));
             }
         }
+        let mut host_rewrite = None;
         if let Some(host) = &route.host_rewrite {
-            if let Err(message) = check_authority(host) {
-                self.error(format!("{base}.host_rewrite"), message);
+            match check_authority(host).and_then(|()| header_value(host)) {
+                Ok(value) => host_rewrite = Some(value),
+                Err(message) => self.error(base.field("host_rewrite"), message),
             }
         }
-        self.header_ops(&format!("{base}.request_headers"), &route.request_headers);
-        self.header_ops(&format!("{base}.response_headers"), &route.response_headers);
+        let request_headers =
+            self.header_ops(&base.field("request_headers"), &route.request_headers);
+        let response_headers =
+            self.header_ops(&base.field("response_headers"), &route.response_headers);
+        let defaults = RouteValues::default();
+        RouteValues {
+            path: path.unwrap_or(defaults.path),
+            headers,
+            action: action.unwrap_or(defaults.action),
+            host_rewrite,
+            request_headers,
+            response_headers,
+        }
     }
 
-    fn route_match(&mut self, base: &str, m: &RouteMatch) {
+    fn route_match(
+        &mut self,
+        base: &FieldPath,
+        m: &RouteMatch,
+    ) -> (Option<PathMatch>, Vec<HeaderMatch>) {
         let kinds = [
             ("prefix", m.prefix.is_some()),
             ("exact", m.exact.is_some()),
@@ -160,27 +193,37 @@ impl Validator<'_> {
         for (field, value) in [("prefix", &m.prefix), ("exact", &m.exact)] {
             if let Some(path) = value {
                 if !path.starts_with('/') {
-                    self.error(
-                        format!("{base}.{field}"),
-                        format!("{path:?} must start with `/`"),
-                    );
+                    self.error(base.key(field), format!("{path:?} must start with `/`"));
                 }
             }
         }
+        let mut path = match (&m.prefix, &m.exact) {
+            (Some(p), _) => Some(PathMatch::Prefix(p.as_str().into())),
+            (None, Some(e)) => Some(PathMatch::Exact(e.as_str().into())),
+            (None, None) => None,
+        };
         if let Some(pattern) = &m.regex {
-            if let Err(message) = check_regex(pattern) {
-                self.error(format!("{base}.regex"), message);
+            match check_regex(pattern) {
+                Ok(re) => path = path.or(Some(PathMatch::Regex(re))),
+                Err(message) => self.error(base.field("regex"), message),
             }
         }
-        for (k, header) in m.headers.iter().enumerate() {
-            self.header_match(&format!("{base}.headers[{k}]"), header);
-        }
+        let headers = m.headers.iter().enumerate();
+        let headers = headers
+            .filter_map(|(k, header)| self.header_match(&base.field("headers").index(k), header))
+            .collect();
+        (path, headers)
     }
 
-    fn header_match(&mut self, base: &str, header: &HeaderMatch) {
-        if HeaderName::from_bytes(header.name.as_bytes()).is_err() {
+    fn header_match(
+        &mut self,
+        base: &FieldPath,
+        header: &model::HeaderMatch,
+    ) -> Option<HeaderMatch> {
+        let name = HeaderName::from_bytes(header.name.as_bytes());
+        if name.is_err() {
             self.error(
-                format!("{base}.name"),
+                base.field("name"),
                 format!("{:?} is not a valid header name", header.name),
             );
         }
@@ -199,14 +242,31 @@ impl Validator<'_> {
                 ),
             );
         }
+        let mut kind = match (&header.exact, header.present) {
+            (Some(v), _) => match header_value(v) {
+                Ok(v) => Some(HeaderMatchKind::Exact(v)),
+                Err(message) => {
+                    self.error(base.field("exact"), message);
+                    None
+                }
+            },
+            (None, Some(p)) => Some(HeaderMatchKind::Present(p)),
+            (None, None) => None,
+        };
         if let Some(pattern) = &header.regex {
-            if let Err(message) = check_regex(pattern) {
-                self.error(format!("{base}.regex"), message);
+            match check_regex(pattern) {
+                Ok(re) => kind = kind.or(Some(HeaderMatchKind::Regex(re))),
+                Err(message) => self.error(base.field("regex"), message),
             }
         }
+        Some(HeaderMatch {
+            name: name.ok()?,
+            kind: kind.unwrap_or(HeaderMatchKind::Present(true)),
+            invert: header.invert,
+        })
     }
 
-    pub(super) fn cluster_ref(&mut self, path: String, name: &str) {
+    pub(super) fn cluster_ref(&mut self, path: FieldPath, name: &str) {
         if self.cluster_set.contains(name) || self.provenance.broken_clusters.covers(name) {
             return;
         }
@@ -219,7 +279,7 @@ impl Validator<'_> {
         self.error_kind(ErrorKind::UnknownReference, path, message);
     }
 
-    fn split(&mut self, base: &str, targets: &[SplitTarget]) {
+    fn split(&mut self, base: &FieldPath, targets: &[SplitTarget]) {
         if targets.is_empty() {
             self.error(base, "a split needs at least one target");
             return;
@@ -227,20 +287,20 @@ impl Validator<'_> {
         let mut seen: HashMap<&str, usize> = HashMap::new();
         let mut total: u64 = 0;
         for (k, target) in targets.iter().enumerate() {
-            let tbase = format!("{base}[{k}]");
-            self.cluster_ref(format!("{tbase}.cluster"), &target.cluster);
+            let tbase = base.index(k);
+            self.cluster_ref(tbase.field("cluster"), &target.cluster);
             if let Some(first) = seen.get(target.cluster.as_str()) {
                 let message = format!(
                     "cluster {:?} appears twice in this split (also split[{first}])",
                     target.cluster
                 );
-                self.error(format!("{tbase}.cluster"), message);
+                self.error(tbase.field("cluster"), message);
             } else {
                 seen.insert(&target.cluster, k);
             }
             if target.weight > MAX_WEIGHT {
                 self.error(
-                    format!("{tbase}.weight"),
+                    tbase.field("weight"),
                     format!("must be at most {MAX_WEIGHT} (got {})", target.weight),
                 );
             }
@@ -254,10 +314,11 @@ impl Validator<'_> {
         }
     }
 
-    fn redirect(&mut self, base: &str, redirect: &Redirect) {
+    fn redirect(&mut self, base: &FieldPath, redirect: &Redirect) -> Option<ActionValues> {
+        let status = StatusCode::from_u16(redirect.status).ok();
         if ![301, 302, 303, 307, 308].contains(&redirect.status) {
             self.error(
-                format!("{base}.status"),
+                base.field("status"),
                 format!(
                     "{} is not a redirect status; use 301, 302, 303, 307 or 308",
                     redirect.status
@@ -267,7 +328,7 @@ impl Validator<'_> {
         if let Some(scheme) = &redirect.scheme {
             if scheme != "http" && scheme != "https" {
                 self.error(
-                    format!("{base}.scheme"),
+                    base.field("scheme"),
                     format!("{scheme:?} is not supported; use \"http\" or \"https\""),
                 );
             }
@@ -280,41 +341,55 @@ impl Validator<'_> {
                 check_authority(host)
             };
             if let Err(message) = problem {
-                self.error(format!("{base}.host"), message);
+                self.error(base.field("host"), message);
             }
         }
         if let Some(path) = &redirect.path {
             if !path.starts_with('/') {
-                self.error(
-                    format!("{base}.path"),
-                    format!("{path:?} must start with `/`"),
-                );
+                self.error(base.field("path"), format!("{path:?} must start with `/`"));
             }
         }
+        status.map(|status| ActionValues::Redirect { status })
     }
 
-    fn respond(&mut self, base: &str, respond: &Respond) {
-        if !(100..=599).contains(&respond.status) {
+    fn respond(&mut self, base: &FieldPath, respond: &Respond) -> Option<ActionValues> {
+        let status = StatusCode::from_u16(respond.status)
+            .ok()
+            .filter(|_| (100..=599).contains(&respond.status));
+        if status.is_none() {
             self.error(
-                format!("{base}.status"),
+                base.field("status"),
                 format!("{} is not an HTTP status; use 100 to 599", respond.status),
             );
         }
+        let mut headers = HeaderMap::with_capacity(respond.headers.len());
         for (name, value) in &respond.headers {
-            let path = format!("{base}.headers.{name}");
-            if HeaderName::from_bytes(name.as_bytes()).is_err() {
-                self.error(&path, format!("{name:?} is not a valid header name"));
-            }
-            if HeaderValue::from_str(value).is_err() {
-                self.error(path, format!("{value:?} is not a valid header value"));
+            let path = base.field("headers").key(name.clone());
+            let name = match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.error(&path, format!("{name:?} is not a valid header name"));
+                    None
+                }
+            };
+            match (name, header_value(value)) {
+                (Some(name), Ok(value)) => {
+                    headers.insert(name, value);
+                }
+                (_, Err(message)) => self.error(path, message),
+                (None, Ok(_)) => {}
             }
         }
+        Some(ActionValues::Respond {
+            status: status?,
+            headers,
+        })
     }
 
-    fn retry(&mut self, base: &str, retry: &RetryPolicy) {
+    fn retry(&mut self, base: &FieldPath, retry: &RetryPolicy) {
         if !(1..=MAX_ATTEMPTS).contains(&retry.attempts) {
             self.error(
-                format!("{base}.attempts"),
+                base.field("attempts"),
                 format!(
                     "must be between 1 and {MAX_ATTEMPTS}, counting the first try (got {})",
                     retry.attempts
@@ -323,30 +398,35 @@ impl Validator<'_> {
         }
         if retry.on.is_empty() {
             self.error(
-                format!("{base}.on"),
+                base.field("on"),
                 "must list at least one of connect-failure, reset, timeout, 503, gateway-error, 5xx",
             );
         }
         if let Some(per_try) = retry.per_try_timeout {
-            self.positive(format!("{base}.per_try_timeout"), per_try);
+            self.positive(base.field("per_try_timeout"), per_try);
         }
     }
 
-    fn header_ops(&mut self, base: &str, ops: &HeaderOps) {
+    fn header_ops(&mut self, base: &FieldPath, ops: &model::HeaderOps) -> HeaderOps {
+        let mut out = HeaderOps::default();
         for (name, value) in &ops.add {
-            let path = format!("{base}.add.{name}");
-            if let Err(message) = check_rewritable_header(name) {
-                self.error(&path, message);
-            }
-            if HeaderValue::from_str(value).is_err() {
-                self.error(path, format!("{value:?} is not a valid header value"));
+            let path = base.field("add").key(name.clone());
+            let name = check_rewritable_header(name)
+                .map_err(|message| self.error(&path, message))
+                .ok();
+            match (name, header_value(value)) {
+                (Some(name), Ok(value)) => out.set.push((name, value)),
+                (_, Err(message)) => self.error(path, message),
+                (None, Ok(_)) => {}
             }
         }
         for (k, name) in ops.remove.iter().enumerate() {
-            if let Err(message) = check_rewritable_header(name) {
-                self.error(format!("{base}.remove[{k}]"), message);
+            match check_rewritable_header(name) {
+                Ok(name) => out.remove.push(name),
+                Err(message) => self.error(base.field("remove").index(k), message),
             }
         }
+        out
     }
 }
 
@@ -425,7 +505,7 @@ pub(super) fn check_authority(text: &str) -> Result<(), String> {
 }
 
 /// A header that `request_headers` / `response_headers` may add or remove.
-fn check_rewritable_header(name: &str) -> Result<(), String> {
+fn check_rewritable_header(name: &str) -> Result<HeaderName, String> {
     if name.starts_with(':') {
         return Err(format!(
             "{name:?} is a pseudo-header; Legate sets pseudo-headers itself"
@@ -444,13 +524,19 @@ fn check_rewritable_header(name: &str) -> Result<(), String> {
             "{name:?} is a hop-by-hop header; Legate manages it per connection"
         ));
     }
-    Ok(())
+    Ok(header)
 }
 
-/// Compile `pattern`, condensing the regex crate's multi-line report to its last line.
-fn check_regex(pattern: &str) -> Result<(), String> {
-    match regex::Regex::new(pattern) {
-        Ok(_) => Ok(()),
+fn header_value(value: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(value).map_err(|_| format!("{value:?} is not a valid header value"))
+}
+
+/// Compile `pattern` for matching whole values (as Envoy's `safe_regex` does), condensing the
+/// regex crate's multi-line report to its last line. The pattern must be valid on its own,
+/// not only inside the anchors (`a)|(b` is not).
+fn check_regex(pattern: &str) -> Result<Regex, String> {
+    match Regex::new(pattern).and_then(|_| full_match_regex(pattern)) {
+        Ok(re) => Ok(re),
         Err(e) => {
             let text = e.to_string();
             let brief = text
@@ -463,6 +549,11 @@ fn check_regex(pattern: &str) -> Result<(), String> {
             Err(format!("invalid regex {pattern:?}: {brief}"))
         }
     }
+}
+
+/// Anchors a user regex so it must match the whole input.
+pub fn full_match_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!("^(?:{pattern})$"))
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
 //! The `runtime` section: worker threads.
 
 use super::{Validator, MAX_WORKERS};
+use crate::config::FieldPath;
 
 impl Validator<'_> {
     pub(super) fn runtime(&mut self) {
         if let Some(workers) = self.config.runtime.workers {
             if !(1..=MAX_WORKERS).contains(&workers) {
                 self.error(
-                    "runtime.workers",
+                    FieldPath::root("runtime").field("workers"),
                     format!("must be between 1 and {MAX_WORKERS} (got {workers})"),
                 );
             }

@@ -4,83 +4,81 @@ use std::collections::HashSet;
 
 use super::Validator;
 use crate::config::model::{ListenerTls, UpstreamTls};
+use crate::config::FieldPath;
 
 impl Validator<'_> {
-    pub(super) fn listener_tls(&mut self, base: &str, tls: &ListenerTls) {
+    pub(super) fn listener_tls(&mut self, base: &FieldPath, tls: &ListenerTls) {
         if tls.certificates.is_empty() {
             self.error(
-                format!("{base}.certificates"),
+                base.field("certificates"),
                 "needs at least one { cert, key } pair",
             );
         }
         for (i, pair) in tls.certificates.iter().enumerate() {
-            self.file_path(format!("{base}.certificates[{i}].cert"), &pair.cert);
-            self.file_path(format!("{base}.certificates[{i}].key"), &pair.key);
+            self.file_path(
+                base.field("certificates").index(i).field("cert"),
+                &pair.cert,
+            );
+            self.file_path(base.field("certificates").index(i).field("key"), &pair.key);
         }
-        self.alpn(&format!("{base}.alpn"), &tls.alpn, true);
+        self.alpn(&base.field("alpn"), &tls.alpn, true);
         if let Some(auth) = &tls.client_auth {
-            self.file_path(format!("{base}.client_auth.ca"), &auth.ca);
+            self.file_path(base.field("client_auth").field("ca"), &auth.ca);
         }
-        self.positive(format!("{base}.handshake_timeout"), tls.handshake_timeout);
+        self.positive(base.field("handshake_timeout"), tls.handshake_timeout);
         if tls.forward_client_cert && tls.client_auth.is_none() {
             self.error(
-                format!("{base}.forward_client_cert"),
+                base.field("forward_client_cert"),
                 "needs `client_auth`: without it there is no client certificate to forward",
             );
         }
     }
 
-    pub(super) fn upstream_tls(&mut self, base: &str, tls: &UpstreamTls) {
+    pub(super) fn upstream_tls(&mut self, base: &FieldPath, tls: &UpstreamTls) {
         if let Some(sni) = &tls.sni {
             if rustls_pki_types::ServerName::try_from(sni.as_str()).is_err() {
                 self.error(
-                    format!("{base}.sni"),
+                    base.field("sni"),
                     format!("{sni:?} is not a valid server name"),
                 );
             }
         }
         if let Some(ca) = &tls.ca {
-            self.file_path(format!("{base}.ca"), ca);
+            self.file_path(base.field("ca"), ca);
         }
         match (&tls.client_cert, &tls.client_key) {
             (Some(c), Some(k)) => {
-                self.file_path(format!("{base}.client_cert"), c);
-                self.file_path(format!("{base}.client_key"), k);
+                self.file_path(base.field("client_cert"), c);
+                self.file_path(base.field("client_key"), k);
             }
-            (Some(_), None) => {
-                self.error(format!("{base}.client_key"), "client_cert needs client_key")
+            (Some(_), None) => self.error(base.field("client_key"), "client_cert needs client_key"),
+            (None, Some(_)) => {
+                self.error(base.field("client_cert"), "client_key needs client_cert")
             }
-            (None, Some(_)) => self.error(
-                format!("{base}.client_cert"),
-                "client_key needs client_cert",
-            ),
             (None, None) => {}
         }
-        self.alpn(&format!("{base}.alpn"), &tls.alpn, false);
+        self.alpn(&base.field("alpn"), &tls.alpn, false);
     }
 
-    fn file_path(&mut self, path: String, file: &str) {
+    fn file_path(&mut self, path: FieldPath, file: &str) {
         if file.trim().is_empty() {
             self.error(path, "a file path cannot be empty");
         }
     }
 
-    fn alpn(&mut self, path: &str, alpn: &[String], required: bool) {
+    fn alpn(&mut self, path: &FieldPath, alpn: &[String], required: bool) {
         if required && alpn.is_empty() {
-            self.error(
-                path.to_owned(),
-                "needs at least one protocol (h2, http/1.1)",
-            );
+            self.error(path, "needs at least one protocol (h2, http/1.1)");
         }
         let mut seen = HashSet::new();
         for (i, p) in alpn.iter().enumerate() {
             if p != "h2" && p != "http/1.1" {
                 self.error(
-                    format!("{path}[{i}]"),
+                    path.index(i),
                     format!("unknown protocol {p:?}; Legate speaks h2 and http/1.1"),
                 );
             } else if !seen.insert(p.as_str()) {
-                self.error(format!("{path}[{i}]"), format!("{p:?} is listed twice"));
+                self.error(path.index(i), format!("{p:?} is listed twice"));
             }
         }
     }

@@ -1,25 +1,30 @@
 //! The `xds` section: the control plane server, its TLS, and the node group it needs.
 
 use super::Validator;
+use crate::config::FieldPath;
 
 impl Validator<'_> {
     pub(super) fn xds(&mut self) {
         let Some(xds) = &self.config.xds else {
             return;
         };
+        let base = FieldPath::root("xds");
         let server = xds.server.as_str();
         let port_ok = server.rsplit_once(':').is_some_and(|(host, port)| {
             !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
         });
         if !port_ok {
-            self.error("xds.server", format!("{server:?} must be host:port"));
+            self.error(
+                base.field("server"),
+                format!("{server:?} must be host:port"),
+            );
         }
-        self.positive("xds.connect_timeout", xds.connect_timeout);
+        self.positive(base.field("connect_timeout"), xds.connect_timeout);
         if let Some(tls) = &xds.tls {
-            self.upstream_tls("xds.tls", tls);
+            self.upstream_tls(&base.field("tls"), tls);
             if tls.alpn.iter().any(|p| p != "h2") {
                 self.error(
-                    "xds.tls.alpn",
+                    base.field("tls").field("alpn"),
                     "the control plane stream is HTTP/2: only h2",
                 );
             }
@@ -32,7 +37,7 @@ impl Validator<'_> {
             .is_none_or(str::is_empty)
         {
             self.error(
-                "node.cluster",
+                FieldPath::root("node").field("cluster"),
                 "with `xds`, the node group (node.cluster) chooses the resources and must be set",
             );
         }

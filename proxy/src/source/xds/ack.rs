@@ -216,7 +216,7 @@ mod tests {
 
     use super::*;
     use crate::config::merge::{merge, Resources};
-    use crate::config::{validate, ConfigError, ConfigErrors, ErrorKind};
+    use crate::config::{ConfigError, ConfigErrors, ErrorKind, FieldPath};
     use crate::source::xds::resources::tests::{bootstrap, full};
 
     /// Checks a set as the applier does (bootstrap + resources, validated) and records the
@@ -230,10 +230,7 @@ mod tests {
         fn apply(&self, resources: Resources, version: String) -> Result<(), ApplyError> {
             let config = merge(&bootstrap(), &resources)
                 .map_err(|e| ApplyError::Invalid(ConfigErrors(e)))?;
-            let errors = validate::validate(&config);
-            if !errors.is_empty() {
-                return Err(ApplyError::Invalid(ConfigErrors(errors)));
-            }
+            crate::config::check(config).map_err(ApplyError::Invalid)?;
             self.applied.lock().unwrap().push(version);
             Ok(())
         }
@@ -244,9 +241,12 @@ mod tests {
 
     impl Apply for Rejecting {
         fn apply(&self, _: Resources, _: String) -> Result<(), ApplyError> {
+            let path = FieldPath::root("route_tables")
+                .key("maps")
+                .field("virtual_hosts");
             Err(ApplyError::Invalid(ConfigErrors(vec![ConfigError::new(
                 self.0,
-                "route_tables.maps.virtual_hosts[0].routes[0].cluster",
+                path.index(0).field("routes").index(0).field("cluster"),
                 self.1,
             )])))
         }

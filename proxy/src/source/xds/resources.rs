@@ -181,7 +181,7 @@ pub fn name(p: &ConfigError) -> Problem {
             if p.path.is_empty() {
                 "*".into()
             } else {
-                p.path.clone()
+                p.path.to_string()
             },
             p.message.clone(),
             None,
@@ -231,6 +231,7 @@ pub(crate) mod tests {
             "node: { cluster: maps }\nxds: { server: 127.0.0.1:1 }\nadmin: { listen: 127.0.0.1:0 }",
         )
         .unwrap()
+        .into_config()
     }
 
     pub(crate) fn full() -> Held {
