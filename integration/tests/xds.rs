@@ -722,6 +722,71 @@ clusters:
     Ok(())
 }
 
+/// A reloaded bootstrap file is applied together with the control plane's resources, as one
+/// reload: a file whose combination with them is invalid is rejected like any bad file (the
+/// running config, bootstrap and resources stay), and a later good file is applied with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_reload_is_checked_with_the_control_planes_resources() -> Result<()> {
+    let tiles = Upstream::echo("tiles").await?;
+    let local = Upstream::echo("local").await?;
+    let files = Files::new()?;
+    files.group("maps", "tiles", &clusters(&[("tiles", &[&tiles])]))?;
+    let server = files.serve(any_port()).await?;
+    let xds_addr = server.local_addr();
+    let proxy = start_proxy("p1", "maps", xds_addr).await?;
+    let front = proxy.addr("front");
+    assert_eq!(served_by(front).await?, "tiles");
+    let before = get_json(proxy.admin(), "/config").await?;
+
+    // The file now defines a cluster the control plane also defines.
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("legate.yaml");
+    let base = bootstrap("p1", "maps", xds_addr).text()?.to_owned();
+    let clash = format!(
+        "{base}clusters:\n  - {{ name: tiles, endpoints: [\"{}\"] }}\n",
+        local.addr()
+    );
+    std::fs::write(&path, &clash)?;
+    let error = proxy
+        .app()
+        .reload_file(&path)
+        .err()
+        .context("a bootstrap that clashes with the control plane must be rejected")?;
+    assert!(
+        error
+            .to_string()
+            .contains("duplicate cluster name \"tiles\""),
+        "{error}"
+    );
+    let after = get_json(proxy.admin(), "/config").await?;
+    assert_eq!(
+        after["version"], before["version"],
+        "the running config stays"
+    );
+    assert!(
+        after["last_reload"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("duplicate cluster name")),
+        "{after:#}"
+    );
+    assert_eq!(after["reloads"]["rejected"], 1, "{after:#}");
+    assert_eq!(served_by(front).await?, "tiles");
+
+    // A good file: its own cluster joins the control plane's.
+    let good = format!(
+        "{base}clusters:\n  - {{ name: local-app, endpoints: [\"{}\"] }}\n",
+        local.addr()
+    );
+    std::fs::write(&path, &good)?;
+    proxy.app().reload_file(&path)?;
+    assert_eq!(
+        proxy_cluster_names(proxy.admin()).await?,
+        ["local-app", "tiles"]
+    );
+    assert_eq!(served_by(front).await?, "tiles");
+    Ok(())
+}
+
 /// R10, R11: an invalid update is NACKed with the resource and the field path, changes
 /// nothing on the proxy, and is never sent again; a later valid version is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

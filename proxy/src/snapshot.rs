@@ -145,7 +145,11 @@ fn compile_table(
             .zip(routes)
             .filter_map(|((ri, r), values)| {
                 let id = format!("route_tables.{name}.virtual_hosts[{vi}].routes[{ri}]");
-                compile_route(id, r, values, clusters)
+                let route = compile_route(&id, r, values, clusters);
+                if route.is_none() {
+                    tracing::error!(route = %id, "route names a cluster the config lacks; skipped");
+                }
+                route
             })
             .collect();
         vhosts.push((vh.hosts.clone(), VirtualHost { routes }));
@@ -155,7 +159,7 @@ fn compile_table(
 
 /// A route, or `None` when a cluster it names is missing (checking rules that out).
 fn compile_route(
-    id: String,
+    id: &str,
     r: &model::Route,
     values: RouteValues,
     clusters: &HashMap<String, Arc<Cluster>>,

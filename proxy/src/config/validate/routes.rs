@@ -843,6 +843,24 @@ mod tests {
     }
 
     #[test]
+    fn header_match_values_must_be_header_values() {
+        assert_route_errors(
+            r#"
+            match:
+              prefix: /
+              headers:
+                - { name: x-env, exact: "a\u0007b" }
+            cluster: app
+            "#,
+            &[(
+                ".match.headers[0].exact",
+                12,
+                "\"a\\u{7}b\" is not a valid header value",
+            )],
+        );
+    }
+
+    #[test]
     fn a_route_needs_exactly_one_action() {
         assert_route_errors(
             "
