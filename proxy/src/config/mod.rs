@@ -360,6 +360,26 @@ mod tests {
     }
 
     #[test]
+    fn durations_take_documented_units_and_at_most_a_year() {
+        assert_errors(
+            r#"
+            runtime: { drain_timeout: 9223372036854775807s }
+            clusters:
+              - name: a
+                connect_timeout: 5M
+                idle_timeout: 1.5s
+                endpoints: ["10.0.0.1:80"]
+            "#,
+            &[
+                ("runtime.drain_timeout", 1, "longer than the maximum, 365d"),
+                ("clusters[0].connect_timeout", 4, "unknown unit \"M\""),
+            ],
+        );
+        let config = parse_ok("runtime: { drain_timeout: 365d }\n");
+        assert_eq!(config.runtime.drain_timeout, Duration::MAX);
+    }
+
+    #[test]
     fn errors_display_with_line_and_path() {
         let errors = match parse("listeners: 5\n") {
             Ok(_) => panic!("should fail"),
