@@ -228,3 +228,96 @@ async fn request_body_reaches_an_http2_upstream_before_the_http2_client_finishes
 {
     request_streams(true, "http2").await
 }
+
+/// An HTTP/1.1 upstream that answers a POST at once, before reading its body, and then only
+/// drains that connection; any other request is answered "fresh".
+async fn early_answering_upstream() -> Result<std::net::SocketAddr> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let post = buf.starts_with(b"POST");
+                    buf.drain(..end + 4);
+                    let body = if post { "early" } else { "fresh" };
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                    if stream.write_all((head + body).as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if post {
+                        while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A connection whose response has ended while its request body is still uploading does not
+/// go back to the pool for the next request to queue behind (it would wait for someone
+/// else's upload and time out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_still_uploading_is_not_reused() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = early_answering_upstream().await?;
+    let proxy = Proxy::start(
+        yaml(
+            r#"
+admin: { listen: 127.0.0.1:0 }
+runtime: { workers: 1 }
+access_log: { enabled: false }
+listeners:
+  - { name: front, listen: 127.0.0.1:0, http: { route_table: main } }
+route_tables:
+  main:
+    virtual_hosts:
+      - hosts: ["*"]
+        routes: [{ match: { prefix: / }, cluster: app, timeout: 3s }]
+clusters:
+  - { name: app, endpoints: ["${APP}"] }
+"#,
+        )
+        .set("APP", app),
+    )?;
+    let front = proxy.addr("front");
+
+    // A slow client: the head and a little of a 1 MB body, then nothing for now.
+    let mut slow = tokio::net::TcpStream::connect(front).await?;
+    slow.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        .await?;
+    slow.write_all(&CHUNK[..1000]).await?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !answer.ends_with(b"early") {
+        let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut chunk))
+            .await
+            .context("no early answer")??;
+        ensure!(n > 0, "the proxy closed the slow upload");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    ensure!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // The next request gets a connection of its own, not the one still uploading.
+    let reply = legate_integration::client::get(front, "x", "/next").await?;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.text(), "fresh");
+    drop(slow);
+    Ok(())
+}

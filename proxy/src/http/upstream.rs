@@ -82,28 +82,49 @@ impl Pooled {
         }
     }
 
-    /// Returns an HTTP/1.1 connection to its pool once its response has been read to the end.
+    /// Returns an HTTP/1.1 connection to its pool once its response has been read to the end
+    /// and its request body sent: one still uploading (a slow client, an upstream that
+    /// answered early) waits for that on its own, bounded by the idle timeout, so the next
+    /// request never queues behind someone else's upload.
     pub fn release(self) {
-        let Sender::H1(tx) = self.sender else {
+        let Sender::H1(mut tx) = self.sender else {
             return;
         };
         if tx.is_closed() {
             return;
         }
-        POOLS.with(|p| {
-            let Ok(mut pools) = p.try_borrow_mut() else {
-                return;
-            };
-            let pool = pools.entry(self.key).or_default();
-            pool.idle_timeout = self.idle_timeout;
-            if pool.idle.len() < self.max_idle {
-                pool.idle.push(Idle {
-                    tx,
-                    since: Instant::now(),
-                });
+        let (key, max_idle, idle_timeout) = (self.key, self.max_idle, self.idle_timeout);
+        if tx.is_ready() {
+            return pool_idle(key, max_idle, idle_timeout, tx);
+        }
+        tokio::spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(idle_timeout, tx.ready()).await {
+                pool_idle(key, max_idle, idle_timeout, tx);
             }
         });
     }
+}
+
+/// Keeps an idle HTTP/1.1 connection in its endpoint's pool, if there is room.
+fn pool_idle(
+    key: u64,
+    max_idle: usize,
+    idle_timeout: Duration,
+    tx: http1::SendRequest<UpstreamBody>,
+) {
+    POOLS.with(|p| {
+        let Ok(mut pools) = p.try_borrow_mut() else {
+            return;
+        };
+        let pool = pools.entry(key).or_default();
+        pool.idle_timeout = idle_timeout;
+        if pool.idle.len() < max_idle {
+            pool.idle.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    });
 }
 
 /// The request body sent to an upstream.
