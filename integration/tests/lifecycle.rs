@@ -243,6 +243,42 @@ async fn idle_client_connections_are_closed_after_idle_timeout() -> Result<()> {
     Ok(())
 }
 
+/// An HTTP/2 client that keeps pinging but opens no stream is idle: its PING frames move
+/// bytes, yet the connection is closed after `idle_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_close_even_while_the_client_pings() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let proxy = Proxy::start(
+        yaml(&ONE_CLUSTER.replace(
+            "http: { route_table: main }",
+            "http: { route_table: main, idle_timeout: 400ms }",
+        ))
+        .set("APP", app.addr()),
+    )?;
+    let tcp = TcpStream::connect(proxy.addr("front")).await?;
+    let (mut send, mut conn) = h2::client::handshake(tcp).await?;
+    let mut ping_pong = conn.ping_pong().context("ping_pong is available once")?;
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get("http://x/").body(())?;
+    let (resp, _) = send.send_request(req, true)?;
+    assert_eq!(resp.await?.status(), StatusCode::OK);
+
+    // Ping every 50 ms, eight times an idle timeout: the server must close the connection
+    // (its GOAWAY ends the pings) well before the pinging stops.
+    let mut pongs = 0;
+    for _ in 0..64 {
+        if ping_pong.ping(h2::Ping::opaque()).await.is_err() {
+            break;
+        }
+        pongs += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(pongs < 64, "pings kept an idle HTTP/2 connection open");
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    ensure!(ended.is_ok(), "the connection did not end");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_never_finishes_its_head_is_disconnected() -> Result<()> {
     let app = Upstream::echo("app").await?;

@@ -16,11 +16,27 @@ use tokio::net::TcpStream;
 pub struct Touching<T> {
     inner: T,
     touched: Arc<AtomicBool>,
+    /// Set if the first bytes read are the HTTP/2 connection preface; `None` once looked at.
+    h2: Option<Arc<AtomicBool>>,
 }
+
+/// How an HTTP/2 client's connection starts (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 impl<T> Touching<T> {
     pub fn new(inner: T, touched: Arc<AtomicBool>) -> Self {
-        Touching { inner, touched }
+        Touching {
+            inner,
+            touched,
+            h2: None,
+        }
+    }
+
+    /// Also sets `h2` if the connection turns out to speak HTTP/2 (its first read starts with
+    /// the preface), whose idle pings should not count as traffic.
+    pub fn noting_h2(mut self, h2: Arc<AtomicBool>) -> Self {
+        self.h2 = Some(h2);
+        self
     }
 
     pub fn get_ref(&self) -> &T {
@@ -42,6 +58,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Touching<T> {
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.touch();
+            if let Some(h2) = self.h2.take() {
+                let read = &buf.filled()[before..];
+                let n = read.len().min(H2_PREFACE.len());
+                h2.store(read[..n] == H2_PREFACE[..n], Ordering::Relaxed);
+            }
         }
         res
     }

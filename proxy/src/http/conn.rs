@@ -28,6 +28,9 @@ pub struct ConnCtx {
 pub struct Activity {
     pub(super) touched: Arc<AtomicBool>,
     pub(super) in_flight: AtomicUsize,
+    /// The client speaks HTTP/2: only open streams keep it from idling (its PING, SETTINGS and
+    /// WINDOW_UPDATE frames move bytes but are not traffic).
+    pub(super) h2: Arc<AtomicBool>,
 }
 
 /// Marks a request in flight on its connection until dropped (when the response body ends).

@@ -107,7 +107,9 @@ async fn serve_http<T>(
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
 
-    let io = TokioIo::new(Touching::new(stream, activity.touched.clone()));
+    let io = TokioIo::new(
+        Touching::new(stream, activity.touched.clone()).noting_h2(activity.h2.clone()),
+    );
     let service = service_fn(move |req| super::proxy::handle(ctx.clone(), req));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
@@ -140,7 +142,10 @@ async fn serve_http<T>(
                 return;
             }
             _ = tick.tick(), if !closing => {
-                let touched = activity.touched.swap(false, Ordering::Relaxed);
+                // HTTP/1.1 bytes are a request on its way; HTTP/2 bytes with no stream open
+                // are pings and settings.
+                let touched = activity.touched.swap(false, Ordering::Relaxed)
+                    && !activity.h2.load(Ordering::Relaxed);
                 if touched || activity.in_flight.load(Ordering::Relaxed) > 0 {
                     quiet_checks = 0;
                 } else {
