@@ -87,12 +87,17 @@ pub fn build(config: Checked, version: String) -> Result<App, BuildError> {
         reload: file.clone(),
     };
     let snapshot = state.snapshot.load();
-    let admin_addr = admin::start(snapshot.admin, admin, &control.handle()).map_err(|source| {
-        BuildError::Admin {
-            addr: snapshot.config.admin.listen.clone(),
-            source,
+    let admin_addr = match admin::start(snapshot.admin, admin, &control.handle()) {
+        Ok(addr) => addr,
+        Err(source) => {
+            // The listeners already serve: stop them before reporting.
+            applier.stop();
+            return Err(BuildError::Admin {
+                addr: snapshot.config.admin.listen.clone(),
+                source,
+            });
         }
-    })?;
+    };
     info!(version = %snapshot.version, listeners = snapshot.config.listeners.len(), workers, "legate started");
     Ok(App {
         state,

@@ -111,7 +111,12 @@ impl<L: EncodeLabelSet> Family<L> {
             .push((labels, value.try_into().unwrap_or(i64::MAX)));
     }
 
+    /// Encodes the family as counters; a family without samples is left out, as the
+    /// exposition of an empty registered family is.
     fn counters(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        if self.samples.is_empty() {
+            return Ok(());
+        }
         let mut family = e.encode_descriptor(self.name, self.help, None, MetricType::Counter)?;
         for (labels, v) in &self.samples {
             let value = u64::try_from(*v).unwrap_or(0);
@@ -121,6 +126,9 @@ impl<L: EncodeLabelSet> Family<L> {
     }
 
     fn gauges(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        if self.samples.is_empty() {
+            return Ok(());
+        }
         let mut family = e.encode_descriptor(self.name, self.help, None, MetricType::Gauge)?;
         for (labels, v) in &self.samples {
             ConstGauge::new(*v).encode(family.encode_family(labels)?)?;
@@ -154,16 +162,14 @@ impl Collector for StateCollector {
             state.reloads.rejected.load(Ordering::Relaxed),
         );
         reloads.counters(&mut e)?;
-        {
+        if snapshot.config.xds.is_some() {
             let connected = e.encode_descriptor(
                 "xds_connected",
                 "1 while a control plane session is up",
                 None,
                 MetricType::Gauge,
             )?;
-            if snapshot.config.xds.is_some() {
-                ConstGauge::new(i64::from(state.xds.status().connected)).encode(connected)?;
-            }
+            ConstGauge::new(i64::from(state.xds.status().connected)).encode(connected)?;
         }
 
         let mut responses = Family::new(

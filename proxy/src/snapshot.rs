@@ -37,13 +37,20 @@ pub struct Snapshot {
     pub admin: SocketAddr,
 }
 
-/// A TLS file that could not be used when the snapshot was built (it changed after the
-/// check, say).
+/// Why a checked config could not be compiled: a TLS file that could not be used (it changed
+/// after the check, say), or values that do not match the config they were checked with.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct CompileError {
     pub path: String,
     pub message: String,
+}
+
+fn unmatched(path: impl Into<String>) -> CompileError {
+    CompileError {
+        path: path.into(),
+        message: "no checked value for it (the config changed after its check)".into(),
+    }
 }
 
 impl Snapshot {
@@ -53,12 +60,18 @@ impl Snapshot {
         registry: &Registry,
     ) -> Result<Snapshot, CompileError> {
         let (config, mut values) = checked.into_parts();
+        if values.endpoints.len() != config.clusters.len() {
+            return Err(unmatched("clusters"));
+        }
+        if values.listen.len() != config.listeners.len() {
+            return Err(unmatched("listeners"));
+        }
         let mut clusters = HashMap::new();
-        let addresses = values
-            .endpoints
-            .drain(..)
-            .chain(std::iter::repeat_with(Vec::new));
+        let addresses = values.endpoints.drain(..);
         for ((ci, c), addresses) in config.clusters.iter().enumerate().zip(addresses) {
+            if addresses.len() != c.endpoints.len() {
+                return Err(unmatched(format!("clusters[{ci}].endpoints")));
+            }
             let cluster = compile_cluster(ci, c, addresses, registry)?;
             clusters.insert(c.name.clone(), Arc::new(cluster));
         }
@@ -74,8 +87,12 @@ impl Snapshot {
         }
         let mut route_tables = HashMap::new();
         for (name, table) in &config.route_tables {
-            let vhosts = values.routes.remove(name).unwrap_or_default();
-            let compiled = compile_table(name, table, vhosts, &clusters);
+            let path = || format!("route_tables.{name}");
+            let vhosts = values
+                .routes
+                .remove(name)
+                .ok_or_else(|| unmatched(path()))?;
+            let compiled = compile_table(name, table, vhosts, &clusters)?;
             route_tables.insert(name.clone(), Arc::new(compiled));
         }
         let listen = config
@@ -135,29 +152,27 @@ fn compile_table(
     table: &model::RouteTable,
     values: Vec<Vec<RouteValues>>,
     clusters: &HashMap<String, Arc<Cluster>>,
-) -> RouteTable {
+) -> Result<RouteTable, CompileError> {
+    if values.len() != table.virtual_hosts.len() {
+        return Err(unmatched(format!("route_tables.{name}.virtual_hosts")));
+    }
     let mut vhosts = Vec::with_capacity(table.virtual_hosts.len());
     for ((vi, vh), routes) in table.virtual_hosts.iter().enumerate().zip(values) {
-        let routes = vh
-            .routes
-            .iter()
-            .enumerate()
-            .zip(routes)
-            .filter_map(|((ri, r), values)| {
-                let id = format!("route_tables.{name}.virtual_hosts[{vi}].routes[{ri}]");
-                let route = compile_route(&id, r, values, clusters);
-                if route.is_none() {
-                    tracing::error!(route = %id, "route names a cluster the config lacks; skipped");
-                }
-                route
-            })
-            .collect();
-        vhosts.push((vh.hosts.clone(), VirtualHost { routes }));
+        let base = format!("route_tables.{name}.virtual_hosts[{vi}]");
+        if routes.len() != vh.routes.len() {
+            return Err(unmatched(format!("{base}.routes")));
+        }
+        let mut compiled = Vec::with_capacity(routes.len());
+        for ((ri, r), values) in vh.routes.iter().enumerate().zip(routes) {
+            let id = format!("{base}.routes[{ri}]");
+            compiled.push(compile_route(&id, r, values, clusters).ok_or_else(|| unmatched(id))?);
+        }
+        vhosts.push((vh.hosts.clone(), VirtualHost { routes: compiled }));
     }
-    RouteTable::new(name, vhosts)
+    Ok(RouteTable::new(name, vhosts))
 }
 
-/// A route, or `None` when a cluster it names is missing (checking rules that out).
+/// A route; `None` when its action does not match its checked values (a cluster missing).
 fn compile_route(
     id: &str,
     r: &model::Route,

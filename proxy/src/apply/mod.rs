@@ -31,6 +31,10 @@ pub enum ApplyError {
     /// The config breaks a rule or names an unusable file; nothing was changed.
     #[error("{0}")]
     Invalid(ConfigErrors),
+    /// The combination of the parsed config and the control plane's resources breaks a rule
+    /// or names an unusable file; nothing was changed. Paths are those of the combination.
+    #[error("with the control plane's resources:\n{0}")]
+    InvalidWithResources(ConfigErrors),
     /// A TLS file changed between the check and its use.
     #[error(transparent)]
     Compile(#[from] CompileError),
@@ -103,13 +107,20 @@ impl Applier {
     /// their label, as the combination serves what the control plane last sent.
     pub fn apply(&self, update: Update, version: String) -> Result<(), ApplyError> {
         let mut inner = self.lock();
-        let invalid = |errors| ApplyError::Invalid(ConfigErrors(errors));
+        if inner.plane.is_none() {
+            return Err(ApplyError::Stopped);
+        }
+        let combined = |parsed: &Config, resources: &Resources| {
+            merge::merge(parsed, resources)
+                .map_err(ConfigErrors)
+                .and_then(check::assembled)
+                .map_err(ApplyError::InvalidWithResources)
+        };
         let (checked, version, parsed, xds) = match update {
             // The whole config, or the bootstrap of what the control plane sent.
             Update::Parsed(checked) => match &inner.xds {
                 Some((resources, label)) => {
-                    let merged = merge::merge(checked.config(), resources).map_err(invalid)?;
-                    let (merged, _) = check::assembled(merged).map_err(ApplyError::Invalid)?;
+                    let merged = combined(checked.config(), resources)?;
                     (merged, label.clone(), checked.into_config(), None)
                 }
                 None => {
@@ -119,8 +130,7 @@ impl Applier {
                 }
             },
             Update::Xds(resources) => {
-                let merged = merge::merge(&inner.parsed, &resources).map_err(invalid)?;
-                let (merged, _) = check::assembled(merged).map_err(ApplyError::Invalid)?;
+                let merged = combined(&inner.parsed, &resources)?;
                 let parsed = inner.parsed.clone();
                 (merged, version.clone(), parsed, Some((resources, version)))
             }
@@ -143,6 +153,15 @@ impl Applier {
             inner.xds = xds;
         }
         Ok(())
+    }
+
+    /// Whether `resources` can be added to the parsed config at all (no entry defined by
+    /// both), before the set they belong to is complete enough to check.
+    pub fn precheck(&self, resources: &Resources) -> Result<(), ApplyError> {
+        let inner = self.lock();
+        merge::merge(&inner.parsed, resources)
+            .map(drop)
+            .map_err(|e| ApplyError::InvalidWithResources(ConfigErrors(e)))
     }
 
     /// Starts draining every listener; returns the triggers to wait on.

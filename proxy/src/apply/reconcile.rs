@@ -76,8 +76,14 @@ impl DataPlane {
         let mut bound = HashMap::new();
         for op in &ops {
             if let diff::Op::Bind(name) | diff::Op::Rebind(name) = op {
-                let (Some(l), Some(&addr)) = (spec(name), new.listen.get(name)) else {
-                    continue;
+                let Some(l) = spec(name) else { continue };
+                // Compiling matched every listener with its address.
+                let Some(&addr) = new.listen.get(name) else {
+                    return Err(crate::snapshot::CompileError {
+                        path: format!("listeners[{name}].listen"),
+                        message: "no checked address".into(),
+                    }
+                    .into());
                 };
                 let group = listener::bind_group(addr, l.backlog, self.workers.len()).map_err(
                     |source| ApplyError::Bind {

@@ -28,10 +28,6 @@ impl Checked {
         &self.config
     }
 
-    pub fn values(&self) -> &Values {
-        &self.values
-    }
-
     pub fn into_config(self) -> Config {
         self.config
     }

@@ -100,23 +100,16 @@ pub fn handle(
     };
     pending.answers.push((resource_type, version, nonce));
 
-    // Every resource must decode; a complete set must also check and apply (R12).
+    // Every resource must decode and fit the bootstrap; a complete set must also check and
+    // apply (R12).
     let complete = candidate.complete();
     let outcome = match resources::decode(&candidate) {
         Err(errors) => Err(errors),
-        Ok(_) if !complete => Ok(false),
-        Ok(decoded) => match apply.apply(decoded, candidate.version_label()) {
-            Ok(()) => Ok(true),
-            Err(ApplyError::Invalid(errors)) => Err(errors.0.iter().map(resources::name).collect()),
-            Err(e) => Err(vec![Problem {
-                detail: ResourceError {
-                    name: "*".into(),
-                    error: e.to_string(),
-                },
-                cluster: None,
-                deferrable: false,
-            }]),
-        },
+        Ok(decoded) if !complete => apply.precheck(&decoded).map(|()| false).map_err(problems),
+        Ok(decoded) => apply
+            .apply(decoded, candidate.version_label())
+            .map(|()| true)
+            .map_err(problems),
     };
     match outcome {
         Ok(applied) => {
@@ -145,6 +138,23 @@ pub fn handle(
             pending.errors = errors;
             give_up(held, pending, xds)
         }
+    }
+}
+
+/// Why the applier refused a set, resource by resource.
+fn problems(e: ApplyError) -> Vec<Problem> {
+    match e {
+        ApplyError::Invalid(errors) | ApplyError::InvalidWithResources(errors) => {
+            errors.0.iter().map(resources::name).collect()
+        }
+        e => vec![Problem {
+            detail: ResourceError {
+                name: "*".into(),
+                error: e.to_string(),
+            },
+            cluster: None,
+            deferrable: false,
+        }],
     }
 }
 
@@ -229,10 +239,16 @@ mod tests {
     impl Apply for Checking {
         fn apply(&self, resources: Resources, version: String) -> Result<(), ApplyError> {
             let config = merge(&bootstrap(), &resources)
-                .map_err(|e| ApplyError::Invalid(ConfigErrors(e)))?;
-            crate::config::check(config).map_err(ApplyError::Invalid)?;
+                .map_err(|e| ApplyError::InvalidWithResources(ConfigErrors(e)))?;
+            crate::config::check(config).map_err(ApplyError::InvalidWithResources)?;
             self.applied.lock().unwrap().push(version);
             Ok(())
+        }
+
+        fn precheck(&self, resources: &Resources) -> Result<(), ApplyError> {
+            merge(&bootstrap_with_table(), resources)
+                .map(drop)
+                .map_err(|e| ApplyError::InvalidWithResources(ConfigErrors(e)))
         }
     }
 
@@ -295,6 +311,47 @@ mod tests {
             "{answers:?}"
         );
         assert!(pending.deadline().is_none());
+    }
+
+    /// The stand-ins' bootstrap, with a route table of its own.
+    fn bootstrap_with_table() -> crate::config::Config {
+        let mut config = bootstrap();
+        let table = serde_yaml::from_str("virtual_hosts: []").unwrap();
+        config.route_tables.insert("local".into(), table);
+        config
+    }
+
+    #[test]
+    fn a_partial_set_that_clashes_with_the_bootstrap_is_nacked_at_once() {
+        let shared = XdsState::default();
+        let mut held = Held::default();
+        let mut pending = Pending::default();
+        let answers = handle(
+            Message::Response {
+                resource_type: ResourceType::RouteTables,
+                version_info: "r1".into(),
+                nonce: "n-r".into(),
+                resources: vec![serde_json::json!({"name": "local", "virtual_hosts": []})],
+            },
+            &mut held,
+            &mut pending,
+            &Checking::default(),
+            &shared,
+        );
+        match &answers[..] {
+            [Message::Nack { error_detail, .. }] => {
+                assert_eq!(
+                    error_detail[0].name, "route_tables[local]",
+                    "{error_detail:?}"
+                );
+                assert!(
+                    error_detail[0].error.contains("defined both"),
+                    "{error_detail:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(held.sotw.is_empty(), "nothing is held from a NACKed update");
     }
 
     #[test]

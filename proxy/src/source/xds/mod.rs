@@ -22,14 +22,25 @@ use crate::config::model;
 use crate::state::{State, XdsState};
 use resources::Held;
 
-/// Where the client hands complete sets of resources: the applier, or a test's stand-in.
+/// Where the client hands sets of resources: the applier, or a test's stand-in.
 pub trait Apply: Send + Sync {
+    /// Checks and applies a complete set.
     fn apply(&self, resources: Resources, version: String) -> Result<(), ApplyError>;
+
+    /// Checks what can be checked of an incomplete set (that it can be added to the
+    /// bootstrap at all).
+    fn precheck(&self, _resources: &Resources) -> Result<(), ApplyError> {
+        Ok(())
+    }
 }
 
 impl Apply for Applier {
     fn apply(&self, resources: Resources, version: String) -> Result<(), ApplyError> {
         Applier::apply(self, Update::Xds(resources), version)
+    }
+
+    fn precheck(&self, resources: &Resources) -> Result<(), ApplyError> {
+        Applier::precheck(self, resources)
     }
 }
 
