@@ -302,3 +302,61 @@ clusters:
     );
     Ok(())
 }
+
+/// RFC 9110/9112/9113: a request whose host could route it one way while the upstream reads
+/// another is refused with 400 and never forwarded; an absolute-form target's authority wins
+/// over Host; a fully qualified name (trailing dot) is the same host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_that_could_mislead_routing_are_refused() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let proxy = start(app.addr())?;
+    let front = proxy.addr("front");
+    let refused: [(&[u8], &str); 4] = [
+        (
+            b"GET /app HTTP/1.1\r\nhost: app.example.org\r\nhost: other.example.org\r\nconnection: close\r\n\r\n",
+            "two Host headers",
+        ),
+        (
+            b"GET /app HTTP/1.1\r\nhost: app.example.org evil\r\nconnection: close\r\n\r\n",
+            "a space in the host",
+        ),
+        (
+            b"GET /app HTTP/1.1\r\nhost: user@app.example.org\r\nconnection: close\r\n\r\n",
+            "userinfo in the host",
+        ),
+        (
+            b"GET /app HTTP/1.1\r\nhost: app.example.org\x01\r\nconnection: close\r\n\r\n",
+            "a control byte in the host",
+        ),
+    ];
+    for (request, why) in refused {
+        assert_eq!(raw_status(front, request).await?, Some(400), "{why}");
+    }
+
+    // HTTP/2: `:authority` and a `host` header that disagree.
+    let tcp = TcpStream::connect(front).await?;
+    let (mut send, conn) = h2::client::handshake(tcp).await?;
+    tokio::spawn(conn);
+    let req = Request::get("http://app.example.org/app")
+        .header("host", "other.example.org")
+        .body(())?;
+    let (resp, _) = send.send_request(req, true)?;
+    assert_eq!(resp.await?.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(app.requests(), 0, "a refused request reached the upstream");
+
+    // Absolute form: the target's authority routes, and the upstream sees it as Host.
+    let answer = raw_status(
+        front,
+        b"GET http://app.example.org/app HTTP/1.1\r\nhost: other.example.org\r\nconnection: close\r\n\r\n",
+    )
+    .await?;
+    assert_eq!(answer, Some(200));
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("host"), Some("app.example.org"));
+
+    // A trailing dot names the same host.
+    let dotted = client::get(front, "app.example.org.", "/ok").await?;
+    assert_eq!(dotted.status, StatusCode::OK);
+    Ok(())
+}

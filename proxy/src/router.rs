@@ -167,9 +167,11 @@ impl RouteTable {
     }
 
     /// The virtual host for a Host header value: exact, then the longest wildcard, then `*`.
-    /// Case-insensitive; a port is ignored.
+    /// Case-insensitive; a port is ignored, and so is a trailing dot (`example.org.` is
+    /// `example.org`, the same name written fully qualified).
     pub fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
         let host = strip_port(host);
+        let host = host.strip_suffix('.').unwrap_or(host);
         let mut buf = [0u8; MAX_HOST_LEN];
         let lower = if host.len() <= MAX_HOST_LEN {
             let bytes = &mut buf[..host.len()];

@@ -126,16 +126,56 @@ fn host_of<B>(req: &Request<B>) -> &str {
         .unwrap_or("")
 }
 
+/// Checks the host a request names, so that what routes it is what the upstream sees: one
+/// Host at most, no `:authority` disagreeing with it, an absolute-form target's authority
+/// replacing Host (RFC 9112 §3.2.2), and only characters a host and port may have.
+fn check_host<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    if let Some(authority) = req.uri().authority() {
+        let differs = first.is_some_and(|h| {
+            !h.as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        });
+        if differs {
+            if req.version() == Version::HTTP_2 {
+                return Err(ProxyError::BadRequest(":authority and host differ"));
+            }
+            let target = HeaderValue::from_str(authority.as_str())
+                .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+            req.headers_mut().insert(HOST, target);
+        }
+    }
+    // HTTP/1.1 requires a Host (RFC 9112 §3.2); HTTP/1.0 and HTTP/2 without one route by `*`.
+    let host = host_of(req);
+    if host.is_empty() {
+        return match req.version() {
+            Version::HTTP_11 => Err(ProxyError::MissingHost),
+            _ => Ok(()),
+        };
+    }
+    if !host.bytes().all(is_host_byte) {
+        return Err(ProxyError::BadRequest("invalid character in the host"));
+    }
+    Ok(())
+}
+
+/// What `host [ ":" port ]` may be made of (RFC 3986 reg-name, IP literals and port), without
+/// userinfo (`@`).
+fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%[]:".contains(&b)
+}
+
 async fn route(
     ctx: &ConnCtx,
     settings: &HttpSettings,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    // HTTP/1.1 requires a Host (RFC 9112 §3.2); HTTP/1.0 and HTTP/2 without one route by `*`.
-    if req.version() == Version::HTTP_11 && host_of(&req).is_empty() {
-        return Err(ProxyError::MissingHost);
-    }
+    check_host(&mut req)?;
     let Some(route) = settings
         .route_table
         .route(host_of(&req), req.uri().path(), req.headers())
