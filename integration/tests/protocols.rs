@@ -287,6 +287,58 @@ async fn websocket_upgrade_tunnels_bytes_both_ways() -> Result<()> {
     Ok(())
 }
 
+/// Only the `Upgrade` protocols a route allows are tunnelled (`websocket` by default); an h2c
+/// upgrade is never forwarded nor answered with 101, and its `HTTP2-Settings` is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_upgrades_are_tunnelled_and_never_h2c() -> Result<()> {
+    let app = Upstream::builder("ws").http1_only().start().await?;
+    let proxy = Proxy::start(
+        yaml(
+            r#"
+admin: { listen: 127.0.0.1:0 }
+access_log: { enabled: false }
+listeners:
+  - { name: front, listen: 127.0.0.1:0, http: { route_table: main } }
+route_tables:
+  main:
+    virtual_hosts:
+      - hosts: ["*"]
+        routes:
+          - { match: { prefix: /plain }, cluster: app, upgrades: [] }
+          - { match: { prefix: / }, cluster: app }
+clusters:
+  - { name: app, endpoints: ["${APP}"] }
+"#,
+        )
+        .set("APP", app.addr()),
+    )?;
+    let upgrade_request = |path: &str, protocol: &str| -> Result<http::Request<body::Body>> {
+        let mut req = request(Method::GET, "ws.example.org", path);
+        let h = req.headers_mut();
+        h.insert(CONNECTION, "Upgrade, HTTP2-Settings".parse()?);
+        h.insert(UPGRADE, protocol.parse()?);
+        h.insert("http2-settings", "AAMAAABkAAQAAP__".parse()?);
+        h.insert("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==".parse()?);
+        h.insert("sec-websocket-version", "13".parse()?);
+        Ok(req)
+    };
+    for (path, protocol) in [("/chat", "h2c"), ("/plain", "websocket")] {
+        let mut client = Http1::connect(proxy.addr("front")).await?;
+        let resp = client.send(upgrade_request(path, protocol)?).await?;
+        assert_eq!(resp.status(), StatusCode::OK, "{protocol} on {path}");
+    }
+    let seen = app.seen();
+    ensure!(
+        seen.len() == 2,
+        "both forwarded as plain requests: {seen:?}"
+    );
+    for echo in &seen {
+        assert!(!echo.has_header("upgrade"), "{echo:?}");
+        assert!(!echo.has_header("http2-settings"), "{echo:?}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_response_keeps_its_length_and_has_no_body() -> Result<()> {
     let app = Upstream::echo("app").await?;

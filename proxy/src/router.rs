@@ -41,6 +41,8 @@ pub struct Route {
     pub prefix_rewrite: Option<Box<str>>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// `Upgrade` protocols this route tunnels, lower-case.
+    pub upgrades: Box<[Box<str>]>,
 }
 
 #[derive(Debug)]
@@ -220,6 +222,17 @@ fn strip_port(host: &str) -> &str {
 // === impl Route ===
 
 impl Route {
+    /// Whether every protocol an `Upgrade` header offers is one this route tunnels.
+    pub fn allows_upgrade(&self, offered: &str) -> bool {
+        let mut any = false;
+        let all = offered.split(',').map(str::trim).all(|p| {
+            any = true;
+            let name = p.split('/').next().unwrap_or(p);
+            self.upgrades.iter().any(|u| u.eq_ignore_ascii_case(name))
+        });
+        any && all
+    }
+
     /// `path` is the request path without its query.
     pub fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
         let path_ok = match &self.path {
@@ -294,6 +307,7 @@ mod tests {
             retry: None,
             host_rewrite: None,
             prefix_rewrite: None,
+            upgrades: Box::new([]),
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
         }

@@ -233,6 +233,11 @@ fn compile_route(
         }),
         host_rewrite: values.host_rewrite,
         prefix_rewrite: r.prefix_rewrite.as_deref().map(Into::into),
+        upgrades: r
+            .upgrades
+            .iter()
+            .map(|u| u.to_ascii_lowercase().into())
+            .collect(),
         request_headers: values.request_headers,
         response_headers: values.response_headers,
     })

@@ -399,6 +399,21 @@ pub struct Route {
     /// Headers set on / removed from the response sent to the client.
     #[serde(default, skip_serializing_if = "HeaderOps::is_empty")]
     pub response_headers: HeaderOps,
+    /// Protocols an HTTP/1.1 `Upgrade` may switch to through this route, as `Upgrade`
+    /// tokens (case-insensitive). Default `[websocket]`; `h2c` is never allowed.
+    #[serde(
+        default = "default_upgrades",
+        skip_serializing_if = "is_default_upgrades"
+    )]
+    pub upgrades: Vec<String>,
+}
+
+fn default_upgrades() -> Vec<String> {
+    vec!["websocket".to_owned()]
+}
+
+fn is_default_upgrades(upgrades: &[String]) -> bool {
+    upgrades == ["websocket"]
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]

@@ -14,6 +14,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive (for a WebSocket handshake).
@@ -36,6 +37,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
+    // Belongs to an h2c upgrade, which is never forwarded (RFC 9113 §3.1).
+    headers.remove(&HTTP2_SETTINGS);
     headers.remove(PROXY_AUTHENTICATE);
     headers.remove(PROXY_AUTHORIZATION);
     headers.remove(TRANSFER_ENCODING);

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{HeaderValue, HOST, LOCATION};
+use http::header::{HeaderValue, HOST, LOCATION, UPGRADE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -284,7 +284,15 @@ async fn forward(
             })?,
     );
     let hash = cluster.request_hash(req.headers(), ctx.peer.ip());
-    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    // Only the protocols the route allows are tunnelled (never h2c); any other Upgrade is
+    // dropped with the hop-by-hop headers and the request forwarded as it is.
+    let upgrade = req.version() == Version::HTTP_11
+        && headers::is_upgrade(req.headers())
+        && req
+            .headers()
+            .get(UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|offered| route.allows_upgrade(offered));
     if upgrade && cluster.protocol == UpstreamProtocol::Http2 {
         return Err(ProxyError::BadRequest("upgrade to an HTTP/2 cluster"));
     }

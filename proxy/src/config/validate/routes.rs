@@ -155,6 +155,17 @@ impl Validator<'_> {
                 Err(message) => self.error(base.field("host_rewrite"), message),
             }
         }
+        for (i, token) in route.upgrades.iter().enumerate() {
+            let path = base.field("upgrades").index(i);
+            if token.is_empty() || !token.bytes().all(is_token_byte) {
+                self.error(path, format!("{token:?} is not an Upgrade token"));
+            } else if token.eq_ignore_ascii_case("h2c") {
+                self.error(
+                    path,
+                    "h2c is never tunnelled: HTTP/2 is spoken with prior knowledge or over TLS",
+                );
+            }
+        }
         let request_headers =
             self.header_ops(&base.field("request_headers"), &route.request_headers);
         let response_headers =
@@ -527,6 +538,11 @@ fn check_rewritable_header(name: &str) -> Result<HeaderName, String> {
     Ok(header)
 }
 
+/// A `tchar` of RFC 9110 §5.6.2, or `/` (a protocol version: `websocket`, `foo/2`).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b)
+}
+
 fn header_value(value: &str) -> Result<HeaderValue, String> {
     HeaderValue::from_str(value).map_err(|_| format!("{value:?} is not a valid header value"))
 }
@@ -858,6 +874,22 @@ mod tests {
                 "\"a\\u{7}b\" is not a valid header value",
             )],
         );
+    }
+
+    #[test]
+    fn upgrades_are_tokens_and_never_h2c() {
+        assert_route_errors(
+            r#"
+            match: { prefix: / }
+            cluster: app
+            upgrades: [websocket, H2C, "two words"]
+            "#,
+            &[
+                (".upgrades[1]", 11, "h2c is never tunnelled"),
+                (".upgrades[2]", 11, "\"two words\" is not an Upgrade token"),
+            ],
+        );
+        assert_route_ok("match: { prefix: / }\ncluster: app\nupgrades: [websocket, foo/2]");
     }
 
     #[test]
