@@ -84,11 +84,23 @@ pub struct Legate {
     listeners: HashMap<String, SocketAddr>,
     stdout: watch::Sender<Vec<String>>,
     stderr: watch::Sender<Vec<String>>,
+    /// With [`Legate::start_with_unread_stdout`]: the pipe nobody reads.
+    _unread: Option<tokio::process::ChildStdout>,
 }
 
 impl Legate {
     /// Writes the config, starts the binary and waits until `/ready` answers 200.
     pub async fn start(config: impl Into<Yaml>) -> Result<Legate> {
+        Legate::start_with(config, true).await
+    }
+
+    /// Like [`Legate::start`], but nothing reads its stdout (the access log): a stalled log
+    /// reader, whose pipe fills up.
+    pub async fn start_with_unread_stdout(config: impl Into<Yaml>) -> Result<Legate> {
+        Legate::start_with(config, false).await
+    }
+
+    async fn start_with(config: impl Into<Yaml>, read_stdout: bool) -> Result<Legate> {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let config_path = dir.path().join("legate.yaml");
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -105,8 +117,13 @@ impl Legate {
         let pid = child.id().context("legate has a pid")?;
         let (stdout, _) = watch::channel(Vec::new());
         let (stderr, _) = watch::channel(Vec::new());
+        let mut unread = None;
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(collect_lines(out, stdout.clone()));
+            if read_stdout {
+                tokio::spawn(collect_lines(out, stdout.clone()));
+            } else {
+                unread = Some(out);
+            }
         }
         if let Some(err) = child.stderr.take() {
             tokio::spawn(collect_lines(err, stderr.clone()));
@@ -120,6 +137,7 @@ impl Legate {
             listeners: HashMap::new(),
             stdout,
             stderr,
+            _unread: unread,
         };
         legate.wait_ready().await?;
         let config = legate.admin_json("/config").await?;

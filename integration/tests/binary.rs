@@ -251,3 +251,48 @@ async fn access_log_json_lines_parse_with_every_field() -> Result<()> {
     assert_eq!(get["request_id"].as_str().map(str::len), Some(36));
     Ok(())
 }
+
+/// A stalled access-log reader (stdout is a pipe nobody reads) never freezes a worker:
+/// requests keep being answered, and the lines that could not be written are dropped and
+/// counted in `legate_access_log_dropped_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_log_reader_never_blocks_requests() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let legate =
+        Legate::start_with_unread_stdout(yaml(CONFIG).set("APP", app.addr()).set("FORMAT", "text"))
+            .await?;
+    let front = legate.addr("front");
+    // Long paths make long lines: the pipe (64 KiB) and the writer's queue fill in a few
+    // hundred requests.
+    let path = format!("/{}", "p".repeat(8000));
+    let mut client = Http1::connect(front).await?;
+    for i in 0..1500 {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get("app.example.org", &path),
+        )
+        .await
+        .with_context(|| format!("request {i} hung behind the stalled log"))??;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let metrics = client::get(legate.admin(), "admin", "/metrics")
+        .await?
+        .text();
+    let dropped = eventually(Duration::from_secs(5), || async {
+        let metrics = client::get(legate.admin(), "admin", "/metrics")
+            .await?
+            .text();
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("legate_access_log_dropped_total "))
+            .map(str::to_owned)
+            .context("no legate_access_log_dropped_total")?;
+        let n: u64 = line.rsplit(' ').next().unwrap_or("0").parse()?;
+        ensure!(n > 0, "nothing dropped yet: {line}");
+        Ok(n)
+    })
+    .await
+    .with_context(|| metrics.clone())?;
+    ensure!(dropped <= 1500, "dropped {dropped} of 1500 lines");
+    Ok(())
+}

@@ -180,6 +180,8 @@ impl App {
 
     fn stop(&self) {
         self.applier.stop();
+        // The workers handed their last access-log lines over as they ended.
+        crate::access_log::written(Duration::from_secs(1));
         let control = self
             .control
             .lock()

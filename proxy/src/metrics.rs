@@ -162,6 +162,13 @@ impl Collector for StateCollector {
             state.reloads.rejected.load(Ordering::Relaxed),
         );
         reloads.counters(&mut e)?;
+        let dropped = e.encode_descriptor(
+            "access_log_dropped",
+            "Access log lines dropped because the log could not be written fast enough",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(crate::access_log::dropped()).encode(dropped)?;
         if snapshot.config.xds.is_some() {
             let connected = e.encode_descriptor(
                 "xds_connected",

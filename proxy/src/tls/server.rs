@@ -217,11 +217,12 @@ pub fn client_cert_header(chain: &[CertificateDer<'_>]) -> Option<HeaderValue> {
     HeaderValue::from_str(&value).ok()
 }
 
-/// A field value, double-quoted (with `\"` for quotes) when `always` or when it holds `,`,
-/// `;`, `=` or `"`.
+/// A field value, double-quoted when `always` or when it holds `,`, `;`, `=`, `"` or `\`;
+/// inside the quotes `\` and `"` are escaped with a backslash, so no certificate content can
+/// end the quoted string early and add fields.
 fn quoted(v: &str, always: bool) -> String {
-    if always || v.contains([',', ';', '=', '"']) {
-        format!("\"{}\"", v.replace('"', "\\\""))
+    if always || v.contains([',', ';', '=', '"', '\\']) {
+        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
     } else {
         v.to_owned()
     }
@@ -236,5 +237,8 @@ mod tests {
         assert_eq!(quoted("spiffe://a/b", false), "spiffe://a/b");
         assert_eq!(quoted("a;DNS=x", false), "\"a;DNS=x\"");
         assert_eq!(quoted("CN=\"x\"", true), "\"CN=\\\"x\\\"\"");
+        // A backslash before a quote cannot turn the escape into a closing quote.
+        assert_eq!(quoted("a\\\";DNS=evil", false), "\"a\\\\\\\";DNS=evil\"");
+        assert_eq!(quoted("a\\b", false), "\"a\\\\b\"");
     }
 }
