@@ -7,8 +7,10 @@
 //! otherwise, and it counts accepted connections and requests.
 //!
 //! Behaviours chosen when building ([`Builder`]): a fixed status, a delay before answering
-//! (optionally only for the first requests), one protocol only, no keep-alive, or no HTTP at all
-//! ([`Builder::close_after_head`]: read a request head, then close the socket).
+//! (optionally only for the first requests), holding every answer until the test opens the
+//! gate once for it ([`Builder::hold`]), one protocol only, no keep-alive, or no HTTP at all
+//! ([`Builder::close_after_head`]: read a request head, then close the socket), or one answer
+//! per connection ([`Builder::one_answer_per_connection`]: the keep-alive race).
 //!
 //! Behaviours chosen per request by path:
 //! - `/bytes/N`: stream `N` bytes of `x` in 64 KiB chunks (with a `content-length`);
@@ -75,6 +77,7 @@ pub enum Protocol {
 enum Mode {
     Http,
     CloseAfterHead,
+    OneAnswerPerConnection,
 }
 
 /// What an echo upstream saw of one request, as sent back in its JSON answer.
@@ -131,6 +134,7 @@ pub struct Builder {
     status: StatusCode,
     delay: Duration,
     delay_first: Option<usize>,
+    hold: bool,
     keep_alive: bool,
     mode: Mode,
 }
@@ -151,6 +155,12 @@ impl Builder {
     /// Apply [`Builder::delay`] to the first `n` requests only; later ones answer at once.
     pub fn delay_first(mut self, n: usize) -> Self {
         self.delay_first = Some(n);
+        self
+    }
+
+    /// Hold each answer (its head too) until the test calls [`Upstream::open_gate`] for it.
+    pub fn hold(mut self) -> Self {
+        self.hold = true;
         self
     }
 
@@ -175,6 +185,14 @@ impl Builder {
     /// Not an HTTP server: accept, read one request head, then close without answering.
     pub fn close_after_head(mut self) -> Self {
         self.mode = Mode::CloseAfterHead;
+        self
+    }
+
+    /// A bare HTTP/1.1 server that answers the first request on each connection (200, an
+    /// empty body, keep-alive), then reads the next request head and closes without answering:
+    /// an upstream whose keep-alive timeout ends just as a request arrives.
+    pub fn one_answer_per_connection(mut self) -> Self {
+        self.mode = Mode::OneAnswerPerConnection;
         self
     }
 
@@ -241,6 +259,7 @@ impl Upstream {
             status: StatusCode::OK,
             delay: Duration::ZERO,
             delay_first: None,
+            hold: false,
             keep_alive: true,
             mode: Mode::Http,
         }
@@ -310,7 +329,7 @@ impl Upstream {
         Ok(())
     }
 
-    /// Lets one waiting `/gated` response finish.
+    /// Lets one waiting `/gated` response finish, or one held answer ([`Builder::hold`]) go.
     pub fn open_gate(&self) {
         self.state.gate.add_permits(1);
     }
@@ -345,9 +364,16 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 }
 
 async fn serve_connection(stream: TcpStream, state: Arc<State>) {
-    if state.config.mode == Mode::CloseAfterHead {
-        close_after_head(stream, &state).await;
-        return;
+    match state.config.mode {
+        Mode::Http => {}
+        Mode::CloseAfterHead => {
+            close_after_head(stream, &state).await;
+            return;
+        }
+        Mode::OneAnswerPerConnection => {
+            one_answer(stream, &state).await;
+            return;
+        }
     }
     let io = TokioIo::new(stream);
     let service = {
@@ -365,6 +391,12 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>) {
 }
 
 async fn close_after_head(mut stream: TcpStream, state: &State) {
+    read_head(&mut stream, state).await;
+    // Dropping the stream closes it without a response.
+}
+
+/// Reads one request head (counting it if any byte came); `false` if the peer closed first.
+async fn read_head(stream: &mut TcpStream, state: &State) -> bool {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
@@ -376,7 +408,22 @@ async fn close_after_head(mut stream: TcpStream, state: &State) {
     if !head.is_empty() {
         state.requests.send_modify(|r| *r += 1);
     }
-    // Dropping the stream closes it without a response.
+    head.ends_with(b"\r\n\r\n")
+}
+
+async fn one_answer(mut stream: TcpStream, state: &State) {
+    if !read_head(&mut stream, state).await {
+        return;
+    }
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-upstream: {}\r\n\r\n",
+        state.config.name
+    );
+    if stream.write_all(answer.as_bytes()).await.is_err() {
+        return;
+    }
+    read_head(&mut stream, state).await;
+    // Dropping the stream closes it without answering the second request.
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -438,6 +485,9 @@ async fn answer(
     if !config.delay.is_zero() && config.delay_first.is_none_or(|n| index < n) {
         tokio::time::sleep(config.delay).await;
     }
+    if config.hold {
+        state.gate.acquire().await.context("the gate")?.forget();
+    }
     let segments: Vec<&str> = parts.uri.path().split('/').collect();
     match segments.as_slice() {
         ["", "delay", ms] => {
@@ -446,6 +496,7 @@ async fn answer(
         }
         ["", "bytes", n] => return Ok(stream_bytes(n.parse().context("/bytes/N")?)),
         ["", "gated"] => return Ok(gated(state.clone())),
+
         ["", "hop-by-hop"] => return Ok(hop_by_hop_answer()),
         _ => {}
     }

@@ -1,14 +1,26 @@
-//! Retries: which failures are tried again, on which endpoint, and the rule that a request
-//! whose body has been sent is never sent twice.
+//! Retries: which failures are tried again, on which endpoint, the rules that a request whose
+//! body has been sent is never sent twice and that only an idempotent request is tried again
+//! once it reached the upstream, the replay of a request a closing keep-alive connection
+//! lost, and the retry budget.
 
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use http::{Method, StatusCode};
+use anyhow::{Context as _, Result};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use legate_integration::body;
 use legate_integration::client::{request, request_with_body, Http1};
 use legate_integration::proxy::{yaml, Proxy};
 use legate_integration::upstream::{closed_port, Upstream};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Barrier, Semaphore};
+use tokio::task::JoinSet;
 
 /// Route `/` → cluster `app` (balancer `${LB}`) with endpoints `${A}` and `${B}` and the retry
 /// policy `${RETRY}`.
@@ -295,5 +307,229 @@ async fn a_retry_that_cannot_run_leaves_the_upstream_answer_standing() -> Result
         assert!(reply.upstream().is_some(), "x-upstream names who answered");
     }
     assert_eq!(a.requests() + b.requests(), 4, "one try each, no retry");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_tried_again_after_reaching_the_upstream_only_if_idempotent() -> Result<()> {
+    // Every try of every method gets 503 from the one endpoint; the route retries 503.
+    let bad = Upstream::builder("bad").status(503).start().await?;
+    let proxy = Proxy::start(yaml(ONE_ENDPOINT).set("A", bad.addr()).set(
+        "RETRY",
+        r#"{ attempts: 2, on: ["503"], idempotency_key: true }"#,
+    ))?;
+    let mut client = Http1::connect(proxy.addr("front")).await?;
+    let mut tries = Vec::new();
+    let mut send = async |req| -> Result<()> {
+        let before = bad.requests();
+        let reply = client.request(req).await?;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        tries.push(bad.requests() - before);
+        Ok(())
+    };
+    for method in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE] {
+        send(request(method, "app.example.org", "/orders/7")).await?;
+    }
+    // Bodiless, yet neither is idempotent: the upstream may have acted on the first try.
+    send(request(Method::POST, "app.example.org", "/orders")).await?;
+    send(request(Method::PATCH, "app.example.org", "/orders/7")).await?;
+    // The client vouches for this POST, and the route trusts `Idempotency-Key`.
+    let mut keyed = request(Method::POST, "app.example.org", "/orders");
+    keyed
+        .headers_mut()
+        .insert("idempotency-key", "8e03978e".parse()?);
+    send(keyed).await?;
+    assert_eq!(
+        tries,
+        [2, 2, 2, 2, 1, 1, 2],
+        "tries of GET HEAD PUT DELETE POST PATCH keyed-POST"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_counts_only_when_the_route_says_so() -> Result<()> {
+    let bad = Upstream::builder("bad").status(503).start().await?;
+    let proxy = Proxy::start(
+        yaml(ONE_ENDPOINT)
+            .set("A", bad.addr())
+            .set("RETRY", r#"{ attempts: 2, on: ["503"] }"#),
+    )?;
+    let mut keyed = request(Method::POST, "app.example.org", "/orders");
+    keyed
+        .headers_mut()
+        .insert("idempotency-key", "8e03978e".parse()?);
+    let reply = Http1::connect(proxy.addr("front"))
+        .await?
+        .request(keyed)
+        .await?;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(bad.requests(), 1, "one try: the key is not trusted here");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_lost_by_a_closing_keep_alive_connection_goes_out_again() -> Result<()>
+{
+    // The upstream answers one request per connection and closes on the next without a
+    // word: each reuse of a pooled connection loses the request it carries.
+    let stale = Upstream::builder("stale")
+        .one_answer_per_connection()
+        .start()
+        .await?;
+    let proxy = Proxy::start(
+        yaml(ONE_ENDPOINT)
+            .set("A", stale.addr())
+            .set("RETRY", "{ attempts: 2, on: [connect-failure] }"),
+    )?;
+    let mut client = Http1::connect(proxy.addr("front")).await?;
+    for i in 0..3 {
+        let reply = client.get("app.example.org", "/").await?;
+        assert_eq!(reply.status, StatusCode::OK, "GET {i}: {}", reply.text());
+    }
+    // The first GET opened a connection; each later one was lost on the pooled connection
+    // and went out again on a new one.
+    assert_eq!(stale.connections(), 3);
+    assert_eq!(stale.requests(), 5);
+
+    // A POST is not repeated: the upstream may have acted on it before closing.
+    let before = stale.requests();
+    let reply = client
+        .request(request(Method::POST, "app.example.org", "/orders"))
+        .await?;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    assert_eq!(reply.legate_error(), Some("upstream-reset"));
+    assert_eq!(stale.requests() - before, 1, "the POST went out once");
+    Ok(())
+}
+
+/// An upstream for retry-budget tests. The first try of each request (told apart by its
+/// `x-id` header) waits until `first_tries` of them have arrived, so all are in flight when
+/// retries are decided, then gets 503; a second try waits for the gate (`held` counts them).
+struct BudgetUpstream {
+    addr: SocketAddr,
+    held: watch::Receiver<usize>,
+    gate: Arc<Semaphore>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BudgetUpstream {
+    async fn start(first_tries: usize) -> Result<BudgetUpstream> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(HashSet::new()));
+        let barrier = Arc::new(Barrier::new(first_tries));
+        let gate = Arc::new(Semaphore::new(0));
+        let (held_tx, held) = watch::channel(0usize);
+        let held_tx = Arc::new(held_tx);
+        let shared = (seen, barrier, gate.clone(), held_tx);
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (seen, barrier, gate, held_tx) = shared.clone();
+                conns.spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (seen, barrier, gate, held_tx) =
+                            (seen.clone(), barrier.clone(), gate.clone(), held_tx.clone());
+                        async move {
+                            let id = req
+                                .headers()
+                                .get("x-id")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned();
+                            let first = seen.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+                            let mut resp = Response::new(body::empty());
+                            if first {
+                                barrier.wait().await;
+                                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                            } else {
+                                held_tx.send_modify(|n| *n += 1);
+                                if let Ok(permit) = gate.acquire().await {
+                                    permit.forget();
+                                }
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(BudgetUpstream {
+            addr,
+            held,
+            gate,
+            task,
+        })
+    }
+}
+
+impl Drop for BudgetUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_caps_retries_in_flight_by_share_of_requests() -> Result<()> {
+    // Four requests in flight, each of whose first try fails. A budget of 50% allows two
+    // retries at once; without a budget, `max_retries: 10` allows all four.
+    for (budget, retried) in [
+        (", retry_budget: { percent: 50, min_concurrent: 1 }", 2),
+        ("", 4),
+    ] {
+        let upstream = BudgetUpstream::start(4).await?;
+        let config = yaml(ONE_ENDPOINT)
+            .set("A", upstream.addr)
+            .set("RETRY", r#"{ attempts: 2, on: ["503"] }"#)
+            .text()?
+            .replace(
+                &format!("endpoints: [\"{}\"] }}", upstream.addr),
+                &format!(
+                    "endpoints: [\"{}\"], circuit_breakers: {{ max_retries: 10{budget} }} }}",
+                    upstream.addr
+                ),
+            );
+        let proxy = Proxy::start(yaml(&config))?;
+        let front = proxy.addr("front");
+        let mut replies = JoinSet::new();
+        for i in 0..4 {
+            replies.spawn(async move {
+                let mut req = request(Method::GET, "app.example.org", "/");
+                req.headers_mut().insert("x-id", i.into());
+                Http1::connect(front).await?.request(req).await
+            });
+        }
+        // Admitted retries wait at the upstream; a refused one's 503 comes back at once.
+        let mut held = upstream.held.clone();
+        tokio::time::timeout(Duration::from_secs(10), held.wait_for(|n| *n >= retried))
+            .await
+            .context("retries reach the upstream")??;
+        let mut statuses = Vec::new();
+        for _ in retried..4 {
+            let reply = tokio::time::timeout(Duration::from_secs(10), replies.join_next())
+                .await
+                .context("a refused retry answers at once")?
+                .context("a reply")???;
+            statuses.push(reply.status);
+        }
+        upstream.gate.add_permits(retried);
+        while let Some(reply) = replies.join_next().await {
+            statuses.push(reply??.status);
+        }
+        let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+        assert_eq!(ok, retried, "{budget}: {statuses:?}");
+        assert_eq!(
+            *upstream.held.borrow(),
+            retried,
+            "{budget}: no other retry ran"
+        );
+    }
     Ok(())
 }

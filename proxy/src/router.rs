@@ -83,6 +83,8 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub on: RetryConditions,
     pub per_try_timeout: Option<Duration>,
+    /// Requests carrying `Idempotency-Key` count as idempotent.
+    pub idempotency_key: bool,
 }
 
 /// A set of [`RetryOn`] conditions as bits, so checking one is a mask.

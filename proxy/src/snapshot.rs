@@ -230,6 +230,7 @@ fn compile_route(
             attempts: p.attempts.max(1),
             on: RetryConditions::from_list(&p.on),
             per_try_timeout: p.per_try_timeout.map(|d| d.get()),
+            idempotency_key: p.idempotency_key,
         }),
         host_rewrite: values.host_rewrite,
         prefix_rewrite: r.prefix_rewrite.as_deref().map(Into::into),

@@ -63,6 +63,17 @@ pub struct Picked {
 }
 
 impl Cluster {
+    /// A slot for one retry: under `max_retries` and, with a retry budget, under its share
+    /// of the requests in flight.
+    pub fn admit_retry(&self) -> Option<Admitted> {
+        let mut limit = self.limits.max_retries;
+        if let Some(budget) = self.limits.retry_budget {
+            let active = self.state.active_requests.load(Ordering::Relaxed);
+            limit = limit.min(u32::try_from(budget.allowed(active)).unwrap_or(u32::MAX));
+        }
+        self.state.admit(|s| &s.retries, limit)
+    }
+
     /// The endpoint for a new request or session, or `None` if no endpoint can take one.
     /// `hash` is the request's hash for `ring_hash` and `maglev`.
     pub fn pick(&self, hash: Option<u64>) -> Option<Picked> {

@@ -511,6 +511,10 @@ pub struct RetryPolicy {
     /// Deadline for each try's response head. Default: none (the route timeout applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<Duration>,
+    /// `true`: a request carrying an `Idempotency-Key` header counts as idempotent, so it may
+    /// be tried again after it reached the upstream. Default `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idempotency_key: bool,
 }
 
 impl RetryPolicy {
@@ -961,6 +965,38 @@ pub struct CircuitBreakers {
     /// Retries in flight. Default `3`.
     #[serde(default = "CircuitBreakers::default_retries")]
     pub max_retries: u32,
+    /// Retries in flight as a share of requests in flight, on top of `max_retries`.
+    /// Default: none (only `max_retries` applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// Retries in flight may be `percent` of the requests in flight, and at least
+/// `min_concurrent` whatever the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Percent of the requests in flight. Default `20`.
+    #[serde(default = "RetryBudget::default_percent")]
+    pub percent: u32,
+    /// Retries always allowed at once, however few requests are in flight. Default `3`.
+    #[serde(default = "RetryBudget::default_min_concurrent")]
+    pub min_concurrent: u32,
+}
+
+impl RetryBudget {
+    fn default_percent() -> u32 {
+        20
+    }
+    fn default_min_concurrent() -> u32 {
+        3
+    }
+
+    /// Retries allowed in flight while `active` requests are.
+    pub fn allowed(self, active: usize) -> usize {
+        let share = active.saturating_mul(self.percent as usize) / 100;
+        share.max(self.min_concurrent as usize)
+    }
 }
 
 impl CircuitBreakers {
@@ -979,6 +1015,7 @@ impl Default for CircuitBreakers {
             max_pending: Self::default_limit(),
             max_requests: Self::default_limit(),
             max_retries: Self::default_retries(),
+            retry_budget: None,
         }
     }
 }

@@ -340,8 +340,13 @@ async fn forward(
         trace.bytes_received = Some(counter.clone());
         UpstreamBody::Client(body, Some(counter))
     };
-    let template =
-        (attempts > 1 && matches!(body, UpstreamBody::Empty) && !upgrade).then(|| Template {
+    // A try that reached the upstream is repeated only for an idempotent request (RFC 9110
+    // §9.2.2): without a template, only a request that never left can go again.
+    let idempotent = is_idempotent(&parts.method)
+        || policy
+            .is_some_and(|p| p.idempotency_key && parts.headers.contains_key(&IDEMPOTENCY_KEY));
+    let template = (attempts > 1 && idempotent && matches!(body, UpstreamBody::Empty) && !upgrade)
+        .then(|| Template {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
@@ -450,10 +455,7 @@ async fn send_with_retries(
         if attempt > 1 {
             // Retries in flight are bounded per cluster, so a failing upstream is not hit
             // with a multiple of the normal load.
-            match cluster
-                .state
-                .admit(|s| &s.retries, cluster.limits.max_retries)
-            {
+            match cluster.admit_retry() {
                 Some(slot) => _retry_slot = Some(slot),
                 None => break,
             }
@@ -474,7 +476,15 @@ async fn send_with_retries(
         previous = Some(endpoint.addr);
         let active = ActiveRequest::start(&endpoint.state);
         let last = attempt == attempts;
-        let result = try_once(cluster, &endpoint, request, per_try, upgrade).await;
+        let result = try_once(
+            cluster,
+            &endpoint,
+            request,
+            template.as_ref(),
+            per_try,
+            upgrade,
+        )
+        .await;
         report_outcome(cluster, &endpoint, &result);
         match result {
             Ok((resp, pooled)) => {
@@ -570,13 +580,16 @@ async fn try_once(
     cluster: &Cluster,
     endpoint: &Picked,
     request: Request<UpstreamBody>,
+    template: Option<&Template>,
     per_try: Option<Duration>,
     upgrade: bool,
 ) -> Result<(Response<Incoming>, Option<Pooled>), Failure> {
     let once = async move {
         let mut request = request;
-        // A pooled keep-alive connection may have been closed by the upstream while idle; a
-        // request that never left it goes out again, on another connection (twice at most).
+        // A pooled keep-alive connection may have been closed by the upstream while idle. A
+        // request that never left it, or an idempotent one it lost before any answer (the
+        // upstream closed as the request arrived, RFC 9112 §9.3.1), goes out again on another
+        // connection, twice at most; this is not a retry.
         let mut stale = 0;
         loop {
             let mut pooled = if upgrade {
@@ -605,28 +618,37 @@ async fn try_once(
                 Err(mut e) => {
                     let unsent = e.take_message();
                     let source = e.into_error();
-                    match unsent {
-                        Some(r) if pooled.reused && stale < 2 => {
+                    let replay = if pooled.reused && stale < 2 {
+                        match (unsent, template) {
+                            (Some(r), _) => Ok(r),
+                            (None, Some(t)) if lost_before_answer(&source) => Ok(t.build()),
+                            (None, _) => Err(None),
+                        }
+                    } else {
+                        Err(unsent)
+                    };
+                    let unsent = match replay {
+                        Ok(r) => {
                             stale += 1;
                             request = r;
+                            continue;
                         }
-                        unsent => {
-                            // TLS 1.3 reports some handshake refusals (a client certificate
-                            // the upstream wants) only on the first read.
-                            let error = if is_tls_failure(&source) {
-                                ProxyError::UpstreamTls {
-                                    addr: endpoint.addr,
-                                    source: std::io::Error::other(source),
-                                }
-                            } else {
-                                ProxyError::UpstreamReset {
-                                    addr: endpoint.addr,
-                                    source,
-                                }
-                            };
-                            return Err(Failure { error, unsent });
+                        Err(unsent) => unsent,
+                    };
+                    // TLS 1.3 reports some handshake refusals (a client certificate the
+                    // upstream wants) only on the first read.
+                    let error = if is_tls_failure(&source) {
+                        ProxyError::UpstreamTls {
+                            addr: endpoint.addr,
+                            source: std::io::Error::other(source),
                         }
-                    }
+                    } else {
+                        ProxyError::UpstreamReset {
+                            addr: endpoint.addr,
+                            source,
+                        }
+                    };
+                    return Err(Failure { error, unsent });
                 }
             }
         }
@@ -643,6 +665,40 @@ async fn try_once(
 }
 
 /// Whether an upstream error was a TLS failure (an alert from the server) underneath.
+/// Whether a connection failed before any of the answer came: the upstream closed or reset
+/// it, as when its keep-alive ends just as a request arrives; not a protocol error.
+fn lost_before_answer(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() {
+        return true;
+    }
+    let mut current = std::error::Error::source(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        current = err.source();
+    }
+    false
+}
+
+/// The request header that marks a request as safe to repeat when a route's retry policy
+/// says `idempotency_key: true`.
+static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+
+/// Methods that may be repeated without changing the outcome (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
 fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = current {

@@ -74,6 +74,16 @@ impl Validator<'_> {
                 );
             }
         }
+        if let Some(budget) = &cb.retry_budget {
+            if budget.percent > 100 {
+                self.error(
+                    base.field("circuit_breakers")
+                        .field("retry_budget")
+                        .field("percent"),
+                    format!("must be between 0 and 100 (got {})", budget.percent),
+                );
+            }
+        }
         let mut seen: HashMap<EndpointAddress, usize> = HashMap::new();
         let mut addresses = Vec::with_capacity(cluster.endpoints.len());
         for (e, endpoint) in cluster.endpoints.iter().enumerate() {
@@ -357,6 +367,23 @@ mod tests {
 
     use super::{parse_socket_addr, AddrProblem};
     use crate::config::tests::assert_errors;
+
+    #[test]
+    fn retry_budget_percent_is_a_percentage() {
+        assert_errors(
+            r#"
+            clusters:
+              - name: a
+                endpoints: ["10.0.0.1:80"]
+                circuit_breakers: { retry_budget: { percent: 101 } }
+            "#,
+            &[(
+                "clusters[0].circuit_breakers.retry_budget.percent",
+                4,
+                "between 0 and 100 (got 101)",
+            )],
+        );
+    }
 
     #[test]
     fn endpoint_addresses() {
