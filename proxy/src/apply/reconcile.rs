@@ -267,6 +267,7 @@ fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protoco
         header_read_timeout: http.header_read_timeout.get(),
         idle_timeout: http.idle_timeout.get(),
         max_header_size: http.max_header_size,
+        max_uri_length: http.max_uri_length,
         max_concurrent_streams: http.max_concurrent_streams,
         access_log: access_log.enabled.then_some(access_log.format),
         drain_timeout,

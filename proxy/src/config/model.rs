@@ -330,6 +330,10 @@ pub struct HttpListener {
     /// Largest request head (request line and headers) accepted, in bytes. Default `65536`.
     #[serde(default = "HttpListener::default_max_header_size")]
     pub max_header_size: usize,
+    /// Longest request target (the URI, `:path` on HTTP/2) accepted, in bytes; a longer one is
+    /// answered 414. Default `8192`.
+    #[serde(default = "HttpListener::default_max_uri_length")]
+    pub max_uri_length: usize,
     /// Most HTTP/2 streams a client may have open at once on one connection. Default `100`.
     #[serde(default = "HttpListener::default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
@@ -344,6 +348,9 @@ impl HttpListener {
     }
     fn default_max_header_size() -> usize {
         64 * 1024
+    }
+    fn default_max_uri_length() -> usize {
+        8 * 1024
     }
     fn default_max_concurrent_streams() -> u32 {
         100

@@ -158,6 +158,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => "no route\n",
             ProxyError::MissingHost => "missing Host header\n",
             ProxyError::BadRequest(_) => "bad request\n",
+            ProxyError::UriTooLong { .. } => "request target too long\n",
             ProxyError::NoEndpoint { .. } => "no healthy upstream\n",
             ProxyError::Overflow { .. } => "upstream overflow\n",
             ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. } => {

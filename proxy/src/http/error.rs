@@ -47,6 +47,8 @@ pub enum ProxyError {
     PerTryTimeout,
     #[error("invalid request: {0}")]
     BadRequest(&'static str),
+    #[error("request target of {length} bytes is over the listener's {limit}-byte limit")]
+    UriTooLong { length: usize, limit: usize },
     #[error("cluster {cluster} is at its {limit} circuit-breaker limit")]
     Overflow {
         cluster: std::sync::Arc<str>,
@@ -59,6 +61,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::MissingHost | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::NoEndpoint { .. } | ProxyError::Overflow { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -76,6 +79,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => "no-route",
             ProxyError::MissingHost => "missing-host",
             ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::UriTooLong { .. } => "uri-too-long",
             ProxyError::NoEndpoint { .. } => "no-endpoint",
             ProxyError::Overflow { .. } => "overflow",
             ProxyError::ConnectFailed { .. } => "connect-failure",
@@ -89,9 +93,10 @@ impl ProxyError {
 
     pub fn origin(&self) -> Origin {
         match self {
-            ProxyError::NoRoute { .. } | ProxyError::MissingHost | ProxyError::BadRequest(_) => {
-                Origin::Downstream
-            }
+            ProxyError::NoRoute { .. }
+            | ProxyError::MissingHost
+            | ProxyError::BadRequest(_)
+            | ProxyError::UriTooLong { .. } => Origin::Downstream,
             ProxyError::NoEndpoint { .. } | ProxyError::Overflow { .. } => Origin::Internal,
             _ => Origin::Upstream,
         }

@@ -175,6 +175,13 @@ async fn route(
     mut req: Request<Incoming>,
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let length = target_length(req.uri());
+    if length > settings.max_uri_length {
+        return Err(ProxyError::UriTooLong {
+            length,
+            limit: settings.max_uri_length,
+        });
+    }
     check_host(&mut req)?;
     let Some(route) = settings
         .route_table
@@ -665,6 +672,15 @@ async fn try_once(
 }
 
 /// Whether an upstream error was a TLS failure (an alert from the server) underneath.
+/// Bytes of a request target as the client sent it: the path and query, plus the scheme and
+/// authority of an absolute-form target.
+fn target_length(uri: &Uri) -> usize {
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let scheme = uri.scheme_str().map_or(0, |s| s.len() + "://".len());
+    let path = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    scheme + authority + path
+}
+
 /// Whether a connection failed before any of the answer came: the upstream closed or reset
 /// it, as when its keep-alive ends just as a request arrives; not a protocol error.
 fn lost_before_answer(e: &hyper::Error) -> bool {

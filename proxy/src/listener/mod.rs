@@ -70,6 +70,7 @@ pub struct HttpSettings {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_size: usize,
+    pub max_uri_length: usize,
     pub max_concurrent_streams: u32,
     pub access_log: Option<AccessLogFormat>,
     /// How long a draining connection may take to finish before it is closed.

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::clusters::parse_socket_addr;
-use super::{Validator, MAX_ATTEMPTS, MAX_HEADER_SIZE, MIN_HEADER_SIZE};
+use super::{Validator, MAX_ATTEMPTS, MAX_HEADER_SIZE, MIN_HEADER_SIZE, MIN_URI_LENGTH};
 use crate::config::model::{HttpListener, Listener, TcpListener};
 use crate::config::suggest::did_you_mean_quoted;
 use crate::config::{Entry, ErrorKind, FieldPath, Section};
@@ -144,6 +144,15 @@ impl<'a> Validator<'a> {
                 ),
             );
         }
+        if http.max_uri_length < MIN_URI_LENGTH {
+            self.error(
+                base.field("http").field("max_uri_length"),
+                format!(
+                    "must be at least {MIN_URI_LENGTH} bytes (got {})",
+                    http.max_uri_length
+                ),
+            );
+        }
         if http.max_concurrent_streams == 0 {
             self.error(
                 base.field("http").field("max_concurrent_streams"),
@@ -260,6 +269,7 @@ mod tests {
                   max_concurrent_streams: 0
                   header_read_timeout: 0s
                   idle_timeout: 0ms
+                  max_uri_length: 255
               - name: b
                 listen: 0.0.0.0:81
                 http: { route_table: maps, max_header_size: 1048577 }
@@ -288,8 +298,13 @@ mod tests {
                 ),
                 ("listeners[0].http.idle_timeout", 9, "greater than zero"),
                 (
+                    "listeners[0].http.max_uri_length",
+                    10,
+                    "at least 256 bytes (got 255)",
+                ),
+                (
                     "listeners[1].http.max_header_size",
-                    12,
+                    13,
                     "at most 1048576 bytes",
                 ),
             ],

@@ -17,8 +17,10 @@ pub use routes::full_match_regex;
 
 /// Upper bound of `weight` for split targets and endpoints.
 pub const MAX_WEIGHT: u32 = 10_000;
-/// Smallest `http.max_header_size`: below 1 KiB ordinary browsers' requests fail.
+/// Smallest `http.max_header_size`: the smallest read buffer hyper accepts.
 pub const MIN_HEADER_SIZE: usize = 8 * 1024;
+/// Smallest `http.max_uri_length`: below it, ordinary links with a query string fail.
+pub const MIN_URI_LENGTH: usize = 256;
 /// Largest `http.max_header_size`: more than 1 MiB of headers is abuse, not traffic.
 pub const MAX_HEADER_SIZE: usize = 1024 * 1024;
 /// Largest `runtime.workers` (the smallest is 1).
