@@ -1,13 +1,20 @@
 //! Headers Legate manages as a proxy: hop-by-hop headers stop at each hop, `x-forwarded-*`
-//! describe the client, and every request carries an `x-request-id`.
+//! describe the client, every request carries an `x-request-id`, HTTP/2 cookie fields are
+//! joined for HTTP/1.1, and a response framed two ways leaves framed one way.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use anyhow::Result;
-use http::header::{CONNECTION, TE, TRAILER, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, COOKIE, TE, TRAILER, UPGRADE};
 use http::Method;
 use legate_integration::body;
 use legate_integration::client::{h2_request, request, Http1, H2};
 use legate_integration::proxy::{yaml, Proxy};
 use legate_integration::upstream::Upstream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 const ONE_CLUSTER: &str = r#"
 admin: { listen: 127.0.0.1:0 }
@@ -185,5 +192,88 @@ async fn hop_by_hop_response_headers_do_not_reach_the_client() -> Result<()> {
         reply.headers
     );
     assert_eq!(reply.header("x-end-to-end"), Some("kept"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_an_http2_client_sends_one_by_one_reach_an_http1_upstream_as_one_field(
+) -> Result<()> {
+    let app = Upstream::builder("app").http1_only().start().await?;
+    let proxy = proxy_to(&app)?;
+    let h2 = H2::connect(proxy.addr("front")).await?;
+    let mut req = h2_request(Method::GET, "app.example.org", "/", body::empty());
+    for crumb in ["session=8e03", "theme=dark", "lang=en"] {
+        req.headers_mut().append(COOKIE, crumb.parse()?);
+    }
+    let echo = h2.request(req).await?.echo()?;
+    assert_eq!(
+        echo.header_all("cookie"),
+        ["session=8e03; theme=dark; lang=en"]
+    );
+    // An HTTP/1.1 client's own fields are passed on as they came.
+    let mut req = request(Method::GET, "app.example.org", "/");
+    req.headers_mut().append(COOKIE, "session=8e03".parse()?);
+    let echo = Http1::connect(proxy.addr("front"))
+        .await?
+        .request(req)
+        .await?
+        .echo()?;
+    assert_eq!(echo.header_all("cookie"), ["session=8e03"]);
+    Ok(())
+}
+
+/// An upstream that answers every request with both `Content-Length: 100` and
+/// `Transfer-Encoding: chunked` around a 5-byte chunked body, counting connections.
+async fn double_framed_upstream() -> Result<(SocketAddr, Arc<AtomicUsize>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\
+                            transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, connections))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_framed_both_ways_reaches_the_client_framed_one_way() -> Result<()> {
+    let (app, connections) = double_framed_upstream().await?;
+    let proxy = Proxy::start(yaml(ONE_CLUSTER).set("APP", app))?;
+    let mut client = Http1::connect(proxy.addr("front")).await?;
+    for i in 0..2 {
+        let reply = client.get("app.example.org", "/").await?;
+        assert_eq!(reply.status, 200, "request {i}");
+        assert_eq!(reply.text(), "hello", "request {i}");
+        assert_eq!(
+            reply.headers.get(CONTENT_LENGTH),
+            None,
+            "request {i}: the upstream's content-length does not describe the body"
+        );
+    }
+    // The upstream connection that sent it is not used again.
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    let h2 = H2::connect(proxy.addr("front")).await?;
+    let reply = h2.get("app.example.org", "/").await?;
+    assert_eq!(reply.text(), "hello");
     Ok(())
 }

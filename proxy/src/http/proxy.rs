@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{HeaderValue, HOST, LOCATION, UPGRADE};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, LOCATION, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -327,6 +327,9 @@ async fn forward(
             if let Some(a) = authority {
                 parts.headers.insert(HOST, a);
             }
+            if parts.version == Version::HTTP_2 {
+                headers::join_cookies(&mut parts.headers);
+            }
             parts.version = Version::HTTP_11;
         }
         UpstreamProtocol::Http2 => {
@@ -389,6 +392,14 @@ async fn forward(
         return Ok(Response::from_parts(parts, ProxyBody::empty()));
     }
     let (mut parts, body) = resp.into_parts();
+    if parts.headers.contains_key(TRANSFER_ENCODING) && parts.headers.contains_key(CONTENT_LENGTH) {
+        // Framing the upstream should never send (RFC 9112 §6.3): its body was read by
+        // Transfer-Encoding, so its Content-Length goes, and so does the connection, whose
+        // next bytes can no longer be trusted.
+        debug!(cluster = %cluster.name, upstream = ?trace.upstream, "response with both content-length and transfer-encoding");
+        parts.headers.remove(CONTENT_LENGTH);
+        trace.pooled = None;
+    }
     headers::strip_hop_by_hop(&mut parts.headers, false);
     Ok(Response::from_parts(parts, ProxyBody::upstream(body)))
 }
