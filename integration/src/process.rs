@@ -91,22 +91,45 @@ pub struct Legate {
 impl Legate {
     /// Writes the config, starts the binary and waits until `/ready` answers 200.
     pub async fn start(config: impl Into<Yaml>) -> Result<Legate> {
-        Legate::start_with(config, true).await
+        Legate::start_with(config, true, None).await
+    }
+
+    /// Like [`Legate::start`], with soft and hard open-file limits of `limit` (set by
+    /// util-linux's `prlimit`, which then runs Legate in its own process).
+    pub async fn start_with_open_file_limit(config: impl Into<Yaml>, limit: u32) -> Result<Legate> {
+        Legate::start_with(config, true, Some(limit)).await
     }
 
     /// Like [`Legate::start`], but nothing reads its stdout (the access log): a stalled log
     /// reader, whose pipe fills up.
     pub async fn start_with_unread_stdout(config: impl Into<Yaml>) -> Result<Legate> {
-        Legate::start_with(config, false).await
+        Legate::start_with(config, false, None).await
     }
 
-    async fn start_with(config: impl Into<Yaml>, read_stdout: bool) -> Result<Legate> {
+    async fn start_with(
+        config: impl Into<Yaml>,
+        read_stdout: bool,
+        open_files: Option<u32>,
+    ) -> Result<Legate> {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let config_path = dir.path().join("legate.yaml");
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         write_config(&config_path, config.into(), admin)?;
 
-        let mut child = command()
+        let mut cmd = match open_files {
+            None => command(),
+            Some(n) => {
+                let mut cmd = Command::new("prlimit");
+                cmd.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(binary())
+                    .env("RUST_LOG", "info")
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true);
+                cmd
+            }
+        };
+        let mut child = cmd
             .arg("run")
             .arg("--config")
             .arg(&config_path)

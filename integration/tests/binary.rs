@@ -296,3 +296,81 @@ async fn a_stalled_log_reader_never_blocks_requests() -> Result<()> {
     ensure!(dropped <= 1500, "dropped {dropped} of 1500 lines");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_is_503_and_never_an_endpoint_failure() -> Result<()> {
+    // 64 descriptors, and 80 requests at once to an upstream that holds every answer and
+    // takes one connection per request: the later ones find no descriptor for theirs. An
+    // endpoint failure would eject the only endpoint at once (consecutive_failures: 1).
+    // (`max_connections` is set: the default for 64 descriptors would be 1.)
+    let held = Upstream::builder("held")
+        .http1_only()
+        .no_keep_alive()
+        .hold()
+        .start()
+        .await?;
+    let config = r#"
+admin: { listen: "${ADMIN}" }
+access_log: { enabled: false }
+runtime: { workers: 1 }
+listeners:
+  - { name: front, listen: 127.0.0.1:0, max_connections: 10, http: { route_table: main } }
+route_tables:
+  main:
+    virtual_hosts:
+      - hosts: ["*"]
+        routes: [{ match: { prefix: / }, cluster: app, timeout: 30s }]
+clusters:
+  - name: app
+    endpoints: ["${APP}"]
+    outlier_detection: { consecutive_failures: 1 }
+"#;
+    let legate =
+        Legate::start_with_open_file_limit(yaml(config).set("APP", held.addr()), 64).await?;
+    let h2 = client::H2::connect(legate.addr("front")).await?;
+    let mut replies = tokio::task::JoinSet::new();
+    for _ in 0..80 {
+        let h2 = h2.clone();
+        replies.spawn(async move { h2.get("app.example.org", "/").await });
+    }
+    // Every request either holds a connection at the upstream or was refused at once.
+    let mut exhausted = 0;
+    loop {
+        tokio::select! {
+            reached = held.wait_requests(80 - exhausted) => {
+                reached?;
+                break;
+            }
+            reply = replies.join_next() => {
+                let reply = reply.context("a reply")???;
+                assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+                assert_eq!(reply.legate_error(), Some("local-exhaustion"));
+                exhausted += 1;
+            }
+        }
+    }
+    ensure!(exhausted > 0, "64 descriptors took all 80 connections");
+    for _ in 0..held.requests() {
+        held.open_gate();
+    }
+    while let Some(reply) = replies.join_next().await {
+        let reply = reply?.with_context(|| legate.stderr_text())?;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let clusters = legate
+        .admin_json("/clusters")
+        .await
+        .with_context(|| legate.stderr_text())?;
+    let endpoint = &clusters["clusters"][0]["endpoints"][0];
+    assert_eq!(endpoint["connect_failures"], 0, "{endpoint}");
+    assert_eq!(
+        endpoint["ejected_until"],
+        serde_json::Value::Null,
+        "{endpoint}"
+    );
+    assert_eq!(endpoint["ejections"], 0, "{endpoint}");
+    held.open_gate();
+    let reply = client::get(legate.addr("front"), "app.example.org", "/").await?;
+    assert_eq!(reply.status, StatusCode::OK);
+    Ok(())
+}

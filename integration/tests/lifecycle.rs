@@ -393,3 +393,72 @@ async fn applying_a_config_adds_and_removes_listeners() -> Result<()> {
     assert_eq!(client::get(extra, "x", "/").await?.status, StatusCode::OK);
     Ok(())
 }
+
+/// Reads `name{listener="front"}` from the admin's `/metrics`.
+async fn front_metric(admin: std::net::SocketAddr, name: &str) -> Result<u64> {
+    let text = client::get(admin, "admin", "/metrics").await?.text();
+    let prefix = format!("{name}{{listener=\"front\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .with_context(|| format!("no {prefix} in:\n{text}"))?
+        .parse()
+        .context("a metric value")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_max_connections_are_closed_at_accept_and_counted() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let config = yaml(ONE_CLUSTER).set("APP", app.addr()).text()?.replace(
+        "{ name: front, listen: 127.0.0.1:0,",
+        "{ name: front, listen: 127.0.0.1:0, max_connections: 2,",
+    );
+    let proxy = Proxy::start(yaml(&config))?;
+    let front = proxy.addr("front");
+    // Two connections, each proven open by an answer (so both are counted).
+    let mut first = Http1::connect(front).await?;
+    assert_eq!(
+        first.get("app.example.org", "/").await?.status,
+        StatusCode::OK
+    );
+    let mut second = Http1::connect(front).await?;
+    assert_eq!(
+        second.get("app.example.org", "/").await?.status,
+        StatusCode::OK
+    );
+
+    // A third is accepted and closed at once, with nothing read or answered.
+    let mut third = TcpStream::connect(front).await?;
+    let _ = third
+        .write_all(b"GET / HTTP/1.1\r\nhost: app.example.org\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer))
+        .await
+        .context("the third connection is closed")?;
+    assert!(
+        answer.is_empty(),
+        "no answer over the limit, got {:?} ({read:?})",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        front_metric(proxy.admin(), "legate_downstream_connections_refused_total").await?,
+        1
+    );
+    // The two open ones are unaffected.
+    assert_eq!(
+        first.get("app.example.org", "/").await?.status,
+        StatusCode::OK
+    );
+
+    // Once one closes, a new connection is served again.
+    drop(second);
+    eventually(Duration::from_secs(5), || async {
+        Http1::connect(front)
+            .await?
+            .get("app.example.org", "/")
+            .await
+            .map(|r| r.status)
+    })
+    .await?;
+    Ok(())
+}

@@ -98,6 +98,11 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn run(path: PathBuf) -> ExitCode {
+    match legate::resources::raise_open_file_limit() {
+        Ok(Some(n)) => tracing::info!(open_files = n, "open-file limit"),
+        Ok(None) => tracing::info!("open-file limit: unlimited"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let (config, text) = match config::load_file(&path) {
         Ok(loaded) => loaded,
         Err(e) => {

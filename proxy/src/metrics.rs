@@ -187,6 +187,10 @@ impl Collector for StateCollector {
             "downstream_connections_active",
             "Open client connections by listener",
         );
+        let mut refused = Family::new(
+            "downstream_connections_refused",
+            "Client connections closed at accept because max_connections were open",
+        );
         for l in state.listeners.load().iter() {
             for (slot, class) in CLASSES.iter().enumerate() {
                 let n = l.counters.responses[slot].load(Ordering::Relaxed);
@@ -201,10 +205,12 @@ impl Collector for StateCollector {
             let labels = ListenerLabels {
                 listener: l.name.to_string(),
             };
-            connections.add(labels, l.connections.active());
+            connections.add(labels.clone(), l.connections.active());
+            refused.add(labels, l.counters.refused.load(Ordering::Relaxed));
         }
         responses.counters(&mut e)?;
         connections.gauges(&mut e)?;
+        refused.counters(&mut e)?;
 
         let mut rq_total = Family::new("upstream_requests", "Requests sent to an endpoint");
         let mut rq_active = Family::new(

@@ -1,7 +1,9 @@
 //! The accept loop: one per listener per worker, above the protocols it hands connections to.
-//! It never dies on a bad accept, and serves each connection as the listener says at that moment.
+//! It never dies on a bad accept, holds the listener to `max_connections`, and serves each
+//! connection as the listener says at that moment.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +23,14 @@ pub async fn accept_loop(listener: Arc<Listener>, socket: TcpListener, mut drain
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Counted before the check, so workers accepting at once cannot overshoot.
                 let guard = drain.guard();
+                if drain.active() > listener.max_connections.load(Ordering::Relaxed) {
+                    listener.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    debug!(listener = %listener.name, %peer, "over max_connections; closing");
+                    drop(stream);
+                    continue;
+                }
                 let span = info_span!("conn", listener = %listener.name, %peer);
                 let watch = drain.clone();
                 let protocol = (**listener.settings.load()).clone();

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -14,6 +15,7 @@ use crate::cluster::{manager, Registry};
 use crate::config::model;
 use crate::drain;
 use crate::listener::{self, diff, HttpSettings, Listener, Protocol, TcpSettings};
+use crate::resources;
 use crate::serve;
 use crate::snapshot::Snapshot;
 use crate::state::ListenerView;
@@ -113,6 +115,10 @@ impl DataPlane {
                         if let Some(settings) = listener_settings(l, new) {
                             running.ctx.settings.store(Arc::new(settings));
                         }
+                        running
+                            .ctx
+                            .max_connections
+                            .store(max_connections(l), Ordering::Relaxed);
                     }
                 }
                 diff::Op::Bind(name) | diff::Op::Rebind(name) => {
@@ -123,7 +129,14 @@ impl DataPlane {
                     let Some(settings) = listener_settings(l, new) else {
                         continue;
                     };
-                    let running = start_listener(&self.workers, &name, addr, sockets, settings);
+                    let running = start_listener(
+                        &self.workers,
+                        &name,
+                        addr,
+                        sockets,
+                        settings,
+                        max_connections(l),
+                    );
                     info!(listener = %name, %addr, "listening");
                     if let Some(old) = self.running.insert(name, running) {
                         old.trigger.drain();
@@ -275,18 +288,28 @@ fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protoco
     })))
 }
 
+/// A listener's connection limit: as configured, or what the open-file limit allows.
+fn max_connections(l: &model::Listener) -> usize {
+    l.max_connections.map_or_else(
+        || resources::default_max_connections(resources::open_file_limit()),
+        |n| n as usize,
+    )
+}
+
 fn start_listener(
     workers: &Workers,
     name: &str,
     addr: SocketAddr,
     sockets: Vec<std::net::TcpListener>,
     settings: Protocol,
+    max_connections: usize,
 ) -> Running {
     let ctx = Arc::new(Listener {
         name: name.into(),
         addr,
         settings: ArcSwap::from_pointee(settings),
         counters: Arc::default(),
+        max_connections: AtomicUsize::new(max_connections),
     });
     let (trigger, watch) = drain::channel();
     for (i, socket) in sockets.into_iter().enumerate() {

@@ -394,7 +394,7 @@ mod tests {
             &[(
                 "listeners[0].htp",
                 4,
-                "unknown field `htp`, expected one of `name`, `listen`, `backlog`, `http`, `tls`, `tcp` (did you mean `http`?)",
+                "unknown field `htp`, expected one of `name`, `listen`, `backlog`, `max_connections`, `http`, `tls`, `tcp` (did you mean `http`?)",
             )],
         );
         assert_errors(

@@ -167,6 +167,10 @@ pub struct Listener {
     /// Accept queue length. Default `1024`.
     #[serde(default = "Listener::default_backlog")]
     pub backlog: u32,
+    /// Client connections open at once, across workers; past it a new connection is closed
+    /// as soon as it is accepted. Default: what the open-file limit allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
     /// Serve HTTP/1.1 and HTTP/2 (h2c prior knowledge) with a route table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpListener>,

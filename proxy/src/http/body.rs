@@ -161,6 +161,7 @@ impl ProxyError {
             ProxyError::UriTooLong { .. } => "request target too long\n",
             ProxyError::NoEndpoint { .. } => "no healthy upstream\n",
             ProxyError::Overflow { .. } => "upstream overflow\n",
+            ProxyError::LocalExhaustion { .. } => "proxy out of resources\n",
             ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. } => {
                 "upstream connect error\n"
             }

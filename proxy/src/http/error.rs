@@ -49,6 +49,11 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("request target of {length} bytes is over the listener's {limit}-byte limit")]
     UriTooLong { length: usize, limit: usize },
+    #[error("out of local resources for an upstream connection: {source}")]
+    LocalExhaustion {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cluster {cluster} is at its {limit} circuit-breaker limit")]
     Overflow {
         cluster: std::sync::Arc<str>,
@@ -62,9 +67,9 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::MissingHost | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-            ProxyError::NoEndpoint { .. } | ProxyError::Overflow { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoEndpoint { .. }
+            | ProxyError::Overflow { .. }
+            | ProxyError::LocalExhaustion { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::UpstreamTls { .. }
@@ -82,6 +87,7 @@ impl ProxyError {
             ProxyError::UriTooLong { .. } => "uri-too-long",
             ProxyError::NoEndpoint { .. } => "no-endpoint",
             ProxyError::Overflow { .. } => "overflow",
+            ProxyError::LocalExhaustion { .. } => "local-exhaustion",
             ProxyError::ConnectFailed { .. } => "connect-failure",
             ProxyError::ConnectTimeout { .. } => "connect-timeout",
             ProxyError::UpstreamTls { .. } => "upstream-tls",
@@ -97,7 +103,9 @@ impl ProxyError {
             | ProxyError::MissingHost
             | ProxyError::BadRequest(_)
             | ProxyError::UriTooLong { .. } => Origin::Downstream,
-            ProxyError::NoEndpoint { .. } | ProxyError::Overflow { .. } => Origin::Internal,
+            ProxyError::NoEndpoint { .. }
+            | ProxyError::Overflow { .. }
+            | ProxyError::LocalExhaustion { .. } => Origin::Internal,
             _ => Origin::Upstream,
         }
     }

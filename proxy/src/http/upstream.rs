@@ -298,9 +298,14 @@ async fn connect(
 ) -> Result<Sender, ProxyError> {
     let addr = endpoint.addr;
     let established = tokio::time::timeout(cluster.connect_timeout, async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|source| ProxyError::ConnectFailed { addr, source })?;
+        let tcp = TcpStream::connect(addr).await.map_err(|source| {
+            // Out of descriptors here is no fault of the endpoint.
+            if crate::resources::is_local_exhaustion(&source) {
+                ProxyError::LocalExhaustion { source }
+            } else {
+                ProxyError::ConnectFailed { addr, source }
+            }
+        })?;
         let _ = tcp.set_nodelay(true);
         let Some(tls) = &cluster.tls else {
             let h2 = cluster.protocol == UpstreamProtocol::Http2;
@@ -326,7 +331,9 @@ async fn connect(
     let (io, h2) = match established {
         Ok(Ok(ok)) => ok,
         Ok(Err(e)) => {
-            count_connect_failure(endpoint);
+            if !matches!(e, ProxyError::LocalExhaustion { .. }) {
+                count_connect_failure(endpoint);
+            }
             return Err(e);
         }
         Err(_) => {

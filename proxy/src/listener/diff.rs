@@ -50,6 +50,7 @@ mod tests {
             name: name.into(),
             listen: listen.into(),
             backlog: 1024,
+            max_connections: None,
             http: Some(serde_yaml::from_str::<HttpListener>(&yaml).unwrap()),
             tls: None,
             tcp: None,

@@ -5,7 +5,7 @@ pub mod diff;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,12 +24,16 @@ pub struct Listener {
     /// Swapped on reload; each connection (and each HTTP request) loads it once.
     pub settings: ArcSwap<Protocol>,
     pub counters: Arc<ListenerCounters>,
+    /// Client connections allowed open at once (`max_connections`), updated on reload.
+    pub max_connections: AtomicUsize,
 }
 
 /// Responses sent by one listener, by status class (index: status / 100; 0 for anything else).
 #[derive(Debug, Default)]
 pub struct ListenerCounters {
     pub responses: [AtomicU64; 6],
+    /// Connections closed at accept because `max_connections` were open.
+    pub refused: AtomicU64,
 }
 
 impl ListenerCounters {

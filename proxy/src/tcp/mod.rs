@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::cluster::{now_ms, ActiveSession, Cluster, Picked};
 use crate::drain;
@@ -153,6 +153,11 @@ async fn connect(cluster: &Cluster, attempts: u32) -> Option<(TcpStream, Picked)
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 return Some((stream, endpoint));
+            }
+            Ok(Err(e)) if crate::resources::is_local_exhaustion(&e) => {
+                // No fault of the endpoint, and no other endpoint would fare better.
+                warn!(upstream = %endpoint.addr, error = %e, "out of local resources to connect");
+                return None;
             }
             Ok(Err(e)) => debug!(upstream = %endpoint.addr, error = %e, "connect failed"),
             Err(_) => debug!(upstream = %endpoint.addr, "connect timed out"),

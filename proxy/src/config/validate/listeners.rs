@@ -44,6 +44,12 @@ impl<'a> Validator<'a> {
                     }
                 }
             }
+            if listener.max_connections == Some(0) {
+                self.error(
+                    base.field("max_connections"),
+                    "must be at least 1 (0 would refuse every connection)",
+                );
+            }
             if let Some(tls) = &listener.tls {
                 self.listener_tls(&base.field("tls"), tls);
             }
@@ -271,6 +277,7 @@ mod tests {
                   idle_timeout: 0ms
                   max_uri_length: 255
               - name: b
+                max_connections: 0
                 listen: 0.0.0.0:81
                 http: { route_table: maps, max_header_size: 1048577 }
               - name: c
@@ -302,9 +309,10 @@ mod tests {
                     10,
                     "at least 256 bytes (got 255)",
                 ),
+                ("listeners[1].max_connections", 12, "at least 1"),
                 (
                     "listeners[1].http.max_header_size",
-                    13,
+                    14,
                     "at most 1048576 bytes",
                 ),
             ],
