@@ -36,6 +36,8 @@ pub struct Route {
     pub headers: Vec<HeaderMatch>,
     pub action: Action,
     pub timeout: Duration,
+    /// Overrides the listener's `stream_idle_timeout`.
+    pub stream_idle_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub host_rewrite: Option<HeaderValue>,
     pub prefix_rewrite: Option<Box<str>>,
@@ -143,6 +145,15 @@ impl HeaderOps {
 const MAX_HOST_LEN: usize = 255;
 
 impl RouteTable {
+    /// The shortest `stream_idle_timeout` any route sets, which the idle checks must resolve.
+    pub fn shortest_stream_idle_timeout(&self) -> Option<Duration> {
+        self.vhosts
+            .iter()
+            .flat_map(|v| v.routes.iter())
+            .filter_map(|r| r.stream_idle_timeout)
+            .min()
+    }
+
     /// Builds a table from compiled virtual hosts and their host patterns (already validated).
     pub fn new(name: &str, vhosts: Vec<(Vec<String>, VirtualHost)>) -> Self {
         let mut table = RouteTable {
@@ -306,6 +317,7 @@ mod tests {
                 headers: HeaderMap::new(),
             }),
             timeout: Duration::from_secs(15),
+            stream_idle_timeout: None,
             retry: None,
             host_rewrite: None,
             prefix_rewrite: None,

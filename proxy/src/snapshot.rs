@@ -226,6 +226,7 @@ fn compile_route(
         headers: values.headers,
         action,
         timeout: r.timeout.map_or(DEFAULT_ROUTE_TIMEOUT, |d| d.get()),
+        stream_idle_timeout: r.stream_idle_timeout.map(|d| d.get()),
         retry: r.retry.as_ref().map(|p| RetryPolicy {
             attempts: p.attempts.max(1),
             on: RetryConditions::from_list(&p.on),

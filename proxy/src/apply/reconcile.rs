@@ -275,6 +275,11 @@ fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protoco
     let http = l.http.as_ref()?;
     let route_table = snapshot.route_tables.get(&http.route_table)?.clone();
     let access_log = &snapshot.config.access_log;
+    let stream_idle_timeout = http.stream_idle_timeout.get();
+    let shortest = route_table
+        .shortest_stream_idle_timeout()
+        .map_or(stream_idle_timeout, |r| r.min(stream_idle_timeout));
+    let stream_check_period = crate::http::idle::check_period(shortest);
     Some(Protocol::Http(Arc::new(HttpSettings {
         route_table,
         header_read_timeout: http.header_read_timeout.get(),
@@ -282,6 +287,8 @@ fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protoco
         max_header_size: http.max_header_size,
         max_uri_length: http.max_uri_length,
         max_concurrent_streams: http.max_concurrent_streams,
+        stream_idle_timeout,
+        stream_check_period,
         access_log: access_log.enabled.then_some(access_log.format),
         drain_timeout,
         tls: snapshot.listener_tls.get(&l.name).cloned(),

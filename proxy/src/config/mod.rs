@@ -192,6 +192,8 @@ mod tests {
         let http = listener.http.as_ref().expect("http block");
         assert_eq!(http.route_table, "maps");
         assert_eq!(http.max_header_size, 65536);
+        assert_eq!(http.max_uri_length, 8192);
+        assert_eq!(http.stream_idle_timeout, Duration::from_secs(300));
 
         let vhosts = &config.route_tables["maps"].virtual_hosts;
         assert_eq!(vhosts.len(), 2);

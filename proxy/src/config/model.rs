@@ -341,6 +341,10 @@ pub struct HttpListener {
     /// Most HTTP/2 streams a client may have open at once on one connection. Default `100`.
     #[serde(default = "HttpListener::default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// Once the response head has arrived, a request (or an upgraded tunnel) with no body
+    /// bytes moving either way for this long is cut; a route may say otherwise. Default `5m`.
+    #[serde(default = "HttpListener::default_stream_idle_timeout")]
+    pub stream_idle_timeout: Duration,
 }
 
 impl HttpListener {
@@ -352,6 +356,9 @@ impl HttpListener {
     }
     fn default_max_header_size() -> usize {
         64 * 1024
+    }
+    fn default_stream_idle_timeout() -> Duration {
+        Duration::from_secs(300)
     }
     fn default_max_uri_length() -> usize {
         8 * 1024
@@ -396,6 +403,10 @@ pub struct Route {
     /// Whole-request deadline, from routing to the end of the response head. Default `15s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// Once the response head has arrived, a request (or an upgraded tunnel) with no body
+    /// bytes moving either way for this long is cut. Default: the listener's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_idle_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
     /// Replace the Host (`:authority`) sent upstream.

@@ -5,6 +5,7 @@
 //! it happens exactly once, whether the body ends cleanly or is dropped mid-stream.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -17,13 +18,16 @@ use crate::access_log::AccessRecord;
 use crate::cluster::{ActiveRequest, Admitted};
 
 use super::conn::InFlight;
-use super::error::{ProxyError, LEGATE_ERROR};
+use super::error::{BoxError, ProxyError, LEGATE_ERROR};
+use super::idle::{StreamClock, StreamIdle};
 use super::upstream::Pooled;
 
 /// The response body sent to a client.
 pub struct ProxyBody {
     inner: Inner,
     end: Option<RequestEnd>,
+    /// The request's idle clock, for a body streamed from upstream.
+    clock: Option<Arc<StreamClock>>,
 }
 
 enum Inner {
@@ -63,6 +67,7 @@ impl ProxyBody {
         ProxyBody {
             inner: Inner::Full((!bytes.is_empty()).then_some(bytes)),
             end: None,
+            clock: None,
         }
     }
 
@@ -70,10 +75,12 @@ impl ProxyBody {
         Self::full(Bytes::new())
     }
 
-    pub fn upstream(body: Incoming) -> Self {
+    /// An upstream's body, which winds `clock` and fails once the clock is cut.
+    pub fn upstream(body: Incoming, clock: Arc<StreamClock>) -> Self {
         ProxyBody {
             inner: Inner::Upstream(body),
             end: None,
+            clock: Some(clock),
         }
     }
 
@@ -102,21 +109,32 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(clock) = &this.clock {
+            if clock.is_cut() {
+                this.finish(false);
+                return Poll::Ready(Some(Err(StreamIdle.into())));
+            }
+        }
         let polled = match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(end)) = (frame.data_ref(), this.end.as_mut()) {
-                    end.bytes_sent += data.len() as u64;
+                if let Some(data) = frame.data_ref() {
+                    if let Some(end) = this.end.as_mut() {
+                        end.bytes_sent += data.len() as u64;
+                    }
+                    if let Some(clock) = &this.clock {
+                        clock.wind();
+                    }
                 }
                 if this.inner_done() {
                     this.finish(true);
@@ -124,9 +142,13 @@ impl Body for ProxyBody {
             }
             Poll::Ready(None) => this.finish(true),
             Poll::Ready(Some(Err(_))) => this.finish(false),
-            Poll::Pending => {}
+            Poll::Pending => {
+                if let Some(clock) = &this.clock {
+                    clock.park_response(cx.waker());
+                }
+            }
         }
-        polled
+        polled.map(|f| f.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -24,13 +24,26 @@ pub struct ConnCtx {
 }
 
 /// Liveness of one connection, read by its coarse idle check.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Activity {
     pub(super) touched: Arc<AtomicBool>,
     pub(super) in_flight: AtomicUsize,
     /// The client speaks HTTP/2: only open streams keep it from idling (its PING, SETTINGS and
     /// WINDOW_UPDATE frames move bytes but are not traffic).
     pub(super) h2: Arc<AtomicBool>,
+    /// The idle clocks of the requests in flight.
+    pub(super) streams: super::idle::Streams,
+}
+
+impl Activity {
+    pub fn new(streams: super::idle::Streams) -> Self {
+        Activity {
+            touched: Arc::default(),
+            in_flight: AtomicUsize::new(0),
+            h2: Arc::default(),
+            streams,
+        }
+    }
 }
 
 /// Marks a request in flight on its connection until dropped (when the response body ends).

@@ -2,6 +2,9 @@
 
 use http::StatusCode;
 
+/// The error type of the bodies Legate streams.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Header naming why Legate, not the upstream, produced a response.
 pub const LEGATE_ERROR: &str = "legate-error";
 

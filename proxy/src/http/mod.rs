@@ -4,6 +4,7 @@ pub mod body;
 pub mod conn;
 pub mod error;
 pub mod headers;
+pub mod idle;
 pub mod proxy;
 pub mod server;
 pub mod upstream;

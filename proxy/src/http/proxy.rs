@@ -23,6 +23,7 @@ use super::upstream::{self, Pooled, UpstreamBody};
 use crate::access_log::AccessRecord;
 use crate::cluster::{outlier, ActiveRequest, Admitted, Cluster, Picked};
 use crate::config::model::{RetryOn, UpstreamProtocol};
+use crate::io::Touching;
 use crate::listener::{HttpSettings, Protocol};
 use crate::router::{Action, PathMatch, Redirect, Respond, Route};
 
@@ -339,6 +340,14 @@ async fn forward(
     }
     parts.uri = uri;
 
+    // One clock for the request's bodies both ways, armed when the response head arrives.
+    let stream_idle = route
+        .stream_idle_timeout
+        .unwrap_or(ctx.settings.stream_idle_timeout);
+    let clock = ctx
+        .activity
+        .streams
+        .start(stream_idle, ctx.settings.stream_check_period);
     let policy = route.retry.as_ref();
     let attempts = policy.map_or(1, |p| p.attempts).max(1);
     // A body that has not ended may be partly sent by the time a try fails, so only requests
@@ -348,7 +357,7 @@ async fn forward(
     } else {
         let counter = Arc::new(AtomicU64::new(0));
         trace.bytes_received = Some(counter.clone());
-        UpstreamBody::Client(body, Some(counter))
+        UpstreamBody::Client(body, counter, clock.clone())
     };
     // A try that reached the upstream is repeated only for an idempotent request (RFC 9110
     // §9.2.2): without a template, only a request that never left can go again.
@@ -386,7 +395,14 @@ async fn forward(
             };
             let drain = ctx.drain.clone();
             let drain_timeout = ctx.settings.drain_timeout;
-            tokio::spawn(tunnel(downstream, upstream, held, drain, drain_timeout));
+            tokio::spawn(tunnel(
+                downstream,
+                upstream,
+                held,
+                drain,
+                drain_timeout,
+                stream_idle,
+            ));
         }
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(parts, ProxyBody::empty()));
@@ -401,7 +417,11 @@ async fn forward(
         trace.pooled = None;
     }
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    Ok(Response::from_parts(parts, ProxyBody::upstream(body)))
+    clock.arm();
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, clock),
+    ))
 }
 
 fn upstream_uri(
@@ -754,6 +774,7 @@ async fn tunnel(
     _held: Tunnel,
     mut drain: crate::drain::Watch,
     drain_timeout: Duration,
+    idle: Duration,
 ) {
     let (down, up) = match tokio::join!(downstream, upstream) {
         (Ok(d), Ok(u)) => (d, u),
@@ -762,15 +783,35 @@ async fn tunnel(
             return;
         }
     };
-    let mut down = TokioIo::new(down);
-    let mut up = TokioIo::new(up);
+    let moved = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut down = Touching::new(TokioIo::new(down), moved.clone());
+    let mut up = Touching::new(TokioIo::new(up), moved.clone());
     let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
     tokio::pin!(copy);
+    // One coarse timer per tunnel: closed after `idle` with no byte moving either way.
+    let period = super::idle::check_period(idle);
+    let limit = idle.as_millis().div_ceil(period.as_millis().max(1));
+    let idled = async {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut quiet = 0;
+        loop {
+            tick.tick().await;
+            if moved.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                quiet = 0;
+            } else {
+                quiet += 1;
+                if quiet >= limit {
+                    return;
+                }
+            }
+        }
+    };
     tokio::select! {
         res = &mut copy => match res {
             Ok((to_up, to_down)) => debug!(to_up, to_down, "tunnel closed"),
             Err(e) => debug!(error = %e, "tunnel closed with error"),
         },
+        _ = idled => debug!("stream idle timeout; closing tunnel"),
         _ = async {
             drain.signaled().await;
             tokio::time::sleep(drain_timeout).await;

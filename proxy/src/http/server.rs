@@ -17,7 +17,7 @@ use crate::drain;
 use crate::io::Touching;
 use crate::listener::{HttpSettings, Listener};
 
-/// How many idle checks without traffic close a connection.
+/// Checks per `idle_timeout`: without traffic for that many, a connection is closed.
 const IDLE_CHECKS: u32 = 4;
 
 /// Serves one client connection: TLS first if the listener has it, then HTTP/1.1 or HTTP/2.
@@ -80,7 +80,8 @@ async fn serve_http<T>(
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::default());
+    let (streams, mut checker) = super::idle::streams();
+    let activity = Arc::new(Activity::new(streams));
     let ctx = Arc::new(ConnCtx {
         listener,
         settings: settings.clone(),
@@ -115,7 +116,14 @@ async fn serve_http<T>(
     tokio::pin!(conn);
 
     // One coarse timer per connection, never one per request.
-    let period = (settings.idle_timeout / IDLE_CHECKS).max(Duration::from_millis(100));
+    // The tick also checks the streams' idle clocks, which may need it finer.
+    let period = (settings.idle_timeout / IDLE_CHECKS)
+        .min(settings.stream_check_period)
+        .max(Duration::from_millis(100));
+    let idle_checks = settings
+        .idle_timeout
+        .as_millis()
+        .div_ceil(period.as_millis().max(1));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut quiet_checks = 0;
@@ -146,11 +154,23 @@ async fn serve_http<T>(
                 // are pings and settings.
                 let touched = activity.touched.swap(false, Ordering::Relaxed)
                     && !activity.h2.load(Ordering::Relaxed);
+                let streams = checker.check();
+                if streams.cut > 0 {
+                    debug!(streams = streams.cut, "stream idle timeout; cutting");
+                }
+                if streams.stuck > 0 {
+                    // Cut streams whose bodies nobody polls: the client stopped reading.
+                    debug!(streams = streams.stuck, "cut streams still held; closing connection");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                    hard_deadline.as_mut().reset(tokio::time::Instant::now() + period);
+                    continue;
+                }
                 if touched || activity.in_flight.load(Ordering::Relaxed) > 0 {
                     quiet_checks = 0;
                 } else {
                     quiet_checks += 1;
-                    if quiet_checks >= IDLE_CHECKS {
+                    if quiet_checks >= idle_checks {
                         debug!("idle timeout; closing connection");
                         closing = true;
                         conn.as_mut().graceful_shutdown();

@@ -22,7 +22,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::error::ProxyError;
+use super::error::{BoxError, ProxyError};
+use super::idle::{StreamClock, StreamIdle};
 use crate::cluster::{Admitted, Cluster, Picked as Endpoint};
 use crate::config::model::UpstreamProtocol;
 use crate::io::MaybeTls;
@@ -130,28 +131,37 @@ fn pool_idle(
 /// The request body sent to an upstream.
 pub enum UpstreamBody {
     Empty,
-    /// The client's body, counted into the access log as it streams.
-    Client(Incoming, Option<Arc<AtomicU64>>),
+    /// The client's body, counted into the access log as it streams and winding the
+    /// request's idle clock.
+    Client(Incoming, Arc<AtomicU64>, Arc<StreamClock>),
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Client(body, counter) => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if let (Poll::Ready(Some(Ok(frame))), Some(counter)) = (&polled, counter) {
-                    if let Some(data) = frame.data_ref() {
-                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    }
+            UpstreamBody::Client(body, counter, clock) => {
+                if clock.is_cut() {
+                    return Poll::Ready(Some(Err(StreamIdle.into())));
                 }
-                polled
+                let polled = Pin::new(body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            clock.wind();
+                        }
+                    }
+                    Poll::Pending => clock.park_request(cx.waker()),
+                    _ => {}
+                }
+                polled.map(|f| f.map(|r| r.map_err(Into::into)))
             }
         }
     }
@@ -159,14 +169,14 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Empty => true,
-            UpstreamBody::Client(b, _) => b.is_end_stream(),
+            UpstreamBody::Client(b, _, _) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Client(b, _) => b.size_hint(),
+            UpstreamBody::Client(b, _, _) => b.size_hint(),
         }
     }
 }

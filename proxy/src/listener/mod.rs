@@ -76,6 +76,12 @@ pub struct HttpSettings {
     pub max_header_size: usize,
     pub max_uri_length: usize,
     pub max_concurrent_streams: u32,
+    /// Cut a request with no body bytes moving this long after its response head, unless
+    /// its route says otherwise.
+    pub stream_idle_timeout: Duration,
+    /// How often a connection checks its streams: fine enough for the shortest
+    /// `stream_idle_timeout` of the listener and its routes.
+    pub stream_check_period: Duration,
     pub access_log: Option<AccessLogFormat>,
     /// How long a draining connection may take to finish before it is closed.
     pub drain_timeout: Duration,

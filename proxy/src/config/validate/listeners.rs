@@ -170,6 +170,10 @@ impl<'a> Validator<'a> {
             http.header_read_timeout,
         );
         self.positive(base.field("http").field("idle_timeout"), http.idle_timeout);
+        self.positive(
+            base.field("http").field("stream_idle_timeout"),
+            http.stream_idle_timeout,
+        );
     }
 }
 
@@ -276,6 +280,7 @@ mod tests {
                   header_read_timeout: 0s
                   idle_timeout: 0ms
                   max_uri_length: 255
+                  stream_idle_timeout: 0s
               - name: b
                 max_connections: 0
                 listen: 0.0.0.0:81
@@ -309,10 +314,15 @@ mod tests {
                     10,
                     "at least 256 bytes (got 255)",
                 ),
-                ("listeners[1].max_connections", 12, "at least 1"),
+                (
+                    "listeners[0].http.stream_idle_timeout",
+                    11,
+                    "greater than zero",
+                ),
+                ("listeners[1].max_connections", 13, "at least 1"),
                 (
                     "listeners[1].http.max_header_size",
-                    14,
+                    15,
                     "at most 1048576 bytes",
                 ),
             ],

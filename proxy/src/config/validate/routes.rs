@@ -133,6 +133,9 @@ impl Validator<'_> {
             action = self.respond(&base.field("respond"), respond).or(action);
         }
 
+        if let Some(idle) = route.stream_idle_timeout {
+            self.positive(base.field("stream_idle_timeout"), idle);
+        }
         if let Some(timeout) = route.timeout {
             self.positive(base.field("timeout"), timeout);
         }
@@ -1053,12 +1056,14 @@ mod tests {
               attempts: 11
               on: []
               per_try_timeout: 0s
+            stream_idle_timeout: 0s
             ",
             &[
                 (".timeout", 11, "greater than zero"),
                 (".retry.attempts", 13, "between 1 and 10"),
                 (".retry.on", 14, "at least one of connect-failure"),
                 (".retry.per_try_timeout", 15, "greater than zero"),
+                (".stream_idle_timeout", 16, "greater than zero"),
             ],
         );
         assert_route_errors(
