@@ -15,7 +15,9 @@
 //!   marked down, while its open sessions finish;
 //! - the credential-free check marks a server with no free connection slots down; the check
 //!   with credentials marks a primary down when replicas are required;
-//! - plain TCP: half-close in both directions, and back-pressure from a slow upstream.
+//! - plain TCP: half-close in both directions, and back-pressure from a slow upstream;
+//! - L4 limits: sessions beyond a cluster's `max_connections` are refused (Postgres ones with
+//!   SQLSTATE 53300), and a silent Postgres client never gets a server connection.
 //!
 //! The SIGHUP test runs the binary; it needs `cargo build -p legate --bin legate` first.
 //! PostgreSQL must be installed (`/usr/lib/postgresql/*/bin`, or `$LEGATE_PG_BIN`).
@@ -997,6 +999,146 @@ async fn plain_tcp_slow_upstream_stalls_the_client_instead_of_buffering() -> Res
     assert_eq!(
         total, sent,
         "every byte written arrived once the upstream read"
+    );
+    Ok(())
+}
+
+// === L4 limits ===
+
+/// A fake upstream that accepts connections, counts them, and echoes what it reads.
+async fn counting_echo() -> Result<(SocketAddr, tokio::sync::watch::Receiver<usize>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (accepted, rx) = tokio::sync::watch::channel(0usize);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            accepted.send_modify(|n| *n += 1);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, rx))
+}
+
+/// Sends `message` and reads it back: the session reaches the echo upstream.
+async fn echoes(stream: &mut TcpStream, message: &[u8]) -> Result<()> {
+    stream.write_all(message).await?;
+    let mut back = vec![0u8; message.len()];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back))
+        .await
+        .context("no echo")??;
+    ensure!(back == message, "echoed {back:?}");
+    Ok(())
+}
+
+/// A Postgres StartupMessage (protocol 3.0) for user `app`.
+fn startup_message() -> Vec<u8> {
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    body.extend_from_slice(b"user\0app\0\0");
+    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    msg
+}
+
+#[tokio::test]
+async fn tcp_sessions_beyond_the_clusters_max_connections_are_refused() -> Result<()> {
+    let (upstream, accepted) = counting_echo().await?;
+    let config = TCP_CONFIG.replace(
+        "    endpoints: [\"${UPSTREAM}\"]",
+        "    endpoints: [\"${UPSTREAM}\"]\n    circuit_breakers: { max_connections: 1 }",
+    );
+    let proxy = start_proxy(yaml(&config).set("UPSTREAM", upstream)).await?;
+    let mut first = TcpStream::connect(proxy.addr("raw")).await?;
+    echoes(&mut first, b"one").await?;
+
+    // The cluster is at its limit: the second session is closed, never relayed.
+    let mut second = TcpStream::connect(proxy.addr("raw")).await?;
+    let _ = second.write_all(b"two").await;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut got))
+        .await
+        .context("the refused session was not closed")??;
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(*accepted.borrow(), 1, "only one upstream connection");
+    let clusters: Value = legate_integration::client::get(proxy.admin(), "admin", "/clusters")
+        .await?
+        .json()?;
+    assert_eq!(clusters["clusters"][0]["overflows"], 1, "{clusters}");
+
+    // Once the first ends, a new session gets through.
+    drop(first);
+    eventually(Duration::from_secs(5), || async {
+        let mut next = TcpStream::connect(proxy.addr("raw")).await?;
+        echoes(&mut next, b"three").await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn postgres_sessions_beyond_max_connections_get_sqlstate_53300() -> Result<()> {
+    let (upstream, _) = counting_echo().await?;
+    let config = TCP_CONFIG
+        .replace(
+            "tcp: { cluster: upstream }",
+            "tcp: { cluster: upstream, protocol: postgres }",
+        )
+        .replace(
+            "    endpoints: [\"${UPSTREAM}\"]",
+            "    endpoints: [\"${UPSTREAM}\"]\n    circuit_breakers: { max_connections: 1 }",
+        );
+    let proxy = start_proxy(yaml(&config).set("UPSTREAM", upstream)).await?;
+    // The echo plays a server that answers the startup with the startup itself.
+    let mut first = TcpStream::connect(proxy.addr("raw")).await?;
+    echoes(&mut first, &startup_message()).await?;
+
+    let mut second = TcpStream::connect(proxy.addr("raw")).await?;
+    second.write_all(&startup_message()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut answer))
+        .await
+        .context("the refused session was not closed")??;
+    assert_eq!(answer.first(), Some(&b'E'), "an ErrorResponse: {answer:?}");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("C53300\0"), "{text:?}");
+    assert!(text.contains("too many connections"), "{text:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_silent_postgres_client_holds_no_server_connection() -> Result<()> {
+    let (upstream, mut accepted) = counting_echo().await?;
+    let config = TCP_CONFIG.replace(
+        "tcp: { cluster: upstream }",
+        "tcp: { cluster: upstream, protocol: postgres }",
+    );
+    let proxy = start_proxy(yaml(&config).set("UPSTREAM", upstream)).await?;
+    let _silent = TcpStream::connect(proxy.addr("raw")).await?;
+    // Legate has the silent connection open ...
+    eventually(Duration::from_secs(5), || async {
+        let metrics = legate_integration::client::get(proxy.admin(), "admin", "/metrics")
+            .await?
+            .text();
+        ensure!(
+            metrics.contains("legate_downstream_connections_active{listener=\"raw\"} 1"),
+            "{metrics}"
+        );
+        Ok(())
+    })
+    .await?;
+    // ... and only a client that speaks gets a server connection.
+    let mut speaking = TcpStream::connect(proxy.addr("raw")).await?;
+    echoes(&mut speaking, &startup_message()).await?;
+    accepted.wait_for(|n| *n >= 1).await?;
+    assert_eq!(
+        *accepted.borrow(),
+        1,
+        "no server connection for the silent client"
     );
     Ok(())
 }

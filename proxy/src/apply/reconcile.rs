@@ -256,6 +256,16 @@ impl DataPlane {
     }
 }
 
+/// A `tcp` listener's idle timeout: as configured; by default an hour for plain TCP and
+/// none for Postgres, whose clients' pools keep idle sessions open on purpose.
+fn tcp_idle_timeout(tcp: &model::TcpListener) -> Option<std::time::Duration> {
+    match (tcp.idle_timeout, tcp.protocol) {
+        (Some(d), _) => Some(d.get()),
+        (None, Some(model::TcpProtocol::Postgres)) => None,
+        (None, None) => Some(crate::tcp::DEFAULT_IDLE_TIMEOUT),
+    }
+}
+
 fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protocol> {
     let drain_timeout = snapshot.config.runtime.drain_timeout.get();
     if let Some(tcp) = &l.tcp {
@@ -267,7 +277,7 @@ fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protoco
                 .map(|d| d.get()),
             cluster,
             postgres: tcp.protocol == Some(model::TcpProtocol::Postgres),
-            idle_timeout: tcp.idle_timeout.map(|d| d.get()),
+            idle_timeout: tcp_idle_timeout(tcp),
             connect_attempts: tcp.connect_attempts,
             drain_timeout,
         })));
@@ -336,5 +346,37 @@ fn start_listener(
         ctx,
         trigger,
         watch,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::tcp_idle_timeout;
+    use crate::config::model::TcpListener;
+
+    fn tcp(yaml: &str) -> TcpListener {
+        serde_yaml::from_str(yaml).expect("a tcp listener")
+    }
+
+    #[test]
+    fn plain_tcp_idles_out_after_an_hour_by_default_and_postgres_never() {
+        assert_eq!(
+            tcp_idle_timeout(&tcp("{ cluster: c }")),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            tcp_idle_timeout(&tcp("{ cluster: c, protocol: postgres }")),
+            None
+        );
+        assert_eq!(
+            tcp_idle_timeout(&tcp("{ cluster: c, protocol: postgres, idle_timeout: 5m }")),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            tcp_idle_timeout(&tcp("{ cluster: c, idle_timeout: 30s }")),
+            Some(Duration::from_secs(30))
+        );
     }
 }

@@ -13,10 +13,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::cluster::{now_ms, ActiveSession, Cluster, Picked};
+use crate::cluster::{now_ms, ActiveSession, Admitted, Cluster, Picked};
 use crate::drain;
 use crate::io::Touching;
 use crate::listener::{Listener, Protocol, TcpSettings};
+
+/// A plain `tcp` listener's `idle_timeout` when the config sets none.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Bytes buffered per direction: a slow reader stalls its writer rather than grow memory.
 const BUFFER: usize = 16 * 1024;
@@ -36,9 +39,10 @@ pub async fn serve(
     } else {
         connect(cluster, settings.connect_attempts)
             .await
-            .map(|(server, endpoint)| (server, endpoint, Vec::new(), false))
+            .ok()
+            .map(|(server, slot)| (server, slot, Vec::new(), false))
     };
-    let Some((server, endpoint, first, sniff)) = opened else {
+    let Some((server, (endpoint, _slot), first, sniff)) = opened else {
         return;
     };
     let _session = ActiveSession::start(&endpoint.state);
@@ -73,9 +77,9 @@ async fn postgres_opening(
     client: &mut TcpStream,
     peer: SocketAddr,
     settings: &TcpSettings,
-) -> Option<(TcpStream, Picked, Vec<u8>, bool)> {
+) -> Option<(TcpStream, Slot, Vec<u8>, bool)> {
     let cluster = &settings.cluster;
-    let mut server: Option<(TcpStream, Picked)> = None;
+    let mut server: Option<(TcpStream, Slot)> = None;
     loop {
         let raw = match postgres::read_first(client).await {
             Ok(postgres::First::Cancel { key, raw }) => {
@@ -121,21 +125,48 @@ async fn postgres_opening(
 /// so in its own protocol.
 async fn server_for(
     client: &mut TcpStream,
-    chosen: Option<(TcpStream, Picked)>,
+    chosen: Option<(TcpStream, Slot)>,
     settings: &TcpSettings,
-) -> Option<(TcpStream, Picked)> {
+) -> Option<(TcpStream, Slot)> {
     if chosen.is_some() {
         return chosen;
     }
-    let connected = connect(&settings.cluster, settings.connect_attempts).await;
-    if connected.is_none() {
-        postgres::refuse(client, "no database server is available").await;
+    match connect(&settings.cluster, settings.connect_attempts).await {
+        Ok(connected) => Some(connected),
+        Err(Refused::Overflow) => {
+            let message = "too many connections to the database cluster";
+            postgres::refuse_with(client, postgres::TOO_MANY_CONNECTIONS, message).await;
+            None
+        }
+        Err(Refused::NoServer) => {
+            postgres::refuse(client, "no database server is available").await;
+            None
+        }
     }
-    connected
 }
 
-/// Connects to an endpoint, trying others when a connect fails or is refused.
-async fn connect(cluster: &Cluster, attempts: u32) -> Option<(TcpStream, Picked)> {
+/// The endpoint a session is relayed to, and its place under the cluster's
+/// `circuit_breakers.max_connections`, held for the session's life.
+type Slot = (Picked, Admitted);
+
+/// Why a session got no server.
+enum Refused {
+    /// The cluster has `max_connections` sessions open.
+    Overflow,
+    /// No endpoint could be reached (or none is usable).
+    NoServer,
+}
+
+/// Connects to an endpoint, trying others when a connect fails or is refused, once the
+/// cluster admits one more session.
+async fn connect(cluster: &Cluster, attempts: u32) -> Result<(TcpStream, Slot), Refused> {
+    let Some(slot) = cluster
+        .state
+        .admit(|s| &s.connections, cluster.limits.max_connections)
+    else {
+        debug!(cluster = %cluster.name, "at max_connections; session refused");
+        return Err(Refused::Overflow);
+    };
     let mut previous = None;
     for _ in 0..attempts.max(1) {
         let endpoint = match previous {
@@ -144,7 +175,7 @@ async fn connect(cluster: &Cluster, attempts: u32) -> Option<(TcpStream, Picked)
         };
         let Some(endpoint) = endpoint else {
             debug!(cluster = %cluster.name, "no endpoint available");
-            return None;
+            return Err(Refused::NoServer);
         };
         previous = Some(endpoint.addr);
         let attempt =
@@ -152,12 +183,12 @@ async fn connect(cluster: &Cluster, attempts: u32) -> Option<(TcpStream, Picked)
         match attempt.await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                return Some((stream, endpoint));
+                return Ok((stream, (endpoint, slot)));
             }
             Ok(Err(e)) if crate::resources::is_local_exhaustion(&e) => {
                 // No fault of the endpoint, and no other endpoint would fare better.
                 warn!(upstream = %endpoint.addr, error = %e, "out of local resources to connect");
-                return None;
+                return Err(Refused::NoServer);
             }
             Ok(Err(e)) => debug!(upstream = %endpoint.addr, error = %e, "connect failed"),
             Err(_) => debug!(upstream = %endpoint.addr, "connect timed out"),
@@ -167,7 +198,7 @@ async fn connect(cluster: &Cluster, attempts: u32) -> Option<(TcpStream, Picked)
             .connect_failures
             .fetch_add(1, Ordering::Relaxed);
     }
-    None
+    Err(Refused::NoServer)
 }
 
 /// Relays until both directions are done, the session idles out, or a drain deadline passes.

@@ -130,7 +130,17 @@ pub async fn route_cancel(cluster: &Cluster, key: CancelKey, raw: &[u8]) {
 
 /// Answers a client that sent a StartupMessage with a FATAL ErrorResponse.
 pub async fn refuse<W: AsyncWrite + Unpin>(client: &mut W, message: &str) {
-    let _ = client.write_all(&error_response("08006", message)).await;
+    refuse_with(client, CONNECTION_FAILURE, message).await;
+}
+
+/// SQLSTATE `08006`: the connection could not be made.
+pub const CONNECTION_FAILURE: &str = "08006";
+/// SQLSTATE `53300`: too many connections, as a server at `max_connections` says.
+pub const TOO_MANY_CONNECTIONS: &str = "53300";
+
+/// Sends a `FATAL` error with SQLSTATE `code`, then closes.
+pub async fn refuse_with<W: AsyncWrite + Unpin>(client: &mut W, code: &str, message: &str) {
+    let _ = client.write_all(&error_response(code, message)).await;
     let _ = client.shutdown().await;
 }
 
