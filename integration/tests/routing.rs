@@ -563,3 +563,120 @@ clusters:
     assert_eq!(direct.header("x-drop-me"), None);
     Ok(())
 }
+
+/// A raw HTTP/1.1 request for `target` (sent as written, no client library in between);
+/// returns the status line's code and the whole answer.
+async fn raw_get(addr: std::net::SocketAddr, host: &str, target: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut answer),
+    )
+    .await??;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let code = answer
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_default();
+    Ok((code, answer))
+}
+
+/// The echoed request path in a raw answer's JSON body.
+fn echoed_path(answer: &str) -> Result<String> {
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let echo: legate_integration::upstream::Echo = serde_json::from_str(body)?;
+    Ok(echo.path)
+}
+
+const NORMALIZING: &str = r#"
+admin: { listen: 127.0.0.1:0 }
+access_log: { enabled: false }
+listeners:
+  - { name: front, listen: 127.0.0.1:0, http: { route_table: main } }
+  - name: strict
+    listen: 127.0.0.1:0
+    http: { route_table: main, merge_slashes: false, escaped_slashes: reject }
+route_tables:
+  main:
+    virtual_hosts:
+      - hosts: ["*"]
+        routes:
+          - { match: { prefix: /admin }, cluster: admin }
+          - { match: { prefix: /api }, cluster: public, prefix_rewrite: / }
+          - { match: { prefix: / }, cluster: public }
+clusters:
+  - { name: admin, endpoints: ["${ADMIN_APP}"] }
+  - { name: public, endpoints: ["${PUBLIC}"] }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_a_path_routes_and_travels_as_the_one_path() -> Result<()> {
+    let admin = Upstream::echo("admin").await?;
+    let public = Upstream::echo("public").await?;
+    let proxy = Proxy::start(
+        yaml(NORMALIZING)
+            .set("ADMIN_APP", admin.addr())
+            .set("PUBLIC", public.addr()),
+    )?;
+    let front = proxy.addr("front");
+    for spelling in [
+        "/admin/users",
+        "/%61dmin/users",
+        "//admin/users",
+        "/x/../admin/users",
+        "/./admin//users",
+        "/public/%2e%2e/admin/users",
+    ] {
+        let (code, answer) = raw_get(front, "app.example.org", spelling).await?;
+        assert_eq!(code, 200, "{spelling}: {answer}");
+        assert!(answer.contains("x-upstream: admin"), "{spelling}: {answer}");
+        assert_eq!(echoed_path(&answer)?, "/admin/users", "{spelling}");
+    }
+    // The query is kept as sent.
+    let (_, answer) = raw_get(front, "app.example.org", "/x/../admin?next=/a/../b").await?;
+    assert_eq!(echoed_path(&answer)?, "/admin?next=/a/../b");
+    // An encoded slash is no separator: it stays encoded, and `/admin%2Fx` is one segment.
+    let (_, answer) = raw_get(front, "app.example.org", "/public/a%2fb").await?;
+    assert_eq!(echoed_path(&answer)?, "/public/a%2Fb");
+    // A prefix rewrite cannot make a dot segment: `/api` + `../admin` goes up no further.
+    let (code, answer) = raw_get(front, "app.example.org", "/api../admin").await?;
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer.contains("x-upstream: public"), "{answer}");
+    assert_eq!(echoed_path(&answer)?, "/admin");
+    // A broken escape is refused.
+    let (code, answer) = raw_get(front, "app.example.org", "/admin%zz").await?;
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("legate-error: bad-request"), "{answer}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_may_keep_double_slashes_and_refuse_encoded_ones() -> Result<()> {
+    let admin = Upstream::echo("admin").await?;
+    let public = Upstream::echo("public").await?;
+    let proxy = Proxy::start(
+        yaml(NORMALIZING)
+            .set("ADMIN_APP", admin.addr())
+            .set("PUBLIC", public.addr()),
+    )?;
+    let strict = proxy.addr("strict");
+    let (code, answer) = raw_get(strict, "app.example.org", "//admin").await?;
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer.contains("x-upstream: public"), "{answer}");
+    assert_eq!(echoed_path(&answer)?, "//admin");
+    for encoded in ["/public/a%2Fb", "/public/a%5cb"] {
+        let (code, answer) = raw_get(strict, "app.example.org", encoded).await?;
+        assert_eq!(code, 400, "{encoded}: {answer}");
+    }
+    // Dot segments are removed whatever the listener says.
+    let (_, answer) = raw_get(strict, "app.example.org", "/x/../admin").await?;
+    assert!(answer.contains("x-upstream: admin"), "{answer}");
+    Ok(())
+}

@@ -299,6 +299,10 @@ fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protoco
         max_concurrent_streams: http.max_concurrent_streams,
         stream_idle_timeout,
         stream_check_period,
+        normalize: crate::http::path::Normalize {
+            merge_slashes: http.merge_slashes,
+            escaped_slashes: http.escaped_slashes,
+        },
         access_log: access_log.enabled.then_some(access_log.format),
         drain_timeout,
         tls: snapshot.listener_tls.get(&l.name).cloned(),

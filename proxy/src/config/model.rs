@@ -345,6 +345,22 @@ pub struct HttpListener {
     /// bytes moving either way for this long is cut; a route may say otherwise. Default `5m`.
     #[serde(default = "HttpListener::default_stream_idle_timeout")]
     pub stream_idle_timeout: Duration,
+    /// Merge runs of `/` in request paths before routing. Default `true`.
+    #[serde(default = "default_true")]
+    pub merge_slashes: bool,
+    /// What an encoded `/` or `\` (`%2F`, `%5C`) in a request path does. Default `keep`.
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// An encoded slash in a request path: kept as it is (it never separates segments, and
+/// reaches the upstream encoded), or refused with 400.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscapedSlashes {
+    #[default]
+    Keep,
+    Reject,
 }
 
 impl HttpListener {
@@ -1107,4 +1123,8 @@ fn one() -> u32 {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn default_true() -> bool {
+    true
 }

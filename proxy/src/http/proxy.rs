@@ -1,6 +1,7 @@
 //! The request path: route a request, then answer it directly or forward it upstream with
 //! retries and a deadline.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -19,6 +20,7 @@ use super::body::{ProxyBody, RequestEnd};
 use super::conn::{ConnCtx, InFlight};
 use super::error::ProxyError;
 use super::headers;
+use super::path;
 use super::upstream::{self, Pooled, UpstreamBody};
 use crate::access_log::AccessRecord;
 use crate::cluster::{outlier, ActiveRequest, Admitted, Cluster, Picked};
@@ -184,6 +186,7 @@ async fn route(
         });
     }
     check_host(&mut req)?;
+    normalize_path(&mut req, settings.normalize)?;
     let Some(route) = settings
         .route_table
         .route(host_of(&req), req.uri().path(), req.headers())
@@ -436,6 +439,10 @@ fn upstream_uri(
             let mut p = String::with_capacity(rewrite.len() + rest.len() + 16);
             p.push_str(rewrite);
             p.push_str(rest);
+            // Joining can make a dot segment (`/api` + `../x`): the upstream never sees one.
+            if path::has_dot_segment(&p) {
+                p = path::remove_dot_segments(&p);
+            }
             if let Some(q) = uri.query() {
                 p.push('?');
                 p.push_str(q);
@@ -703,6 +710,35 @@ async fn try_once(
 }
 
 /// Whether an upstream error was a TLS failure (an alert from the server) underneath.
+/// Replaces the request's path by its normal form (the query is kept as it is), so that it
+/// routes and travels upstream as the one path it means.
+fn normalize_path(req: &mut Request<Incoming>, how: path::Normalize) -> Result<(), ProxyError> {
+    let normal = match path::normalize(req.uri().path(), how) {
+        Ok(Cow::Borrowed(_)) => return Ok(()),
+        Ok(Cow::Owned(normal)) => normal,
+        Err(path::PathError::BadEscape) => {
+            return Err(ProxyError::BadRequest(
+                "malformed percent-escape in the path",
+            ))
+        }
+        Err(path::PathError::EscapedSlash) => {
+            return Err(ProxyError::BadRequest("encoded slash in the path"))
+        }
+    };
+    let mut path_and_query = normal;
+    if let Some(query) = req.uri().query() {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        PathAndQuery::from_maybe_shared(path_and_query)
+            .map_err(|_| ProxyError::BadRequest("invalid path"))?,
+    );
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid path"))?;
+    Ok(())
+}
+
 /// Bytes of a request target as the client sent it: the path and query, plus the scheme and
 /// authority of an absolute-form target.
 fn target_length(uri: &Uri) -> usize {

@@ -82,6 +82,8 @@ pub struct HttpSettings {
     /// How often a connection checks its streams: fine enough for the shortest
     /// `stream_idle_timeout` of the listener and its routes.
     pub stream_check_period: Duration,
+    /// How request paths are normalised before routing.
+    pub normalize: crate::http::path::Normalize,
     pub access_log: Option<AccessLogFormat>,
     /// How long a draining connection may take to finish before it is closed.
     pub drain_timeout: Duration,
