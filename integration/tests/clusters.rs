@@ -547,6 +547,7 @@ async fn failing_endpoint_is_ejected_then_returns_after_base_ejection() -> Resul
         "ejected after 3 failures: {ejected}"
     );
     assert_eq!(ejected["ejections"], 1, "{ejected}");
+    assert_eq!(ejected["ejection_multiplier"], 1, "{ejected}");
     let seen_at = Instant::now();
 
     // While ejected (1s), every request goes to the others.

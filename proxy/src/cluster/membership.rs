@@ -43,6 +43,7 @@ impl Endpoint {
             health: s.health(),
             ejected_until: s.ejected_until_ms().map(super::ms_to_rfc3339),
             ejections: s.ejections.load(Ordering::Relaxed),
+            ejection_multiplier: s.ejection_multiplier.load(Ordering::Relaxed),
             active_requests: s.active_requests.load(Ordering::Relaxed),
             active_sessions: s.active_sessions.load(Ordering::Relaxed),
             total_requests: s.total_requests.load(Ordering::Relaxed),
@@ -511,5 +512,61 @@ mod tests {
         );
         let c = counts(&m, 100);
         assert_eq!(c[&3] + c[&4], 100);
+    }
+
+    #[test]
+    fn a_zones_share_counts_endpoints_not_their_weights() {
+        // The local zone's heavy endpoint is down: by count half the zone is usable (70%
+        // stays local), where by weight only a tenth would be (14%).
+        let eps = vec![
+            ep(1, 1, Some("a")),
+            ep(2, 9, Some("a")),
+            ep(3, 1, Some("b")),
+            ep(4, 1, Some("b")),
+        ];
+        eps[1].state.set_health(Health::Unhealthy);
+        for e in [&eps[0], &eps[2], &eps[3]] {
+            e.state.set_health(Health::Healthy);
+        }
+        let m = Membership::build(
+            eps,
+            &Inputs {
+                local_zone: Some("a"),
+                health_checked: true,
+                panic_threshold: 0,
+                ..inputs()
+            },
+        );
+        assert_eq!(m.local_share(), Some(0.7));
+    }
+
+    #[test]
+    fn with_zones_panic_follows_what_the_zones_can_take_together() {
+        // 3 of 10 local endpoints usable, the one remote endpoint down: 27% of endpoints
+        // are usable, but the local zone can take min(1, 1.4 × 0.3) = 42% of the traffic.
+        let mut eps: Vec<Endpoint> = (1..=10).map(|p| ep(p, 1, Some("a"))).collect();
+        eps.push(ep(11, 1, Some("b")));
+        for (i, e) in eps.iter().enumerate() {
+            e.state.set_health(if i < 3 {
+                Health::Healthy
+            } else {
+                Health::Unhealthy
+            });
+        }
+        let zoned = |threshold| Inputs {
+            local_zone: Some("a"),
+            health_checked: true,
+            panic_threshold: threshold,
+            ..inputs()
+        };
+        assert!(!Membership::build(eps.clone(), &zoned(40)).panic);
+        assert!(Membership::build(eps.clone(), &zoned(43)).panic);
+        // Without zones, the share of usable endpoints decides: 3 of 11 is under 40%.
+        let flat = Inputs {
+            health_checked: true,
+            panic_threshold: 40,
+            ..inputs()
+        };
+        assert!(Membership::build(eps, &flat).panic);
     }
 }

@@ -186,6 +186,8 @@ pub struct EndpointStatus {
     pub health: Health,
     pub ejected_until: Option<String>,
     pub ejections: u32,
+    /// The multiplier of the latest ejection, decayed by time back in service.
+    pub ejection_multiplier: u32,
     pub active_requests: usize,
     pub active_sessions: usize,
     pub total_requests: u64,
@@ -339,7 +341,11 @@ pub struct EndpointState {
     pub(crate) consecutive_failures: AtomicU32,
     pub(crate) ejected: AtomicBool,
     pub(crate) ejected_until_ms: AtomicU64,
+    /// Times outlier detection has ejected the endpoint, ever.
     pub(crate) ejections: AtomicU32,
+    /// What the next ejection's length multiplies `base_ejection` by, less one: grows by one
+    /// per ejection, decays by one per `base_ejection` back in service.
+    pub(crate) ejection_multiplier: AtomicU32,
     /// When the endpoint last became usable (for slow start); 0 = never.
     pub(crate) usable_since_ms: AtomicU64,
     /// Whether it was usable at the last membership build.
@@ -365,6 +371,7 @@ impl EndpointState {
             ejected: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
+            ejection_multiplier: AtomicU32::new(0),
             usable_since_ms: AtomicU64::new(0),
             was_usable: AtomicBool::new(false),
         }

@@ -47,13 +47,14 @@ pub fn record_failure(
     let max = cfg.max_ejection.get().as_millis() as u64;
     // The multiplier decays by one for each base period spent back in service, so an endpoint
     // that failed long ago starts again from the base ejection.
-    let previous = state.ejections.load(Ordering::Acquire);
+    let previous = state.ejection_multiplier.load(Ordering::Acquire);
     let back_since = state.ejected_until_ms.load(Ordering::Acquire);
     let decay = now_ms.saturating_sub(back_since) / base.max(1);
     let times = previous
         .saturating_sub(u32::try_from(decay).unwrap_or(u32::MAX))
         .saturating_add(1);
-    state.ejections.store(times, Ordering::Release);
+    state.ejection_multiplier.store(times, Ordering::Release);
+    state.ejections.fetch_add(1, Ordering::Relaxed);
     let duration = base.saturating_mul(u64::from(times)).min(max);
     state
         .ejected_until_ms
@@ -128,6 +129,12 @@ mod tests {
             record_failure(&e, &cfg, 4, 0, 75_000);
         }
         assert_eq!(e.ejected_until_ms(), Some(95_000));
+        assert_eq!(e.ejection_multiplier.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            e.ejections.load(Ordering::Relaxed),
+            4,
+            "the count of ejections never decays"
+        );
     }
 
     #[test]
