@@ -34,6 +34,17 @@ pub struct Loaded {
 /// Read `text` as far as possible. Fails only when it is not YAML at all (or its anchors
 /// cannot be merged): nothing can be said about its fields then.
 pub fn load(text: &str) -> Result<Loaded, ConfigError> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError {
+            kind: ErrorKind::Syntax,
+            entry: None,
+            path: FieldPath::new(),
+            line: None,
+            message: format!(
+                "the config is larger than 16 MiB ({MAX_CONFIG_BYTES} bytes), the most read"
+            ),
+        });
+    }
     let mut root: Value = serde_yaml::from_str(text).map_err(|e| {
         let mut error = yaml_error(&e);
         if error.message.contains("duplicate entry") {
@@ -42,6 +53,7 @@ pub fn load(text: &str) -> Result<Loaded, ConfigError> {
                 error.line = Some(line);
             }
         }
+        explain_yaml_error(text, &mut error);
         error
     })?;
     // `<<: *defaults` is how YAML users share settings between entries.
@@ -136,6 +148,9 @@ impl Loaded {
                     push_segment(&mut full, segment);
                 }
                 let message = e.inner().to_string();
+                let message = number_message(&message)
+                    .or_else(|| unquoted_number_message(&message))
+                    .unwrap_or(message);
                 let hint = hint(&message);
                 self.error(full, format!("{message}{hint}"));
                 None
@@ -285,6 +300,74 @@ fn hint(message: &str) -> String {
     String::new()
 }
 
+/// A number where a name is expected (`min_version: 1.2`): YAML read it as a number.
+fn unquoted_number_message(message: &str) -> Option<String> {
+    let rest = ["floating point `", "integer `"]
+        .into_iter()
+        .find_map(|k| message.strip_prefix("invalid type: ")?.strip_prefix(k))?;
+    let (number, expected) = rest.split_once("`, expected ")?;
+    let wants_text = expected.contains("enum") || expected.contains("string");
+    wants_text.then(|| {
+        format!(
+            "`{number}` is a number to YAML, and a name is expected here: quote it, \"{number}\""
+        )
+    })
+}
+
+/// serde's words for a number out of an unsigned field's range, in the config's terms.
+fn number_message(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("invalid value: integer `")?;
+    let (number, expected) = rest.split_once("`, expected ")?;
+    let max = match expected {
+        "u8" => u64::from(u8::MAX),
+        "u16" => u64::from(u16::MAX),
+        "u32" => u64::from(u32::MAX),
+        "u64" | "usize" => u64::MAX,
+        _ => return None,
+    };
+    Some(if number.starts_with('-') {
+        format!("must be ≥ 0 (got {number})")
+    } else {
+        format!("must be at most {max} (got {number})")
+    })
+}
+
+/// The largest config text read. Anchors and aliases are bounded by the YAML parser's own
+/// repetition limit.
+pub const MAX_CONFIG_BYTES: usize = 16 * 1024 * 1024;
+
+/// Says in plain words what the YAML parser's message means for two common slips: a second
+/// document, and a tab in indentation.
+fn explain_yaml_error(text: &str, error: &mut ConfigError) {
+    if error.message.contains("more than one document") {
+        // The first `---` after some content starts the second document.
+        let mut content = false;
+        for (i, line) in text.lines().enumerate() {
+            let trimmed = line.trim_end();
+            if trimmed == "---" || trimmed.starts_with("--- ") {
+                if content {
+                    error.line = Some(i + 1);
+                    break;
+                }
+            } else if !trimmed.is_empty() && !trimmed.trim_start().starts_with('#') {
+                content = true;
+            }
+        }
+        error.message =
+            "a second YAML document starts here (`---`); a config file is one document".to_owned();
+        return;
+    }
+    let tab_at = error.line.and_then(|n| text.lines().nth(n.checked_sub(1)?));
+    let indented_with_tab = tab_at.is_some_and(|line| {
+        line.chars()
+            .take_while(|c| c.is_whitespace())
+            .any(|c| c == '\t')
+    });
+    if indented_with_tab {
+        error.message = "a tab in the indentation; YAML indents with spaces only".to_owned();
+    }
+}
+
 /// A YAML-level failure: the line comes from the parser, so it is dropped from the message.
 fn yaml_error(e: &serde_yaml::Error) -> ConfigError {
     let mut message = e.to_string();
@@ -350,6 +433,106 @@ mod tests {
             ",
             &[("clusters", 2, "duplicate entry with key \"clusters\"")],
         );
+    }
+
+    fn only_error(text: &str) -> ConfigError {
+        match super::super::parse(text) {
+            Ok(_) => panic!("should fail"),
+            Err(mut errors) => {
+                assert_eq!(errors.0.len(), 1, "{errors}");
+                errors.0.remove(0)
+            }
+        }
+    }
+
+    #[test]
+    fn common_slips_are_named_in_plain_words() {
+        let second = only_error("admin: {}\nclusters: []\n---\nadmin: {}\n");
+        assert_eq!(second.line, Some(3));
+        assert!(
+            second.message.contains("a second YAML document"),
+            "{second}"
+        );
+
+        let tab = only_error("clusters:\n\t- { name: a, endpoints: [\"10.0.0.1:80\"] }\n");
+        assert_eq!(tab.line, Some(2));
+        assert!(tab.message.contains("a tab in the indentation"), "{tab}");
+
+        assert_errors(
+            r#"
+            clusters:
+              - name: a
+                endpoints: ["10.0.0.1:80"]
+                circuit_breakers: { max_requests: -1 }
+            "#,
+            &[(
+                "clusters[0].circuit_breakers.max_requests",
+                4,
+                "must be ≥ 0 (got -1)",
+            )],
+        );
+        assert_errors(
+            r#"
+            clusters:
+              - { name: a, endpoints: ["10.0.0.1:80"], circuit_breakers: { max_pending: 5000000000 } }
+            "#,
+            &[(
+                "clusters[0].circuit_breakers.max_pending",
+                2,
+                "must be at most 4294967295 (got 5000000000)",
+            )],
+        );
+        assert_errors(
+            r#"
+            listeners:
+              - name: a
+                listen: 127.0.0.1:0
+                http: { route_table: t }
+                tls: { certificates: [{ cert: a.pem, key: a.key }], min_version: 1.2 }
+            "#,
+            &[(
+                "listeners[0].tls.min_version",
+                5,
+                "`1.2` is a number to YAML, and a name is expected here: quote it, \"1.2\"",
+            )],
+        );
+        assert_errors(
+            r#"
+            clusters:
+              - { name: a, endpoints: ["http://10.0.0.1:80/"] }
+            "#,
+            &[(
+                "clusters[0].endpoints[0].address",
+                2,
+                "has a scheme: an endpoint is an address, write \"10.0.0.1:80\"",
+            )],
+        );
+    }
+
+    #[test]
+    fn a_config_over_16_mib_is_refused_before_parsing() {
+        let mut text = String::from("clusters: []\n");
+        text.push_str(&"#".repeat(MAX_CONFIG_BYTES));
+        let error = only_error(&text);
+        assert!(error.message.contains("16 MiB"), "{error}");
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for (name, prev) in [
+            ("b", "a"),
+            ("c", "b"),
+            ("d", "c"),
+            ("e", "d"),
+            ("f", "e"),
+            ("g", "f"),
+        ] {
+            let refs = vec![format!("*{prev}"); 10].join(", ");
+            text.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        let error = only_error(&text);
+        assert!(error.message.contains("repetition limit"), "{error}");
     }
 
     #[test]

@@ -48,10 +48,18 @@ pub fn check(config: Config) -> Result<Checked, ConfigErrors> {
 /// Read, parse and check a config file. The files it names (certificates) are checked when
 /// it is applied (`apply::check`).
 pub fn load_file(path: &Path) -> Result<(Checked, String), LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let read_error = |source| LoadError::Read {
         path: path.display().to_string(),
         source,
-    })?;
+    };
+    // One byte past the cap is enough to refuse the file, whatever its size.
+    let mut text = String::new();
+    let limit = load::MAX_CONFIG_BYTES as u64 + 1;
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(std::fs::File::open(path).map_err(read_error)?, limit),
+        &mut text,
+    )
+    .map_err(read_error)?;
     let config = parse(&text).map_err(|errors| LoadError::Invalid {
         path: path.display().to_string(),
         errors,

@@ -330,6 +330,13 @@ pub(super) fn parse_socket_addr(text: &str) -> Result<SocketAddr, AddrProblem> {
 
 /// Parses `ip:port` or `dns-name:port`.
 pub fn parse_endpoint_address(text: &str) -> Result<EndpointAddress, String> {
+    if let Some((scheme, rest)) = text.split_once("://") {
+        let bare = rest.trim_end_matches('/');
+        return Err(format!(
+            "{text:?} has a scheme: an endpoint is an address, write {bare:?} \
+             (the cluster's protocol and tls say how to speak to it, not {scheme:?})"
+        ));
+    }
     let port_zero = || format!("{text:?} has port 0; an endpoint needs a real port");
     match parse_socket_addr(text) {
         Ok(addr) if addr.port() == 0 => Err(port_zero()),
