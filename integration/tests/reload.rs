@@ -500,6 +500,23 @@ async fn post_reload_and_sighup_force_a_reload() -> Result<()> {
     );
     assert_eq!(upstream_of(front).await?, "b");
 
+    // A change only a restart applies: the rest applies, and the answer is not a plain ok.
+    let more_workers = to_b.replace("workers: 2,", "workers: 3,");
+    legate.write_config(yaml(&more_workers).set("A", a.addr()))?;
+    let (status, answer) = post_reload(admin).await?;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["result"], "restart-required", "{answer}");
+    assert_eq!(
+        answer["not_in_effect"],
+        serde_json::json!(["runtime.workers"])
+    );
+    let config = admin_config(admin).await?;
+    assert_eq!(
+        config["last_reload"]["not_in_effect"],
+        serde_json::json!(["runtime.workers"]),
+        "{config}"
+    );
+
     // And SIGHUP after an edit.
     legate.write_config(start)?;
     legate.signal("HUP").await?;
@@ -507,6 +524,10 @@ async fn post_reload_and_sighup_force_a_reload() -> Result<()> {
     let config = admin_config(admin).await?;
     assert_eq!(config["version"], version_a.as_str());
     assert!(config["last_reload"]["error"].is_null(), "{config}");
+    assert!(
+        config["last_reload"].get("not_in_effect").is_none(),
+        "back to the workers it runs with: {config}"
+    );
     Ok(())
 }
 

@@ -1604,3 +1604,54 @@ async fn the_stream_runs_over_mtls() -> Result<()> {
     assert_eq!(proxy_xds(admin).await?["connected"], false);
     Ok(())
 }
+
+/// A bootstrap reloaded while the control plane cannot be reached: its static parts apply at
+/// once, and what only a restart changes (here `xds.server` itself) is named, never hidden
+/// behind a plain "ok".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_while_the_control_plane_is_unreachable_applies_the_file_and_names_the_rest(
+) -> Result<()> {
+    let a = Upstream::echo("a").await?;
+    let b = Upstream::echo("b").await?;
+    let unreachable = closed_port();
+    let with_static = |xds: SocketAddr, app: &Upstream| -> Result<String> {
+        let base = bootstrap("p1", "maps", xds).text()?.to_owned();
+        Ok(format!(
+            "{base}listeners:\n  - {{ name: front, listen: 127.0.0.1:0, http: {{ route_table: local }} }}\n\
+             route_tables:\n  local:\n    virtual_hosts:\n      - {{ hosts: [\"*\"], routes: [{{ match: {{ prefix: / }}, cluster: app }}] }}\n\
+             clusters:\n  - {{ name: app, endpoints: [\"{}\"] }}\n",
+            app.addr()
+        ))
+    };
+    let proxy = Proxy::start(yaml(&with_static(unreachable, &a)?))?;
+    let front = proxy.addr("front");
+    assert_eq!(served_by(front).await?, "a");
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("legate.yaml");
+
+    // The static cluster moves to `b`: in effect at once, and nothing else is pending.
+    std::fs::write(&path, with_static(unreachable, &b)?)?;
+    proxy.app().reload_file(&path)?;
+    assert_eq!(served_by(front).await?, "b");
+    let config = get_json(proxy.admin(), "/config").await?;
+    assert!(
+        config["last_reload"].get("not_in_effect").is_none(),
+        "{config:#}"
+    );
+
+    // A new control plane address is read only at start: the reload says so.
+    std::fs::write(&path, with_static(closed_port(), &b)?)?;
+    proxy.app().reload_file(&path)?;
+    let config = get_json(proxy.admin(), "/config").await?;
+    assert_eq!(
+        config["last_reload"]["not_in_effect"],
+        json!(["xds"]),
+        "{config:#}"
+    );
+    assert_eq!(
+        config["xds"]["server"],
+        unreachable.to_string(),
+        "{config:#}"
+    );
+    Ok(())
+}

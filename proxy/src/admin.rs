@@ -22,7 +22,7 @@ use crate::state::State;
 
 /// Reloads the config on `POST /reload`: the new version, or why it was rejected.
 pub trait Reload: Send + Sync {
-    fn reload(&self) -> Result<String, String>;
+    fn reload(&self) -> Result<(String, Vec<&'static str>), String>;
 }
 
 /// What the admin server serves.
@@ -84,7 +84,15 @@ fn route(admin: &Admin, metrics: &Metrics, req: &Request<Incoming>) -> Response<
     let state = &*admin.state;
     if req.method() == Method::POST && req.uri().path() == "/reload" {
         return match admin.reload.reload() {
-            Ok(version) => json(&serde_json::json!({ "result": "ok", "version": version })),
+            Ok((version, not_in_effect)) if not_in_effect.is_empty() => {
+                json(&serde_json::json!({ "result": "ok", "version": version }))
+            }
+            // Applied, but not all of it: never "ok" for a change that is not in effect.
+            Ok((version, not_in_effect)) => json(&serde_json::json!({
+                "result": "restart-required",
+                "version": version,
+                "not_in_effect": not_in_effect,
+            })),
             Err(error) => {
                 let mut resp = json(&serde_json::json!({ "result": "rejected", "error": error }));
                 *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;

@@ -19,7 +19,7 @@ use crate::source::file::FileSource;
 use crate::state::State;
 use crate::worker::Workers;
 
-pub use crate::apply::ApplyError;
+pub use crate::apply::{Applied, ApplyError};
 pub use crate::source::file::ReloadError;
 
 #[derive(Debug, thiserror::Error)]
@@ -109,8 +109,10 @@ pub fn build(config: Checked, version: String) -> Result<App, BuildError> {
 }
 
 impl admin::Reload for FileSource {
-    fn reload(&self) -> Result<String, String> {
-        FileSource::reload(self).map_err(|e| e.to_string())
+    fn reload(&self) -> Result<(String, Vec<&'static str>), String> {
+        FileSource::reload(self)
+            .map(|r| (r.version, r.not_in_effect))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -140,8 +142,8 @@ impl App {
 
     /// Applies a checked config: checks the files it names, compiles it, reconciles
     /// listeners, publishes the snapshot. Requests in flight finish on the snapshot they
-    /// started with.
-    pub fn apply(&self, config: Checked, version: String) -> Result<(), ApplyError> {
+    /// started with. Says which start-only fields it left out of effect.
+    pub fn apply(&self, config: Checked, version: String) -> Result<Applied, ApplyError> {
         self.applier
             .apply(Update::Parsed(Box::new(config)), version)
     }

@@ -70,20 +70,22 @@ pub struct Reloads {
 
 impl Reloads {
     /// Records the outcome of one reload attempt.
-    pub fn record(&self, result: Result<&str, String>) {
-        let (version, error) = match result {
-            Ok(v) => {
+    /// `Ok` holds the version applied and the fields left out of effect until a restart.
+    pub fn record(&self, result: Result<(&str, &[&'static str]), String>) {
+        let (version, not_in_effect, error) = match result {
+            Ok((v, fields)) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
-                (Some(v.to_owned()), None)
+                (Some(v.to_owned()), fields.to_vec(), None)
             }
             Err(e) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
-                (None, Some(e))
+                (None, Vec::new(), Some(e))
             }
         };
         self.last.store(Arc::new(Some(ReloadStatus {
             time: SystemTime::now(),
             version,
+            not_in_effect,
             error,
         })));
     }
@@ -95,6 +97,9 @@ pub struct ReloadStatus {
     #[serde(serialize_with = "serialize_time")]
     pub time: SystemTime,
     pub version: Option<String>,
+    /// Fields the applied config changed that take effect only on restart.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_in_effect: Vec<&'static str>,
     pub error: Option<String>,
 }
 

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod reconcile;
+pub mod restart;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,7 +55,16 @@ pub enum ApplyError {
 pub struct Applier {
     state: Arc<State>,
     registry: Arc<Registry>,
+    /// What the first config set that only a restart changes.
+    at_start: restart::AtStart,
     inner: Mutex<Inner>,
+}
+
+/// What an applied config left out of effect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Fields that differ from what the process started with; they apply on restart.
+    pub not_in_effect: Vec<&'static str>,
 }
 
 #[derive(Debug)]
@@ -82,6 +92,7 @@ impl Applier {
         let applier = Applier {
             state: state.clone(),
             registry,
+            at_start: restart::AtStart::of(&parsed),
             inner: Mutex::new(Inner {
                 parsed,
                 xds: None,
@@ -105,7 +116,7 @@ impl Applier {
     /// Applies `update`, all or nothing: on error the running config stays. `version` labels
     /// the snapshot; a parsed config applied while control plane resources are held takes
     /// their label, as the combination serves what the control plane last sent.
-    pub fn apply(&self, update: Update, version: String) -> Result<(), ApplyError> {
+    pub fn apply(&self, update: Update, version: String) -> Result<Applied, ApplyError> {
         let mut inner = self.lock();
         if inner.plane.is_none() {
             return Err(ApplyError::Stopped);
@@ -136,11 +147,12 @@ impl Applier {
             }
         };
         let old = self.state.snapshot.load_full();
-        if checked.admin != old.config.admin {
-            warn!("admin.listen changed; it takes effect on restart");
-        }
-        if checked.runtime.workers != old.config.runtime.workers {
-            warn!("runtime.workers changed; it takes effect on restart");
+        let applied = Applied {
+            not_in_effect: self.at_start.not_in_effect(&checked),
+        };
+        if !applied.not_in_effect.is_empty() {
+            let fields = applied.not_in_effect.join(", ");
+            warn!(%fields, "applied, except what takes effect only on restart");
         }
         let new = Arc::new(Snapshot::compile(checked, version, &self.registry)?);
         let plane = inner.plane.as_mut().ok_or(ApplyError::Stopped)?;
@@ -152,7 +164,7 @@ impl Applier {
         if xds.is_some() {
             inner.xds = xds;
         }
-        Ok(())
+        Ok(applied)
     }
 
     /// Whether `resources` can be added to the parsed config at all (no entry defined by

@@ -299,7 +299,7 @@ fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protoco
         max_concurrent_streams: http.max_concurrent_streams,
         stream_idle_timeout,
         stream_check_period,
-        normalize: crate::http::path::Normalize {
+        normalize: listener::PathNormalization {
             merge_slashes: http.merge_slashes,
             escaped_slashes: http.escaped_slashes,
         },

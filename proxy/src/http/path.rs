@@ -6,13 +6,7 @@
 use std::borrow::Cow;
 
 use crate::config::model::EscapedSlashes;
-
-/// How a listener normalises paths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Normalize {
-    pub merge_slashes: bool,
-    pub escaped_slashes: EscapedSlashes,
-}
+pub use crate::listener::PathNormalization as Normalize;
 
 /// Why a path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

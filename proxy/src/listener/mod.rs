@@ -83,12 +83,19 @@ pub struct HttpSettings {
     /// `stream_idle_timeout` of the listener and its routes.
     pub stream_check_period: Duration,
     /// How request paths are normalised before routing.
-    pub normalize: crate::http::path::Normalize,
+    pub normalize: PathNormalization,
     pub access_log: Option<AccessLogFormat>,
     /// How long a draining connection may take to finish before it is closed.
     pub drain_timeout: Duration,
     /// TLS termination, if the listener has it.
     pub tls: Option<Arc<crate::tls::server::ServerTls>>,
+}
+
+/// How a listener normalises request paths before routing (`http/path.rs` does it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathNormalization {
+    pub merge_slashes: bool,
+    pub escaped_slashes: crate::config::model::EscapedSlashes,
 }
 
 /// Binds `count` sockets to one address with SO_REUSEPORT, one per worker, so the kernel

@@ -38,6 +38,14 @@ struct Watched {
     applied: Option<String>,
 }
 
+/// A reload that was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub version: String,
+    /// Fields the file changed that take effect only on restart.
+    pub not_in_effect: Vec<&'static str>,
+}
+
 impl FileSource {
     /// `version` is that of the config already running, if it came from a file.
     pub fn new(applier: Arc<Applier>, state: Arc<State>, version: String) -> FileSource {
@@ -53,28 +61,39 @@ impl FileSource {
 
     /// Loads `path` and applies it, all or nothing; the new version, or why it was rejected.
     pub fn reload_file(&self, path: &Path) -> Result<String, ReloadError> {
+        self.reload_file_applied(path).map(|r| r.version)
+    }
+
+    /// Like [`FileSource::reload_file`], also saying what the reload left out of effect.
+    pub fn reload_file_applied(&self, path: &Path) -> Result<Reloaded, ReloadError> {
         let result = self.load_and_apply(path);
-        self.state
-            .reloads
-            .record(result.as_deref().map_err(ToString::to_string));
+        self.state.reloads.record(
+            result
+                .as_ref()
+                .map(|r| (r.version.as_str(), r.not_in_effect.as_slice()))
+                .map_err(ToString::to_string),
+        );
         match &result {
-            Ok(v) => {
-                self.lock().applied = Some(v.clone());
-                info!(version = %v, "config reloaded");
+            Ok(r) => {
+                self.lock().applied = Some(r.version.clone());
+                info!(version = %r.version, "config reloaded");
             }
             Err(e) => warn!(error = %e, "config reload rejected; the running config stays"),
         }
         result
     }
 
-    fn load_and_apply(&self, path: &Path) -> Result<String, ReloadError> {
+    fn load_and_apply(&self, path: &Path) -> Result<Reloaded, ReloadError> {
         let (config, text) = config::load_file(path)?;
         let version = config::version_of(&text);
         match self
             .applier
             .apply(Update::Parsed(Box::new(config)), version.clone())
         {
-            Ok(()) => Ok(version),
+            Ok(applied) => Ok(Reloaded {
+                version,
+                not_in_effect: applied.not_in_effect,
+            }),
             // Problems with the files the config names are the file's problems: show their lines.
             Err(ApplyError::Invalid(mut errors)) => {
                 config::locate(&text, &mut errors.0);
@@ -89,9 +108,9 @@ impl FileSource {
     }
 
     /// Reloads the watched file (`POST /reload`).
-    pub fn reload(&self) -> Result<String, ReloadError> {
+    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
         let path = self.lock().file.as_ref().map(|(p, _)| p.clone());
-        self.reload_file(&path.ok_or(ReloadError::NoFile)?)
+        self.reload_file_applied(&path.ok_or(ReloadError::NoFile)?)
     }
 
     /// Reloads `path` whenever it (or its directory entry: rename, symlink swap) changes. A

@@ -36,7 +36,7 @@ pub trait Apply: Send + Sync {
 
 impl Apply for Applier {
     fn apply(&self, resources: Resources, version: String) -> Result<(), ApplyError> {
-        Applier::apply(self, Update::Xds(resources), version)
+        Applier::apply(self, Update::Xds(resources), version).map(|_| ())
     }
 
     fn precheck(&self, resources: &Resources) -> Result<(), ApplyError> {
