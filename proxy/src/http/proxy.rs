@@ -121,7 +121,7 @@ fn host_value(req: &Request<Incoming>) -> Option<HeaderValue> {
 }
 
 /// The Host a request names: `:authority` (HTTP/2, absolute-form) or the Host header.
-fn host_of<B>(req: &Request<B>) -> &str {
+pub fn host_of<B>(req: &Request<B>) -> &str {
     req.uri()
         .authority()
         .map(Authority::as_str)
@@ -132,7 +132,7 @@ fn host_of<B>(req: &Request<B>) -> &str {
 /// Checks the host a request names, so that what routes it is what the upstream sees: one
 /// Host at most, no `:authority` disagreeing with it, an absolute-form target's authority
 /// replacing Host (RFC 9112 §3.2.2), and only characters a host and port may have.
-fn check_host<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
+pub fn check_host<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let (first, second) = (hosts.next(), hosts.next());
     if second.is_some() {
@@ -168,7 +168,7 @@ fn check_host<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
 
 /// What `host [ ":" port ]` may be made of (RFC 3986 reg-name, IP literals and port), without
 /// userinfo (`@`).
-fn is_host_byte(b: u8) -> bool {
+pub fn is_host_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%[]:".contains(&b)
 }
 

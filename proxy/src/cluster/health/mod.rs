@@ -1,7 +1,7 @@
 //! Active health checks: a probe per endpoint on the control thread, and the threshold state
 //! machine that turns probe results into health.
 
-pub(crate) mod postgres;
+pub mod postgres;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

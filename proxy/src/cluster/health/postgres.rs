@@ -24,33 +24,23 @@ pub async fn probe(addr: SocketAddr, spec: &PostgresHealthCheck) -> Result<(), S
         .read_exact(&mut kind)
         .await
         .map_err(|e| format!("no answer to startup: {e}"))?;
-    match kind[0] {
-        b'R' | b'v' => {}
-        b'E' => {
-            let mut len = [0u8; 4];
-            stream
-                .read_exact(&mut len)
-                .await
-                .map_err(|e| e.to_string())?;
-            let len = usize::try_from(i32::from_be_bytes(len))
-                .unwrap_or(4)
-                .clamp(4, 65_536);
-            let mut body = vec![0u8; len - 4];
-            stream
-                .read_exact(&mut body)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (code, message) = error_fields(&body);
-            // Not accepting sessions: starting up, shutting down, in recovery without hot
-            // standby (57P03), administrator shutdown (57P01), or no connection slots (53300).
-            if matches!(code.as_str(), "57P03" | "57P01" | "53300" | "53000") {
-                return Err(format!("{code}: {message}"));
-            }
-            // Anything else (bad password, unknown role or database, no pg_hba entry) means
-            // the server is up and answering.
-        }
-        other => return Err(format!("unexpected answer {other:?} to startup")),
+    let mut body = Vec::new();
+    if kind[0] == b'E' {
+        let mut len = [0u8; 4];
+        stream
+            .read_exact(&mut len)
+            .await
+            .map_err(|e| e.to_string())?;
+        let len = usize::try_from(i32::from_be_bytes(len))
+            .unwrap_or(4)
+            .clamp(4, 65_536);
+        body.resize(len - 4, 0);
+        stream
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| e.to_string())?;
     }
+    startup_answer(kind[0], &body)?;
     drop(stream);
     if spec.has_credentials() {
         query_check(addr, spec).await?;
@@ -78,8 +68,32 @@ pub(crate) fn startup_message(user: &str, database: &str) -> Vec<u8> {
     msg
 }
 
+/// Whether a server's first answer to a startup (its message type, and the body of an
+/// ErrorResponse) says it accepts sessions.
+pub fn startup_answer(kind: u8, body: &[u8]) -> Result<(), String> {
+    match kind {
+        // An authentication request, or a protocol version negotiation: up.
+        b'R' | b'v' => Ok(()),
+        b'E' => {
+            let (code, message) = error_fields(body);
+            if code.is_empty() {
+                return Err("an ErrorResponse without a SQLSTATE".to_owned());
+            }
+            // Not accepting sessions: starting up, shutting down, in recovery without hot
+            // standby (57P03), administrator shutdown (57P01), or no connection slots (53300).
+            if matches!(code.as_str(), "57P03" | "57P01" | "53300" | "53000") {
+                return Err(format!("{code}: {message}"));
+            }
+            // Anything else (bad password, unknown role or database, no pg_hba entry) means
+            // the server is up and answering.
+            Ok(())
+        }
+        other => Err(format!("unexpected answer {other:?} to startup")),
+    }
+}
+
 /// The SQLSTATE code and message of an ErrorResponse body.
-pub(crate) fn error_fields(body: &[u8]) -> (String, String) {
+pub fn error_fields(body: &[u8]) -> (String, String) {
     let mut code = String::new();
     let mut message = String::new();
     for field in body.split(|b| *b == 0) {

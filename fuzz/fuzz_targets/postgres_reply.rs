@@ -1,0 +1,11 @@
+//! Fuzz target: `inputs::postgres_reply` (see `fuzz/inputs.rs`) must never panic, whatever the bytes.
+#![no_main]
+
+#[path = "../inputs.rs"]
+mod inputs;
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = inputs::postgres_reply(data);
+});
