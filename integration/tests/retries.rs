@@ -373,6 +373,7 @@ async fn an_idempotent_request_lost_by_a_closing_keep_alive_connection_goes_out_
 {
     // The upstream answers one request per connection and closes on the next without a
     // word: each reuse of a pooled connection loses the request it carries.
+    // Any retry policy allows it, even one that allows no retry.
     let stale = Upstream::builder("stale")
         .one_answer_per_connection()
         .start()
@@ -380,7 +381,7 @@ async fn an_idempotent_request_lost_by_a_closing_keep_alive_connection_goes_out_
     let proxy = Proxy::start(
         yaml(ONE_ENDPOINT)
             .set("A", stale.addr())
-            .set("RETRY", "{ attempts: 2, on: [connect-failure] }"),
+            .set("RETRY", "{ attempts: 1, on: [connect-failure] }"),
     )?;
     let mut client = Http1::connect(proxy.addr("front")).await?;
     for i in 0..3 {
@@ -531,5 +532,31 @@ async fn the_retry_budget_caps_retries_in_flight_by_share_of_requests() -> Resul
             "{budget}: no other retry ran"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_retry_gives_its_slot_back_before_the_next_takes_one() -> Result<()> {
+    // One retry at a time is allowed, and a request retries one at a time: all three tries
+    // of a GET run.
+    let bad = Upstream::builder("bad").status(503).start().await?;
+    let config = yaml(ONE_ENDPOINT)
+        .set("A", bad.addr())
+        .set("RETRY", r#"{ attempts: 3, on: ["503"] }"#)
+        .text()?
+        .replace(
+            &format!("endpoints: [\"{}\"] }}", bad.addr()),
+            &format!(
+                "endpoints: [\"{}\"], circuit_breakers: {{ max_retries: 1 }} }}",
+                bad.addr()
+            ),
+        );
+    let proxy = Proxy::start(yaml(&config))?;
+    let reply = Http1::connect(proxy.addr("front"))
+        .await?
+        .get("app.example.org", "/")
+        .await?;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(bad.requests(), 3, "three tries with one retry slot");
     Ok(())
 }

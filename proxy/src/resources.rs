@@ -14,7 +14,8 @@ const RESERVED_FDS: u64 = 64;
 /// soft limit now in force, `None` for unlimited.
 pub fn raise_open_file_limit() -> io::Result<Option<u64>> {
     let limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum || (limit.current.is_some() && limit.maximum.is_none()) {
+    // An unlimited hard limit is not a soft limit a kernel accepts: keep the soft one then.
+    if limit.maximum.is_some() && limit.current < limit.maximum {
         let raised = Rlimit {
             current: limit.maximum,
             maximum: limit.maximum,

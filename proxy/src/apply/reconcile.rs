@@ -289,7 +289,7 @@ fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protoco
     let shortest = route_table
         .shortest_stream_idle_timeout()
         .map_or(stream_idle_timeout, |r| r.min(stream_idle_timeout));
-    let stream_check_period = crate::http::idle::check_period(shortest);
+    let tick = crate::http::idle::tick(http.idle_timeout.get(), shortest);
     Some(Protocol::Http(Arc::new(HttpSettings {
         route_table,
         header_read_timeout: http.header_read_timeout.get(),
@@ -298,7 +298,7 @@ fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protoco
         max_uri_length: http.max_uri_length,
         max_concurrent_streams: http.max_concurrent_streams,
         stream_idle_timeout,
-        stream_check_period,
+        tick,
         normalize: listener::PathNormalization {
             merge_slashes: http.merge_slashes,
             escaped_slashes: http.escaped_slashes,

@@ -53,13 +53,20 @@ pub fn load_file(path: &Path) -> Result<(Checked, String), LoadError> {
         source,
     };
     // One byte past the cap is enough to refuse the file, whatever its size.
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     let limit = load::MAX_CONFIG_BYTES as u64 + 1;
-    std::io::Read::read_to_string(
+    std::io::Read::read_to_end(
         &mut std::io::Read::take(std::fs::File::open(path).map_err(read_error)?, limit),
-        &mut text,
+        &mut bytes,
     )
     .map_err(read_error)?;
+    let text = if bytes.len() > load::MAX_CONFIG_BYTES {
+        // Cut at the cap, maybe inside a character: the size is what is wrong with it.
+        String::from_utf8_lossy(&bytes).into_owned()
+    } else {
+        String::from_utf8(bytes)
+            .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?
+    };
     let config = parse(&text).map_err(|errors| LoadError::Invalid {
         path: path.display().to_string(),
         errors,

@@ -76,11 +76,11 @@ impl ProxyBody {
     }
 
     /// An upstream's body, which winds `clock` and fails once the clock is cut.
-    pub fn upstream(body: Incoming, clock: Arc<StreamClock>) -> Self {
+    pub fn upstream(body: Incoming, clock: Option<Arc<StreamClock>>) -> Self {
         ProxyBody {
             inner: Inner::Upstream(body),
             end: None,
-            clock: Some(clock),
+            clock,
         }
     }
 

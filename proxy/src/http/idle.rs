@@ -24,6 +24,14 @@ pub fn check_period(shortest: Duration) -> Duration {
     (shortest / CHECKS_PER_TIMEOUT).clamp(MIN_PERIOD, MAX_PERIOD)
 }
 
+/// A connection's tick: fine enough for its `idle_timeout` and for its streams' shortest
+/// idle timeout. Clocks count in ticks of this length.
+pub fn tick(idle_timeout: Duration, shortest_stream_idle: Duration) -> Duration {
+    (idle_timeout / CHECKS_PER_TIMEOUT)
+        .max(MIN_PERIOD)
+        .min(check_period(shortest_stream_idle))
+}
+
 /// The idle clock of one forwarded request.
 #[derive(Debug)]
 pub struct StreamClock {
@@ -207,5 +215,19 @@ mod tests {
             Duration::from_secs(5)
         );
         assert_eq!(check_period(Duration::from_millis(10)), MIN_PERIOD);
+    }
+
+    #[test]
+    fn a_short_idle_timeout_makes_the_tick_finer_and_clocks_count_more_ticks() {
+        let tick = tick(Duration::from_secs(10), Duration::from_secs(300));
+        assert_eq!(tick, Duration::from_millis(2500));
+        let (streams, mut checker) = super::streams();
+        let clock = streams.start(Duration::from_secs(300), tick);
+        clock.arm();
+        checker.check();
+        for _ in 0..119 {
+            assert_eq!(checker.check().cut, 0, "cut before 300s of 2.5s ticks");
+        }
+        assert_eq!(checker.check().cut, 1);
     }
 }

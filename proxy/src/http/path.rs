@@ -13,16 +13,20 @@ pub use crate::listener::PathNormalization as Normalize;
 pub enum PathError {
     #[error("a `%` not followed by two hex digits")]
     BadEscape,
-    #[error("an encoded `/` or `\\` (`%2F`, `%5C`)")]
+    #[error("an encoded `/` or a `\\` (`%2F`, `%5C`, `\\`)")]
     EscapedSlash,
 }
 
 /// The normalised form of `path` (no query), borrowed when it already is normalised.
 pub fn normalize(path: &str, how: Normalize) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
-    let needs_work = bytes.contains(&b'%')
+    let needs_work = bytes.iter().any(|b| *b == b'%' || *b >= 0x80)
         || (how.merge_slashes && path.contains("//"))
         || has_dot_segment(path);
+    if how.escaped_slashes == EscapedSlashes::Reject && bytes.contains(&b'\\') {
+        // A raw `\` is a separator to some servers: refused with its escaped form.
+        return Err(PathError::EscapedSlash);
+    }
     if !needs_work {
         return Ok(Cow::Borrowed(path));
     }
@@ -184,6 +188,12 @@ mod tests {
     }
 
     #[test]
+    fn raw_non_ascii_is_spelled_as_its_escapes() {
+        assert_eq!(norm("/café"), "/caf%C3%A9");
+        assert_eq!(norm("/café"), norm("/caf%c3%a9"));
+    }
+
+    #[test]
     fn normal_paths_are_borrowed() {
         for path in ["/", "/a/b/c", "/a.b/c..d/...", "/a/b/"] {
             assert!(
@@ -224,6 +234,8 @@ mod tests {
         };
         assert_eq!(normalize("/a%2Fb", reject), Err(PathError::EscapedSlash));
         assert_eq!(normalize("/a%5cb", reject), Err(PathError::EscapedSlash));
+        assert_eq!(normalize("/a\\b", reject), Err(PathError::EscapedSlash));
+        assert_eq!(normalize("/a\\b", DEFAULT).unwrap(), "/a\\b");
         assert_eq!(normalize("/a%41b", reject).unwrap(), "/aAb");
     }
 }

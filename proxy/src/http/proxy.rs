@@ -200,12 +200,12 @@ async fn route(
     let mut resp = match &route.action {
         Action::Respond(r) => respond(r),
         Action::Redirect(r) => redirect(r, &req, ctx.scheme),
-        Action::Cluster(cluster) => forward(ctx, route, cluster, req, trace).await?,
+        Action::Cluster(cluster) => forward(ctx, settings, route, cluster, req, trace).await?,
         Action::Split(split) => {
             let cluster = split.pick().ok_or_else(|| ProxyError::NoEndpoint {
                 cluster: route.id.clone(),
             })?;
-            forward(ctx, route, cluster, req, trace).await?
+            forward(ctx, settings, route, cluster, req, trace).await?
         }
     };
     route.response_headers.apply(resp.headers_mut());
@@ -279,6 +279,7 @@ impl Template {
 
 async fn forward(
     ctx: &ConnCtx,
+    settings: &HttpSettings,
     route: &Route,
     cluster: &Arc<Cluster>,
     mut req: Request<Incoming>,
@@ -343,14 +344,14 @@ async fn forward(
     }
     parts.uri = uri;
 
-    // One clock for the request's bodies both ways, armed when the response head arrives.
+    // One idle clock for the request's bodies both ways, armed when the response head
+    // arrives; it counts in the ticks of the connection, which are fixed at its start. A
+    // request without a body gets one only if its response has one.
     let stream_idle = route
         .stream_idle_timeout
-        .unwrap_or(ctx.settings.stream_idle_timeout);
-    let clock = ctx
-        .activity
-        .streams
-        .start(stream_idle, ctx.settings.stream_check_period);
+        .unwrap_or(settings.stream_idle_timeout);
+    let start_clock = || ctx.activity.streams.start(stream_idle, ctx.settings.tick);
+    let mut clock = None;
     let policy = route.retry.as_ref();
     let attempts = policy.map_or(1, |p| p.attempts).max(1);
     // A body that has not ended may be partly sent by the time a try fails, so only requests
@@ -360,20 +361,23 @@ async fn forward(
     } else {
         let counter = Arc::new(AtomicU64::new(0));
         trace.bytes_received = Some(counter.clone());
-        UpstreamBody::Client(body, counter, clock.clone())
+        let upload = clock.insert(start_clock()).clone();
+        UpstreamBody::Client(body, counter, upload)
     };
     // A try that reached the upstream is repeated only for an idempotent request (RFC 9110
     // §9.2.2): without a template, only a request that never left can go again.
     let idempotent = is_idempotent(&parts.method)
         || policy
             .is_some_and(|p| p.idempotency_key && parts.headers.contains_key(&IDEMPOTENCY_KEY));
-    let template = (attempts > 1 && idempotent && matches!(body, UpstreamBody::Empty) && !upgrade)
-        .then(|| Template {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
-        });
+    let template =
+        (policy.is_some() && idempotent && matches!(body, UpstreamBody::Empty) && !upgrade).then(
+            || Template {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                version: parts.version,
+                headers: parts.headers.clone(),
+            },
+        );
     let first = Request::from_parts(parts, body);
 
     let deadline = tokio::time::Instant::now() + route.timeout;
@@ -420,7 +424,12 @@ async fn forward(
         trace.pooled = None;
     }
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    clock.arm();
+    if clock.is_none() && !body.is_end_stream() {
+        clock = Some(start_clock());
+    }
+    if let Some(clock) = &clock {
+        clock.arm();
+    }
     Ok(Response::from_parts(
         parts,
         ProxyBody::upstream(body, clock),
@@ -439,9 +448,12 @@ fn upstream_uri(
             let mut p = String::with_capacity(rewrite.len() + rest.len() + 16);
             p.push_str(rewrite);
             p.push_str(rest);
-            // Joining can make a dot segment (`/api` + `../x`): the upstream never sees one.
+            // Joining can make a dot segment (`/api` + `../x`), which would climb out of the
+            // rewrite's prefix: refused, never sent.
             if path::has_dot_segment(&p) {
-                p = path::remove_dot_segments(&p);
+                return Err(ProxyError::BadRequest(
+                    "the rewritten path has a dot segment",
+                ));
             }
             if let Some(q) = uri.query() {
                 p.push('?');
@@ -500,6 +512,8 @@ async fn send_with_retries(
         if attempt > 1 {
             // Retries in flight are bounded per cluster, so a failing upstream is not hit
             // with a multiple of the normal load.
+            // The previous retry is over: its slot goes back before this one is taken.
+            _retry_slot = None;
             match cluster.admit_retry() {
                 Some(slot) => _retry_slot = Some(slot),
                 None => break,
@@ -593,6 +607,8 @@ fn report_outcome(
     };
     let failed = match result {
         Ok((resp, _)) => resp.status().is_server_error(),
+        // Legate's own refusals (overflow, out of descriptors) say nothing of the endpoint.
+        Err(f) if f.error.origin() == super::error::Origin::Internal => return,
         Err(f) => matches!(
             f.error,
             ProxyError::ConnectFailed { .. }

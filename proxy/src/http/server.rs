@@ -17,9 +17,6 @@ use crate::drain;
 use crate::io::Touching;
 use crate::listener::{HttpSettings, Listener};
 
-/// Checks per `idle_timeout`: without traffic for that many, a connection is closed.
-const IDLE_CHECKS: u32 = 4;
-
 /// Serves one client connection: TLS first if the listener has it, then HTTP/1.1 or HTTP/2.
 pub async fn serve(
     stream: TcpStream,
@@ -115,11 +112,9 @@ async fn serve_http<T>(
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
 
-    // One coarse timer per connection, never one per request.
-    // The tick also checks the streams' idle clocks, which may need it finer.
-    let period = (settings.idle_timeout / IDLE_CHECKS)
-        .min(settings.stream_check_period)
-        .max(Duration::from_millis(100));
+    // One coarse timer per connection, never one per request. It also checks the streams'
+    // idle clocks, which count in its ticks.
+    let period = settings.tick;
     let idle_checks = settings
         .idle_timeout
         .as_millis()

@@ -79,9 +79,10 @@ pub struct HttpSettings {
     /// Cut a request with no body bytes moving this long after its response head, unless
     /// its route says otherwise.
     pub stream_idle_timeout: Duration,
-    /// How often a connection checks its streams: fine enough for the shortest
-    /// `stream_idle_timeout` of the listener and its routes.
-    pub stream_check_period: Duration,
+    /// How often a connection's tick checks its idleness and its streams: fine enough for
+    /// `idle_timeout` and for the shortest `stream_idle_timeout` of the listener and its
+    /// routes. Fixed for a connection's life.
+    pub tick: Duration,
     /// How request paths are normalised before routing.
     pub normalize: PathNormalization,
     pub access_log: Option<AccessLogFormat>,
