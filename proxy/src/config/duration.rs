@@ -96,7 +96,12 @@ impl std::str::FromStr for Duration {
                 ));
             }
             let Some(&(_, ms)) = UNITS.iter().find(|(u, _)| *u == unit) else {
-                return Err(if unit.is_empty() {
+                return Err(if unit.is_empty() && after.starts_with('.') {
+                    format!(
+                        "invalid duration {s:?}: fractions are not accepted; write it in a \
+                         smaller unit, e.g. \"1500ms\" for 1.5s"
+                    )
+                } else if unit.is_empty() {
                     format!("invalid duration {s:?}: {number} has no unit; {hint}")
                 } else {
                     format!("invalid duration {s:?}: unknown unit {unit:?}; {hint}")
@@ -185,10 +190,13 @@ mod tests {
 
     #[test]
     fn only_documented_units() {
-        for text in ["5M", "1y", "1w", "1.5s", "10us", "3 s", "s", "-1s", "1h30"] {
+        for text in ["5M", "1y", "1w", "10us", "3 s", "s", "-1s", "1h30"] {
             let e = text.parse::<Duration>().unwrap_err();
             assert!(e.contains("ms, s, m, h or d"), "{text}: {e}");
         }
+        let e = "1.5s".parse::<Duration>().unwrap_err();
+        assert!(e.contains("fractions are not accepted"), "{e}");
+        assert!(e.contains("\"1500ms\""), "{e}");
         let e = "5M".parse::<Duration>().unwrap_err();
         assert!(e.contains("unknown unit \"M\""), "{e}");
     }

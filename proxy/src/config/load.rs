@@ -138,24 +138,44 @@ impl Loaded {
         });
     }
 
-    /// Deserialize one section or entry found at `path`, recording the error if it fails.
+    /// Deserialize one section or entry found at `path`. When it fails, every field that
+    /// fails is reported, not only the first: each bad field is taken out of a copy and the
+    /// rest deserialized again, until the rest is fine or a field cannot be taken out. An
+    /// entry with any error is dropped, as it cannot be used as written.
     fn entry<T: DeserializeOwned>(&mut self, path: &FieldPath, value: &Value) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let mut full = path.clone();
-                for segment in e.path() {
-                    push_segment(&mut full, segment);
-                }
-                let message = e.inner().to_string();
-                let message = number_message(&message)
-                    .or_else(|| unquoted_number_message(&message))
-                    .unwrap_or(message);
-                let hint = hint(&message);
-                self.error(full, format!("{message}{hint}"));
-                None
+        let first = match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let mut rest = value.clone();
+        let mut error = first;
+        for _ in 0..MAX_ERRORS_PER_ENTRY {
+            let segments: Vec<Segment> = error.path().iter().cloned().collect();
+            let message = error.inner().to_string();
+            let mut full = path.clone();
+            for segment in &segments {
+                push_segment(&mut full, segment);
+            }
+            let message = number_message(&message)
+                .or_else(|| unquoted_number_message(&message))
+                .unwrap_or(message);
+            let hint = hint(&message);
+            self.error(full, format!("{message}{hint}"));
+            // Only a field of a mapping can be taken out; a list item or the entry itself
+            // with the wrong shape ends the search.
+            if !take_out(&mut rest, &segments) {
+                return None;
+            }
+            error = match serde_path_to_error::deserialize::<_, T>(&rest) {
+                Ok(_) => return None,
+                Err(e) => e,
+            };
+            // A field missing because a bad one was taken out is no problem of the file.
+            if error.inner().to_string().starts_with("missing field") {
+                return None;
             }
         }
+        None
     }
 
     fn listeners(&mut self, value: &Value) {
@@ -332,6 +352,51 @@ fn number_message(message: &str) -> Option<String> {
     })
 }
 
+/// The most problems reported for one entry's fields.
+const MAX_ERRORS_PER_ENTRY: usize = 64;
+
+/// Removes the mapping entry at `segments` from `value`; `false` when the path does not end
+/// in a mapping key, or leads nowhere.
+fn take_out(value: &mut Value, segments: &[Segment]) -> bool {
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let Segment::Map { key } = last else {
+        return false;
+    };
+    let mut current = value;
+    for segment in parents {
+        current = match untag_mut(current) {
+            Value::Mapping(map) => match segment {
+                Segment::Map { key } => match map.get_mut(key.as_str()) {
+                    Some(v) => v,
+                    None => return false,
+                },
+                _ => return false,
+            },
+            Value::Sequence(items) => match segment {
+                Segment::Seq { index } => match items.get_mut(*index) {
+                    Some(v) => v,
+                    None => return false,
+                },
+                _ => return false,
+            },
+            _ => return false,
+        };
+    }
+    match untag_mut(current) {
+        Value::Mapping(map) => map.remove(key.as_str()).is_some(),
+        _ => false,
+    }
+}
+
+fn untag_mut(mut value: &mut Value) -> &mut Value {
+    while let Value::Tagged(tagged) = value {
+        value = &mut tagged.value;
+    }
+    value
+}
+
 /// The largest config text read. Anchors and aliases are bounded by the YAML parser's own
 /// repetition limit.
 pub const MAX_CONFIG_BYTES: usize = 16 * 1024 * 1024;
@@ -506,6 +571,70 @@ mod tests {
                 2,
                 "has a scheme: an endpoint is an address, write \"10.0.0.1:80\"",
             )],
+        );
+    }
+
+    #[test]
+    fn every_bad_field_of_an_entry_is_reported() {
+        assert_errors(
+            r#"
+            listeners:
+              - name: front
+                listen: 127.0.0.1:0
+                backlog: -1
+                htp: { route_table: main }
+                http:
+                  route_table: main
+                  idle_timeout: 5 minutes
+                  escaped_slashes: drop
+                  max_header_size: lots
+            clusters:
+              - name: app
+                lb: round_robbin
+                connect_timeout: 1.5s
+                endpoints: ["10.0.0.1:80"]
+                circuit_breakers: { max_requests: -5, max_pending: many }
+            "#,
+            &[
+                ("listeners[0].backlog", 4, "must be ≥ 0 (got -1)"),
+                ("listeners[0].htp", 5, "unknown field `htp`"),
+                ("listeners[0].http.idle_timeout", 8, "5 minutes"),
+                (
+                    "listeners[0].http.escaped_slashes",
+                    9,
+                    "unknown variant `drop`",
+                ),
+                ("listeners[0].http.max_header_size", 10, "invalid type"),
+                ("clusters[0].lb", 13, "did you mean `round_robin`"),
+                (
+                    "clusters[0].connect_timeout",
+                    14,
+                    "fractions are not accepted",
+                ),
+                (
+                    "clusters[0].circuit_breakers.max_pending",
+                    16,
+                    "invalid type",
+                ),
+                (
+                    "clusters[0].circuit_breakers.max_requests",
+                    16,
+                    "must be ≥ 0 (got -5)",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn an_entry_of_the_wrong_shape_is_one_problem() {
+        assert_errors(
+            r#"
+            listeners:
+              - name: front
+                listen: 127.0.0.1:0
+                http: 5
+            "#,
+            &[("listeners[0].http", 4, "invalid type")],
         );
     }
 

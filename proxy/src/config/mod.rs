@@ -390,6 +390,7 @@ mod tests {
             &[
                 ("runtime.drain_timeout", 1, "longer than the maximum, 365d"),
                 ("clusters[0].connect_timeout", 4, "unknown unit \"M\""),
+                ("clusters[0].idle_timeout", 5, "fractions are not accepted"),
             ],
         );
         let config = parse_ok("runtime: { drain_timeout: 365d }\n");
