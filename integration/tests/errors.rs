@@ -410,3 +410,28 @@ async fn hosts_that_could_mislead_routing_are_refused() -> Result<()> {
     assert_eq!(dotted.status, StatusCode::OK);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_never_completes_the_handshake_is_502_connect_timeout() -> Result<()> {
+    // A listener whose accept queue is full and never drained: the kernel drops further
+    // SYNs, so a connect to it neither succeeds nor fails until the cluster's 500ms
+    // connect_timeout gives up.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.1:0".parse()?)?;
+    let full = socket.listen(0)?;
+    let addr = full.local_addr()?;
+    let mut queued = Vec::new();
+    while queued.len() < 8 {
+        match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            _ => break,
+        }
+    }
+    let proxy =
+        Proxy::start(yaml(&ERRORS.replace("timeout: 200ms", "timeout: 5s")).set("APP", addr))?;
+    let reply = client::get(proxy.addr("front"), "app.example.org", "/app").await?;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    assert_eq!(reply.legate_error(), Some("connect-timeout"));
+    drop(full);
+    Ok(())
+}
