@@ -17,7 +17,9 @@
 //!   with credentials marks a primary down when replicas are required;
 //! - plain TCP: half-close in both directions, and back-pressure from a slow upstream;
 //! - L4 limits: sessions beyond a cluster's `max_connections` are refused (Postgres ones with
-//!   SQLSTATE 53300), and a silent Postgres client never gets a server connection.
+//!   SQLSTATE 53300), a silent Postgres client never gets a server connection, an idle
+//!   session is closed after `idle_timeout`, and a refused connect fails over to the next
+//!   endpoint within `connect_attempts`.
 //!
 //! The SIGHUP test runs the binary; it needs `cargo build -p legate --bin legate` first.
 //! PostgreSQL must be installed (`/usr/lib/postgresql/*/bin`, or `$LEGATE_PG_BIN`).
@@ -1144,5 +1146,58 @@ async fn a_silent_postgres_client_holds_no_server_connection() -> Result<()> {
         1,
         "no server connection for the silent client"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_idle_tcp_session_is_closed_after_the_listeners_idle_timeout() -> Result<()> {
+    let (upstream, _) = counting_echo().await?;
+    let config = TCP_CONFIG.replace(
+        "tcp: { cluster: upstream }",
+        "tcp: { cluster: upstream, idle_timeout: 300ms }",
+    );
+    let proxy = start_proxy(yaml(&config).set("UPSTREAM", upstream)).await?;
+    let mut session = TcpStream::connect(proxy.addr("raw")).await?;
+    echoes(&mut session, b"still here").await?;
+    // Then silence: Legate closes the session (the read ends) well before the test's limit.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), session.read_to_end(&mut rest))
+        .await
+        .context("the idle session stayed open")??;
+    assert!(rest.is_empty(), "{rest:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tcp_session_fails_over_to_the_next_endpoint_when_a_connect_is_refused() -> Result<()> {
+    let (live, accepted) = counting_echo().await?;
+    let dead = legate_integration::upstream::closed_port();
+    let config = TCP_CONFIG
+        .replace(
+            "tcp: { cluster: upstream }",
+            "tcp: { cluster: upstream, connect_attempts: 2 }",
+        )
+        .replace(
+            "    endpoints: [\"${UPSTREAM}\"]",
+            "    lb: round_robin\n    endpoints: [\"${DEAD}\", \"${UPSTREAM}\"]",
+        );
+    let proxy = start_proxy(yaml(&config).set("UPSTREAM", live).set("DEAD", dead)).await?;
+    // Round robin alternates, so some sessions try the dead endpoint first: every one of
+    // them still reaches the live one.
+    for i in 0..4 {
+        let mut session = TcpStream::connect(proxy.addr("raw")).await?;
+        echoes(&mut session, format!("session {i}").as_bytes()).await?;
+    }
+    assert_eq!(*accepted.borrow(), 4);
+    let e = wait_endpoint(
+        proxy.admin(),
+        "upstream",
+        dead,
+        Duration::from_secs(5),
+        "counted as failed connects",
+        |e| e["connect_failures"].as_u64().is_some_and(|n| n >= 1),
+    )
+    .await?;
+    assert_eq!(count(&e, "total_sessions"), 0, "{e}");
     Ok(())
 }
