@@ -41,6 +41,7 @@ async fn ready_and_healthz_answer_200() -> Result<()> {
     assert_eq!(ready.text(), "ready\n");
     let healthz = client::get(admin, "admin", "/healthz").await?;
     assert_eq!(healthz.status, StatusCode::OK);
+    assert_eq!(healthz.text(), "ok\n", "docs/config.md: always `200 ok`");
     Ok(())
 }
 
