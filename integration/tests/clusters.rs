@@ -1,6 +1,7 @@
 //! Upstream clusters end to end: active health checks (an upstream killed and restarted on
 //! its port), depooling by reload, outlier ejection and its end, circuit-breaker overflow, DNS
-//! endpoints, zone-aware routing and failover, the balancers over real requests, slow start,
+//! endpoints, zone-aware routing and failover, the balancers over real requests (hashing on
+//! a header, a cookie and the client IP), slow start,
 //! and `/ready` waiting for the first health-check round. State is read from `GET /clusters`.
 //!
 //! The depooling test runs the binary; it needs `cargo build -p legate --bin legate` first.
@@ -1194,5 +1195,65 @@ async fn ready_waits_for_the_first_health_check_round() -> Result<()> {
     let reply = client::get(proxy.addr("front"), HOST, "/").await?;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.upstream(), Some("held"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maglev_on_a_cookie_and_ring_hash_on_the_client_ip_keep_their_clients_in_place(
+) -> Result<()> {
+    let ups = [
+        Upstream::echo("u1").await?,
+        Upstream::echo("u2").await?,
+        Upstream::echo("u3").await?,
+    ];
+    let clusters = |lb: &str, hash_on: &str| {
+        config(&format!(
+            r#"
+  - name: app
+    lb: {lb}
+    hash_on: {hash_on}
+    endpoints: ["${{U1}}", "${{U2}}", "${{U3}}"]
+"#
+        ))
+        .set("U1", ups[0].addr())
+        .set("U2", ups[1].addr())
+        .set("U3", ups[2].addr())
+    };
+
+    // Maglev on the `session` cookie: each session stays on one upstream, over new
+    // connections, while the sessions spread; the other cookies do not count.
+    let proxy = Proxy::start(clusters("maglev", "{ cookie: session }"))?;
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    for round in 0..3 {
+        let mut client = Http1::connect(proxy.addr("front")).await?;
+        for session in 0..20 {
+            let session = format!("s{session}");
+            let mut req = client::request(http::Method::GET, HOST, "/");
+            let cookie = format!("theme=t{round}; session={session}; lang=en");
+            req.headers_mut().insert("cookie", cookie.parse()?);
+            let reply = client.request(req).await?;
+            assert_eq!(reply.status, StatusCode::OK);
+            let upstream = reply.upstream().context("x-upstream")?.to_owned();
+            match owner.get(&session) {
+                Some(first) => assert_eq!(*first, upstream, "{session} moved in round {round}"),
+                None => {
+                    owner.insert(session, upstream);
+                }
+            }
+        }
+    }
+    let distinct: std::collections::BTreeSet<_> = owner.values().collect();
+    assert!(distinct.len() >= 2, "sessions spread: {owner:?}");
+    drop(proxy);
+
+    // Ring hash on the client IP: every connection from 127.0.0.1 lands on one upstream.
+    let proxy = Proxy::start(clusters("ring_hash", "{ client_ip: true }"))?;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let reply = client::get(proxy.addr("front"), HOST, "/").await?;
+        assert_eq!(reply.status, StatusCode::OK);
+        seen.insert(reply.upstream().context("x-upstream")?.to_owned());
+    }
+    assert_eq!(seen.len(), 1, "one client, one upstream: {seen:?}");
     Ok(())
 }
