@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use http::header::HOST;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -93,6 +93,24 @@ pub async fn read_reply(resp: Response<Incoming>) -> Result<Reply> {
 /// A request with `Host` set and an empty body, ready for [`Http1::send`].
 pub fn request(method: Method, host: &str, path: &str) -> Request<Body> {
     request_with_body(method, host, path, body::empty())
+}
+
+/// A WebSocket handshake (`GET path`, `Connection: Upgrade`, `Upgrade: websocket` and the
+/// RFC 6455 sample key) with `Host` set.
+pub fn websocket_request(host: &str, path: &str) -> Request<Body> {
+    let mut req = request(Method::GET, host, path);
+    let h = req.headers_mut();
+    h.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        "sec-websocket-key",
+        HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+    );
+    h.insert("sec-websocket-version", HeaderValue::from_static("13"));
+    req
 }
 
 /// A request with `Host` set and the given body.

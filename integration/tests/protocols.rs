@@ -241,13 +241,9 @@ async fn websocket_upgrade_tunnels_bytes_both_ways() -> Result<()> {
     let proxy = proxy_to(&app, "http1")?;
     let mut client = Http1::connect(proxy.addr("front")).await?;
 
-    let mut req = request(Method::GET, "ws.example.org", "/chat");
-    let h = req.headers_mut();
-    h.insert(CONNECTION, "Upgrade".parse()?);
-    h.insert(UPGRADE, "websocket".parse()?);
-    h.insert("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==".parse()?);
-    h.insert("sec-websocket-version", "13".parse()?);
-    let mut resp = client.send(req).await?;
+    let mut resp = client
+        .send(client::websocket_request("ws.example.org", "/chat"))
+        .await?;
 
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(

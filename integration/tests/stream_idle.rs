@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
-use http::header::{CONNECTION, UPGRADE};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -174,13 +173,9 @@ async fn an_idle_websocket_tunnel_is_closed() -> Result<()> {
     let app = Upstream::builder("ws").http1_only().start().await?;
     let proxy = start(&app)?;
     let mut client = Http1::connect(proxy.addr("front")).await?;
-    let mut req = request(Method::GET, "short.example.org", "/chat");
-    let h = req.headers_mut();
-    h.insert(CONNECTION, "Upgrade".parse()?);
-    h.insert(UPGRADE, "websocket".parse()?);
-    h.insert("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==".parse()?);
-    h.insert("sec-websocket-version", "13".parse()?);
-    let mut resp = client.send(req).await?;
+    let mut resp = client
+        .send(client::websocket_request("short.example.org", "/chat"))
+        .await?;
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     let upgraded =
         tokio::time::timeout(Duration::from_secs(5), hyper::upgrade::on(&mut resp)).await??;
