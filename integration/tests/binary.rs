@@ -73,6 +73,32 @@ async fn sigterm_drains_the_in_flight_request_and_exits_zero() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_drain_timeout_cuts_the_request_and_exits_two() -> Result<()> {
+    let stuck = Upstream::echo("stuck").await?;
+    let config = CONFIG.replace("drain_timeout: 5s", "drain_timeout: 300ms");
+    let mut legate =
+        Legate::start(yaml(&config).set("APP", stuck.addr()).set("FORMAT", "text")).await?;
+    let mut client = Http1::connect(legate.addr("front")).await?;
+    let in_flight =
+        tokio::spawn(async move { client.get("app.example.org", "/delay/30000").await });
+    stuck.wait_requests(1).await?;
+
+    legate.signal("TERM").await?;
+
+    let status = legate.wait_exit(Duration::from_secs(10)).await?;
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "a drain that cut work exits 2; stderr:\n{}",
+        legate.stderr_text()
+    );
+    legate.wait_stderr("drain_timeout expired").await?;
+    let cut = tokio::time::timeout(Duration::from_secs(2), in_flight).await??;
+    assert!(cut.is_err(), "the request still open is cut off: {cut:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_exits_at_once_even_with_a_request_in_flight() -> Result<()> {
     let slow = Upstream::echo("slow").await?;
     let mut legate = start(&slow, "text").await?;

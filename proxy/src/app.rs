@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin::{self, Admin};
 use crate::apply::reconcile::DataPlane;
@@ -170,7 +170,14 @@ impl App {
         for t in &self.applier.drain_all() {
             clean &= t.drain_until(deadline).await;
         }
-        info!(clean, "drained");
+        if clean {
+            info!("drained");
+        } else {
+            warn!(
+                ?timeout,
+                "drain_timeout expired: closing the connections and sessions still open"
+            );
+        }
         self.stop();
         clean
     }

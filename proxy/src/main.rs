@@ -9,6 +9,10 @@ use tracing::{error, info};
 
 use legate::{app, apply, config};
 
+/// The exit status after SIGTERM when `runtime.drain_timeout` cut connections or sessions
+/// that were still open (0 means everything finished).
+const EXIT_DRAIN_CUT: u8 = 2;
+
 #[derive(Parser)]
 #[command(name = "legate", version, about = "A sidecar service-mesh proxy")]
 struct Cli {
@@ -147,8 +151,11 @@ fn run(path: PathBuf) -> ExitCode {
                 _ = term.recv() => {
                     info!("SIGTERM: draining");
                     let timeout = app.snapshot().config.runtime.drain_timeout.get();
-                    app.shutdown(timeout).await;
-                    return ExitCode::SUCCESS;
+                    if app.shutdown(timeout).await {
+                        return ExitCode::SUCCESS;
+                    }
+                    // Work was cut: say so to the supervisor, not only in the log.
+                    return ExitCode::from(EXIT_DRAIN_CUT);
                 }
                 _ = int.recv() => {
                     info!("SIGINT: exiting");
