@@ -837,12 +837,14 @@ async fn zone_failover(panic_threshold: &str) -> Result<()> {
     })
     .await?;
     assert_eq!(share["panic"], false, "{share}");
-    let spill = send(&mut client, 200, "/").await?;
+    // 1,000 picks: 30% to zone b is 300 ± 15 (one standard deviation), so the bounds sit
+    // four deviations out, while a balancer blind to zones would send 500 ± 16 there.
+    let spill = send(&mut client, 1000, "/").await?;
     assert!(spill.failures.is_empty(), "{spill:?}");
     assert_eq!(spill.of("a1"), 0, "{spill:?}");
     assert!(
-        (20..=100).contains(&spill.of("b1")),
-        "about 30% spills to zone b: {spill:?}"
+        (240..=360).contains(&spill.of("b1")),
+        "30% spills to zone b: {spill:?}"
     );
 
     // All of zone a down: everything goes to zone b.
@@ -871,6 +873,75 @@ async fn zone_failover_with_the_default_panic_threshold() -> Result<()> {
 }
 
 // === 7. balancers ===
+
+// === 7. panic mode ===
+
+/// `n` GETs, tallied by the upstream that answered, whatever the status.
+async fn answered_by(client: &mut Http1, n: usize) -> Result<BTreeMap<String, usize>> {
+    let mut by = BTreeMap::new();
+    for _ in 0..n {
+        let reply = client.get(HOST, "/").await?;
+        let name = reply.upstream().unwrap_or("<no x-upstream>").to_owned();
+        *by.entry(name).or_default() += 1;
+    }
+    Ok(by)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_healthy_endpoint_of_three_panics_and_traffic_spreads_over_all() -> Result<()> {
+    let good = Upstream::echo("good").await?;
+    let sick1 = Upstream::builder("sick1").status(503).start().await?;
+    let sick2 = Upstream::builder("sick2").status(503).start().await?;
+    let clusters = r#"
+  - name: app
+    lb: round_robin
+    health_check: ${CHECKS}
+    ${PANIC}
+    endpoints: ["${GOOD}", "${SICK1}", "${SICK2}"]
+"#;
+    let with = |panic: &str| {
+        config(clusters)
+            .set("CHECKS", FAST_CHECKS)
+            .set("PANIC", panic)
+            .set("GOOD", good.addr())
+            .set("SICK1", sick1.addr())
+            .set("SICK2", sick2.addr())
+    };
+    let proxy = Proxy::start(with(""))?;
+    let admin = proxy.admin();
+    wait_health(admin, good.addr(), "healthy").await?;
+    wait_health(admin, sick1.addr(), "unhealthy").await?;
+    wait_health(admin, sick2.addr(), "unhealthy").await?;
+
+    // 1 of 3 usable is under the default 50%: the health signal is distrusted and every
+    // pooled endpoint takes its share.
+    let status = cluster_status(admin, "app").await?;
+    assert_eq!(status["panic"], true, "{status}");
+    let mut client = Http1::connect(proxy.addr("front")).await?;
+    let spread = answered_by(&mut client, 30).await?;
+    for name in ["good", "sick1", "sick2"] {
+        assert!(
+            spread.get(name).copied().unwrap_or(0) >= 5,
+            "in panic mode {name} takes its share: {spread:?}"
+        );
+    }
+
+    // With panic mode off, only the healthy endpoint is used.
+    proxy.apply(with("panic_threshold: 0"))?;
+    let status = eventually(Duration::from_secs(2), || async {
+        let c = cluster_status(admin, "app").await?;
+        ensure!(c["panic"] == false, "still in panic: {c}");
+        Ok(c)
+    })
+    .await?;
+    let healthy_only = answered_by(&mut client, 30).await?;
+    assert_eq!(
+        healthy_only,
+        BTreeMap::from([("good".to_owned(), 30)]),
+        "{status}"
+    );
+    Ok(())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_follows_weights() -> Result<()> {
