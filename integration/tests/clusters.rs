@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -648,10 +648,7 @@ async fn removing_an_ejected_endpoint_frees_its_share_of_the_ejection_budget() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_requests_overflow_answers_503_at_once_without_queueing() -> Result<()> {
-    let slow = Upstream::builder("slow")
-        .delay(Duration::from_secs(1))
-        .start()
-        .await?;
+    let held = Upstream::builder("held").hold().start().await?;
     let proxy = Proxy::start(
         config(
             r#"
@@ -660,7 +657,7 @@ async fn max_requests_overflow_answers_503_at_once_without_queueing() -> Result<
     endpoints: ["${A}"]
 "#,
         )
-        .set("A", slow.addr()),
+        .set("A", held.addr()),
     )?;
     let front = proxy.addr("front");
     let mut clients = Vec::new();
@@ -669,45 +666,144 @@ async fn max_requests_overflow_answers_503_at_once_without_queueing() -> Result<
     }
     let mut tasks = JoinSet::new();
     for mut c in clients {
-        tasks.spawn(async move {
-            let start = Instant::now();
-            let reply = c.get(HOST, "/").await;
-            (reply, start.elapsed())
-        });
+        tasks.spawn(async move { c.get(HOST, "/").await });
     }
-    let mut ok = Vec::new();
-    let mut overflow = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (reply, elapsed) = joined?;
-        let reply = reply?;
-        match (reply.status, reply.legate_error()) {
-            (StatusCode::OK, _) => ok.push(elapsed),
-            (StatusCode::SERVICE_UNAVAILABLE, Some("overflow")) => overflow.push(elapsed),
-            (status, error) => bail!("unexpected answer {status} {error:?}"),
-        }
-    }
-    assert_eq!(
-        ok.len(),
-        2,
-        "two requests fit: ok {ok:?}, overflow {overflow:?}"
-    );
-    assert_eq!(overflow.len(), 3, "ok {ok:?}, overflow {overflow:?}");
-    for t in &overflow {
-        assert!(
-            *t < Duration::from_millis(500),
-            "an overflow is answered at once, not after queueing: {overflow:?}"
+    // Two requests fit and are held by the upstream. The other three are answered while
+    // those two are still held: an overflow does not queue for a free slot.
+    held.wait_requests(2).await?;
+    for _ in 0..3 {
+        let reply = tasks.join_next().await.context("a reply")???;
+        assert_eq!(
+            (reply.status, reply.legate_error()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("overflow")),
+            "{}",
+            reply.text()
         );
     }
-    for t in &ok {
-        assert!(*t >= Duration::from_millis(900), "{ok:?}");
-    }
     assert_eq!(
-        slow.requests(),
+        held.requests(),
         2,
         "overflowed requests never reach the upstream"
     );
+    held.open_gate();
+    held.open_gate();
+    while let Some(joined) = tasks.join_next().await {
+        assert_eq!(joined??.status, StatusCode::OK);
+    }
     let status = cluster_status(proxy.admin(), "app").await?;
     assert!(count(&status["overflows"]) >= 3, "{status}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_refuses_a_second_upstream_connection_and_reuses_the_first() -> Result<()> {
+    let held = Upstream::builder("held").hold().start().await?;
+    let proxy = Proxy::start(
+        config(
+            r#"
+  - name: app
+    circuit_breakers: { max_connections: 1 }
+    endpoints: ["${A}"]
+"#,
+        )
+        .set("A", held.addr()),
+    )?;
+    let front = proxy.addr("front");
+    let mut first = Http1::connect(front).await?;
+    let in_flight = tokio::spawn(async move {
+        let reply = first.get(HOST, "/").await;
+        (first, reply)
+    });
+    held.wait_requests(1).await?;
+
+    // The one connection allowed is busy: a second request would need another one.
+    let second = client::get(front, HOST, "/").await?;
+    assert_eq!(
+        second.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        second.text()
+    );
+    assert_eq!(second.legate_error(), Some("overflow"));
+    let status = cluster_status(proxy.admin(), "app").await?;
+    assert_eq!(count(&status["connections"]), 1, "{status}");
+    assert!(count(&status["overflows"]) >= 1, "{status}");
+
+    held.open_gate();
+    let (mut first, reply) = in_flight.await?;
+    assert_eq!(reply?.status, StatusCode::OK);
+    // The same client connection stays on its worker, whose pooled connection is free again.
+    held.open_gate();
+    let again = first.get(HOST, "/").await?;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(
+        held.requests(),
+        2,
+        "the overflowed request never reached the upstream"
+    );
+    assert_eq!(held.connections(), 1, "one upstream connection served both");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_pending_refuses_a_request_while_another_waits_for_its_connection() -> Result<()> {
+    // A listener whose accept queue is full: a connect to it hangs until connect_timeout.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.1:0".parse()?)?;
+    let full = socket.listen(0)?;
+    let addr = full.local_addr()?;
+    let mut queued = Vec::new();
+    while queued.len() < 8 {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => queued.push(stream),
+            _ => break,
+        }
+    }
+    let proxy = Proxy::start(
+        config(
+            r#"
+  - name: app
+    connect_timeout: 1s
+    circuit_breakers: { max_pending: 1 }
+    endpoints: ["${A}"]
+"#,
+        )
+        .set("A", addr),
+    )?;
+    let front = proxy.addr("front");
+    let admin = proxy.admin();
+    let waiting = tokio::spawn(async move { client::get(front, HOST, "/").await });
+    eventually(Duration::from_secs(2), || async {
+        let c = cluster_status(admin, "app").await?;
+        ensure!(
+            count(&c["pending"]) == 1,
+            "no request is connecting yet: {c}"
+        );
+        Ok(())
+    })
+    .await?;
+
+    let refused = client::get(front, HOST, "/").await?;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(refused.legate_error(), Some("overflow"));
+    assert!(
+        !waiting.is_finished(),
+        "the refusal came while the first request was still connecting"
+    );
+    let first = waiting.await??;
+    assert_eq!(first.status, StatusCode::BAD_GATEWAY, "{}", first.text());
+    assert_eq!(first.legate_error(), Some("connect-timeout"));
+    drop(full);
     Ok(())
 }
 
