@@ -854,6 +854,88 @@ clusters:
     Ok(())
 }
 
+#[tokio::test]
+async fn a_replica_whose_replay_is_paused_goes_down_past_max_lag_and_returns_on_resume(
+) -> Result<()> {
+    let pg = PgSet::start(1).await?;
+    let (primary, replica) = (&pg.primary, &pg.replicas[0]);
+    let config = yaml(
+        r#"
+admin: { listen: 127.0.0.1:0 }
+access_log: { enabled: false }
+listeners:
+  - name: pg
+    listen: 127.0.0.1:0
+    tcp: { cluster: replicas, protocol: postgres }
+clusters:
+  - name: replicas
+    health_check:
+      { postgres: { user: ${USER}, password: ${PASSWORD}, max_lag: 2s }${CHECKS} }
+    endpoints: ["${REPLICA}"]
+  - name: patient
+    health_check:
+      { postgres: { user: ${USER}, password: ${PASSWORD}, max_lag: 1h }${CHECKS} }
+    endpoints: ["${REPLICA}"]
+"#,
+    )
+    .set("USER", CHECK_USER)
+    .set("PASSWORD", CHECK_PASSWORD)
+    .set(
+        "CHECKS",
+        ", interval: 1s, timeout: 1s, jitter: 0s, unhealthy_threshold: 1, healthy_threshold: 1",
+    )
+    .set("REPLICA", replica.addr());
+    let proxy = start_proxy(config).await?;
+    let admin = proxy.admin();
+    let limit = Duration::from_secs(15);
+
+    // A transaction the replica has replayed, so replay has a timestamp to lag behind.
+    primary
+        .connect()
+        .await?
+        .execute("CREATE TABLE lag_probe (n int); INSERT INTO lag_probe VALUES (1)")
+        .await?;
+    eventually(limit, || async {
+        ensure!(replica.value("SELECT count(*) FROM lag_probe").await? == "1");
+        Ok(())
+    })
+    .await?;
+    wait_health(admin, CLUSTER, replica.addr(), "healthy", limit).await?;
+
+    // Replay paused while the primary keeps writing: the replica receives WAL it does not
+    // apply, and its lag grows past 2 s.
+    replica.value("SELECT pg_wal_replay_pause()").await?;
+    let primary_session = primary.connect().await?;
+    primary_session
+        .execute("INSERT INTO lag_probe VALUES (2)")
+        .await?;
+    eventually(limit, || async {
+        // Keep WAL arriving, so the replica never looks caught up.
+        primary_session
+            .execute("INSERT INTO lag_probe VALUES (3)")
+            .await?;
+        let e = endpoint(admin, CLUSTER, replica.addr()).await?;
+        ensure!(
+            e["health"] == "unhealthy",
+            "still healthy while paused: {e}"
+        );
+        Ok(())
+    })
+    .await?;
+    assert_eq!(
+        replica.value("SELECT count(*) FROM lag_probe").await?,
+        "1",
+        "replay really is paused"
+    );
+    // The same checks with a looser max_lag still pass: the query works, only the lag is high.
+    let patient = endpoint(admin, "patient", replica.addr()).await?;
+    assert_eq!(patient["health"], "healthy", "{patient}");
+
+    replica.value("SELECT pg_wal_replay_resume()").await?;
+    wait_health(admin, CLUSTER, replica.addr(), "healthy", limit).await?;
+    Ok(())
+}
+
 // === plain TCP ===
 
 const TCP_CONFIG: &str = r#"
