@@ -176,6 +176,21 @@ fn server(handle: &ServerHandle) -> String {
 
 const SEC: Duration = Duration::from_secs(1);
 
+/// `GET /v1/status`, asked again until `ready` holds for it (within 5 s): the server records
+/// what a proxy sent after the test's own write returns.
+async fn status_when(server: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..500 {
+        let status = request(server, Method::GET, "/v1/status", None)
+            .await
+            .unwrap();
+        if ready(&status) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("/v1/status never showed what the test waits for")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_sync_operator_change_and_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -272,11 +287,11 @@ async fn proxy_sync_operator_change_and_restart() {
         5
     );
 
-    // Status shows the ACKed versions.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let status = request(&server(&handle), Method::GET, "/v1/status", None)
-        .await
-        .unwrap();
+    // Status shows the ACKed versions, once the server has read the ACK.
+    let status = status_when(&server(&handle), |s| {
+        s["proxies"][0]["versions"]["endpoints"]["acked"] == json!(new_system)
+    })
+    .await;
     let p = &status["proxies"][0];
     assert_eq!(p["node"]["id"], "maps1009");
     assert_eq!(p["node"]["zone"], "eqiad");

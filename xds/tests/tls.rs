@@ -353,10 +353,17 @@ async fn mtls_stream_refusals_and_cli() {
     assert!(proxy.recv(SEC / 2).await.is_none(), "nothing more to send");
 
     // The operator API over https (HTTP/1.1 via ALPN), with the CLI's function.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let status = request_with(&https, &pki.good_client(), Method::GET, "/v1/status", None)
-        .await
-        .unwrap();
+    // Asked again until the server has recorded the proxy's stream.
+    let mut status = serde_json::Value::Null;
+    for _ in 0..500 {
+        status = request_with(&https, &pki.good_client(), Method::GET, "/v1/status", None)
+            .await
+            .unwrap();
+        if status["proxies"][0]["node"]["id"] == "maps1009" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(status["proxies"][0]["node"]["id"], "maps1009");
     assert_eq!(status["proxies"].as_array().unwrap().len(), 1);
     let answer = request_with(
