@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,12 +22,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use legate_integration::body::{self, Body};
 use legate_integration::client::{self, Http1};
+use legate_integration::dns::NameServer;
 use legate_integration::eventually;
 use legate_integration::process::Legate;
 use legate_integration::proxy::{yaml, Proxy, Yaml};
 use legate_integration::upstream::Upstream;
 use serde_json::Value;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -882,6 +884,145 @@ async fn dns_names_resolve_and_an_unresolvable_one_is_reported_and_holds_ready()
         Ok(())
     })
     .await?;
+    Ok(())
+}
+
+/// A TCP echo server on 127.0.0.1; returns its port.
+async fn tcp_echo() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// Sends a line on an open session and reads it back.
+async fn echo(session: &mut TcpStream, line: &str) -> Result<()> {
+    session.write_all(line.as_bytes()).await?;
+    let mut back = vec![0; line.len()];
+    tokio::time::timeout(Duration::from_secs(5), session.read_exact(&mut back))
+        .await
+        .context("no echo within 5 s")??;
+    ensure!(
+        back == line.as_bytes(),
+        "echoed {:?}",
+        String::from_utf8_lossy(&back)
+    );
+    Ok(())
+}
+
+/// The endpoint addresses `/clusters` lists for `cluster`, and its `dns_error`.
+async fn dns_view(admin: SocketAddr, cluster: &str) -> Result<(Vec<String>, Value)> {
+    let c = cluster_status(admin, cluster).await?;
+    let addresses = c["endpoints"]
+        .as_array()
+        .context("a cluster has an endpoints list")?
+        .iter()
+        .map(|e| e["address"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    Ok((addresses, c["dns_error"].clone()))
+}
+
+/// A name is asked again every `dns_refresh`. While its server fails, the last good address
+/// stays pooled: live sessions carry on and new ones open. When the answer no longer holds
+/// the address, its endpoint drains and the listener's `drain_timeout` closes its sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_refresh_keeps_the_last_good_set_on_failure_and_drains_an_address_that_vanishes(
+) -> Result<()> {
+    const NAME: &str = "db.legate.test";
+    let port = tcp_echo().await?;
+    let dns = NameServer::start().await?;
+    dns.answer(NAME, &[IpAddr::from([127, 0, 0, 1])]);
+    let proxy = Proxy::start(
+        yaml(
+            r#"
+admin: { listen: 127.0.0.1:0 }
+access_log: { enabled: false }
+runtime: { workers: 2 }
+dns: { servers: ["${DNS}"], timeout: 1s }
+listeners:
+  - { name: db, listen: 127.0.0.1:0, tcp: { cluster: db, drain_timeout: 200ms } }
+clusters:
+  - { name: db, dns_refresh: 100ms, endpoints: ["db.legate.test:${PORT}"] }
+"#,
+        )
+        .set("DNS", dns.addr())
+        .set("PORT", port),
+    )?;
+    proxy.wait_ready().await?;
+    let admin = proxy.admin();
+    let local = SocketAddr::from(([127, 0, 0, 1], port)).to_string();
+    let (addresses, error) = dns_view(admin, "db").await?;
+    assert_eq!(
+        addresses,
+        std::slice::from_ref(&local),
+        "resolved before ready"
+    );
+    assert!(error.is_null(), "{error}");
+    let mut first = TcpStream::connect(proxy.addr("db")).await?;
+    echo(&mut first, "one\n").await?;
+
+    // The server fails: the failure is reported, the address stays, sessions open and flow.
+    dns.fail();
+    let error = eventually(Duration::from_secs(5), || async {
+        let (addresses, error) = dns_view(admin, "db").await?;
+        ensure!(error.is_string(), "no DNS error yet: {addresses:?}");
+        Ok((addresses, error))
+    })
+    .await?;
+    assert_eq!(
+        error.0,
+        std::slice::from_ref(&local),
+        "the last good set stays: {}",
+        error.1
+    );
+    assert!(error.1.as_str().unwrap().contains(NAME), "{}", error.1);
+    let asked = dns.queries();
+    eventually(Duration::from_secs(5), || async {
+        ensure!(
+            dns.queries() > asked,
+            "no refresh since the failure was seen"
+        );
+        Ok(())
+    })
+    .await?;
+    let (addresses, _) = dns_view(admin, "db").await?;
+    assert_eq!(
+        addresses,
+        std::slice::from_ref(&local),
+        "still kept after another failed round"
+    );
+    let mut second = TcpStream::connect(proxy.addr("db")).await?;
+    echo(&mut second, "two\n").await?;
+    echo(&mut first, "three\n").await?;
+
+    // The name moves to another address: the old endpoint leaves, and the sessions it
+    // carried are closed once its drain times out.
+    let moved = SocketAddr::from((Ipv6Addr::LOCALHOST, port)).to_string();
+    dns.answer(NAME, &[IpAddr::from(Ipv6Addr::LOCALHOST)]);
+    eventually(Duration::from_secs(5), || async {
+        let (addresses, error) = dns_view(admin, "db").await?;
+        ensure!(addresses == [moved.clone()], "endpoints are {addresses:?}");
+        ensure!(error.is_null(), "the error stays after an answer: {error}");
+        Ok(())
+    })
+    .await?;
+    for (name, mut session) in [("first", first), ("second", second)] {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(10), session.read(&mut buf))
+            .await
+            .with_context(|| format!("the {name} session was not closed by the drain"))?;
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "the {name} session read {read:?}"
+        );
+    }
     Ok(())
 }
 

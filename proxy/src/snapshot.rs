@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 
-use crate::cluster::{Cluster, Registry};
+use crate::cluster::{dns, Cluster, Registry};
 use crate::config::checked::{ActionValues, EndpointAddress, RouteValues};
 use crate::config::{model, Checked, Config};
 use crate::router::{
@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub listen: HashMap<String, SocketAddr>,
     /// The admin listener's address.
     pub admin: SocketAddr,
+    /// How endpoint DNS names are resolved.
+    pub dns: dns::Settings,
 }
 
 /// Why a checked config could not be compiled: a TLS file that could not be used (it changed
@@ -101,6 +103,10 @@ impl Snapshot {
             .zip(&values.listen)
             .map(|(l, addr)| (l.name.clone(), *addr))
             .collect();
+        let dns = dns::Settings {
+            servers: values.dns_servers.take(),
+            timeout: config.dns.timeout.get(),
+        };
         Ok(Snapshot {
             version,
             loaded_at: SystemTime::now(),
@@ -110,6 +116,7 @@ impl Snapshot {
             listener_tls,
             listen,
             admin: values.admin,
+            dns,
         })
     }
 }

@@ -11,6 +11,7 @@ use legate_xds::watch::Changes;
 use tracing::{info, warn};
 
 use super::ApplyError;
+use crate::cluster::dns::Resolver;
 use crate::cluster::{manager, Registry};
 use crate::config::model;
 use crate::drain;
@@ -36,6 +37,8 @@ pub struct DataPlane {
     managers: Vec<tokio::task::AbortHandle>,
     /// The task rotating TLS certificates when their files change.
     tls_watch: Option<tokio::task::AbortHandle>,
+    /// The resolver of endpoint names, rebuilt when the `dns` section changes.
+    resolver: Option<Arc<Resolver>>,
 }
 
 #[derive(Debug)]
@@ -59,6 +62,7 @@ impl DataPlane {
             retired: Vec::new(),
             managers: Vec::new(),
             tls_watch: None,
+            resolver: None,
         }
     }
 
@@ -176,10 +180,19 @@ impl DataPlane {
         for task in self.managers.drain(..) {
             task.abort();
         }
+        let resolver = match &self.resolver {
+            Some(r) if *r.settings() == snapshot.dns => r.clone(),
+            _ => {
+                let r = Arc::new(Resolver::new(snapshot.dns.clone()));
+                self.resolver = Some(r.clone());
+                r
+            }
+        };
         for cluster in snapshot.clusters.values() {
             let task = self.control.spawn(manager::run(
                 cluster.clone(),
                 self.registry.clone(),
+                resolver.clone(),
                 zone.clone(),
             ));
             self.managers.push(task.abort_handle());

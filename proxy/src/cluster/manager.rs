@@ -2,7 +2,7 @@
 //! ejections, ramps slow starts, and publishes a new membership whenever any of it changes.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,12 +10,11 @@ use std::time::Duration;
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
+use super::dns::Resolver;
 use super::membership::{self, Endpoint, Inputs, Membership};
 use super::{health, now_ms, outlier, Cluster, Registry};
 use crate::config::checked::EndpointAddress;
 
-/// How long one DNS lookup may take before it counts as failed.
-const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a membership with endpoints in slow start is rebuilt.
 const RAMP_STEP: Duration = Duration::from_secs(1);
 
@@ -107,7 +106,12 @@ impl Drop for AbortOnDrop {
 }
 
 /// Keeps one cluster's membership current until aborted.
-pub async fn run(cluster: Arc<Cluster>, registry: Arc<Registry>, local_zone: Option<Arc<str>>) {
+pub async fn run(
+    cluster: Arc<Cluster>,
+    registry: Arc<Registry>,
+    resolver: Arc<Resolver>,
+    local_zone: Option<Arc<str>>,
+) {
     let state = cluster.state.clone();
     let names: Vec<String> = cluster
         .addresses
@@ -127,7 +131,7 @@ pub async fn run(cluster: Arc<Cluster>, registry: Arc<Registry>, local_zone: Opt
 
     loop {
         if !names.is_empty() && tokio::time::Instant::now() >= dns_due {
-            dns_answered |= resolve(&cluster, &names).await;
+            dns_answered |= resolve(&cluster, &resolver, &names).await;
             dns_due = tokio::time::Instant::now() + cluster.spec.dns_refresh.get();
         }
 
@@ -215,24 +219,11 @@ pub async fn run(cluster: Arc<Cluster>, registry: Arc<Registry>, local_zone: Opt
 
 /// Resolves every DNS name of the cluster; a failed name keeps its last good addresses.
 /// Returns whether every name has an answer (now or from before).
-async fn resolve(cluster: &Cluster, names: &[String]) -> bool {
+async fn resolve(cluster: &Cluster, resolver: &Resolver, names: &[String]) -> bool {
     let mut answered = true;
+    let mut first_error = None;
     for name in names {
-        let lookup = tokio::net::lookup_host((name.as_str(), 0));
-        let result = match tokio::time::timeout(DNS_TIMEOUT, lookup).await {
-            Ok(Ok(addrs)) => {
-                let mut ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
-                ips.sort();
-                ips.dedup();
-                if ips.is_empty() {
-                    Err("no addresses".to_owned())
-                } else {
-                    Ok(ips)
-                }
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("timed out after {DNS_TIMEOUT:?}")),
-        };
+        let result = resolver.lookup(name).await;
         let mut dns = cluster.state.dns.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(ips) => {
@@ -240,16 +231,21 @@ async fn resolve(cluster: &Cluster, names: &[String]) -> bool {
                     info!(cluster = %cluster.name, name = %name, addresses = ?ips, "resolved");
                 }
                 dns.resolved.insert(name.clone(), ips);
-                dns.last_error = None;
             }
             Err(e) => {
                 warn!(cluster = %cluster.name, name = %name, error = %e,
                       "DNS resolution failed; keeping the last good addresses");
-                dns.last_error = Some(format!("{name}: {e}"));
+                first_error.get_or_insert_with(|| format!("{name}: {e}"));
                 answered &= dns.resolved.contains_key(name);
             }
         }
     }
+    cluster
+        .state
+        .dns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .last_error = first_error;
     answered
 }
 
@@ -264,6 +260,13 @@ mod tests {
         let config = crate::config::parse(yaml).unwrap();
         let snapshot = Snapshot::compile(config, "v".into(), registry).unwrap();
         snapshot.clusters["c"].clone()
+    }
+
+    fn resolver() -> Arc<Resolver> {
+        Arc::new(Resolver::new(crate::cluster::dns::Settings {
+            servers: None,
+            timeout: Duration::from_secs(5),
+        }))
     }
 
     async fn settle() {
@@ -304,7 +307,7 @@ mod tests {
             &registry,
         );
         publish(&c, &registry, None);
-        let task = tokio::spawn(run(c.clone(), registry.clone(), None));
+        let task = tokio::spawn(run(c.clone(), registry.clone(), resolver(), None));
         settle().await;
         assert_eq!(picks(&c, 20), HashSet::from([1, 2]));
         assert!(c.state.warmed.load(Ordering::Acquire));
@@ -378,7 +381,7 @@ mod tests {
             c.pick(None).is_none(),
             "nothing is usable before its first check"
         );
-        let task = tokio::spawn(run(c.clone(), registry.clone(), None));
+        let task = tokio::spawn(run(c.clone(), registry.clone(), resolver(), None));
         let health = |c: &Cluster| -> Vec<Health> {
             c.state
                 .membership

@@ -7,6 +7,7 @@
 //! membership with one arc-swap load; the control thread rebuilds it when health, ejections,
 //! DNS or slow start change it.
 
+pub mod dns;
 pub mod health;
 pub mod lb;
 pub mod manager;

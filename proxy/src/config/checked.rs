@@ -56,6 +56,8 @@ pub struct Values {
     pub routes: BTreeMap<String, Vec<Vec<RouteValues>>>,
     /// Each cluster's endpoint addresses, in `clusters` and `endpoints` order.
     pub endpoints: Vec<Vec<EndpointAddress>>,
+    /// `dns.servers`, when given.
+    pub dns_servers: Option<Vec<SocketAddr>>,
 }
 
 impl Default for Values {
@@ -65,6 +67,7 @@ impl Default for Values {
             listen: Vec::new(),
             routes: BTreeMap::new(),
             endpoints: Vec::new(),
+            dns_servers: None,
         }
     }
 }

@@ -11,12 +11,13 @@ use super::validate::{Names, Provenance};
 use super::{Config, ConfigError, ErrorKind};
 
 /// The top-level keys of `Config`, in documentation order.
-pub const SECTIONS: [&str; 8] = [
+pub const SECTIONS: [&str; 9] = [
     "node",
     "xds",
     "admin",
     "runtime",
     "access_log",
+    "dns",
     "listeners",
     "route_tables",
     "clusters",
@@ -109,6 +110,11 @@ pub fn load(text: &str) -> Result<Loaded, ConfigError> {
             "access_log" => {
                 if let Some(access_log) = loaded.entry(&FieldPath::root("access_log"), value) {
                     loaded.config.access_log = access_log;
+                }
+            }
+            "dns" => {
+                if let Some(dns) = loaded.entry(&FieldPath::root("dns"), value) {
+                    loaded.config.dns = dns;
                 }
             }
             "listeners" => loaded.listeners(value),
@@ -274,6 +280,7 @@ pub fn defaults() -> Config {
         admin: section(),
         runtime: section(),
         access_log: section(),
+        dns: section(),
         ..Config::default()
     }
 }
@@ -682,7 +689,7 @@ mod tests {
                 (
                     "listener",
                     1,
-                    "unknown field `listener`, expected one of `node`, `xds`, `admin`, `runtime`, `access_log`, \
+                    "unknown field `listener`, expected one of `node`, `xds`, `admin`, `runtime`, `access_log`, `dns`, \
                      `listeners`, `route_tables`, `clusters` (did you mean `listeners`?)",
                 ),
                 ("tls", 2, "unknown field `tls`"),

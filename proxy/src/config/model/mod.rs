@@ -39,6 +39,9 @@ pub struct Config {
     /// The per-request access log on stdout.
     #[serde(default)]
     pub access_log: AccessLog,
+    /// How the DNS names of endpoints are resolved. Default: as `/etc/resolv.conf` says.
+    #[serde(default)]
+    pub dns: Dns,
     /// Ports Legate accepts connections on.
     #[serde(default)]
     pub listeners: Vec<Listener>,
@@ -131,6 +134,34 @@ impl Default for Runtime {
         Self {
             workers: None,
             drain_timeout: Self::default_drain_timeout(),
+        }
+    }
+}
+
+/// The resolver of endpoint DNS names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// Name servers to ask, `ip` or `ip:port` (port 53 when left out), in order. Default:
+    /// the `nameserver`s, `search` list and `ndots` of `/etc/resolv.conf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<Vec<String>>,
+    /// How long one lookup may take before it counts as failed. Default `5s`.
+    #[serde(default = "Dns::default_timeout")]
+    pub timeout: Duration,
+}
+
+impl Dns {
+    fn default_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Self {
+            servers: None,
+            timeout: Self::default_timeout(),
         }
     }
 }

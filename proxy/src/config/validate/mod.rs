@@ -1,6 +1,7 @@
 //! Semantic checks serde cannot express: addresses, references, ranges and exclusive choices.
 
 mod clusters;
+mod dns;
 mod listeners;
 mod routes;
 mod runtime;
@@ -13,6 +14,7 @@ use super::{Config, ConfigError, Duration, Entry, ErrorKind, FieldPath, Values};
 
 pub use crate::config::checked::EndpointAddress;
 pub use clusters::parse_endpoint_address;
+pub use dns::parse_name_server;
 pub use routes::full_match_regex;
 
 /// Upper bound of `weight` for split targets and endpoints.
@@ -77,6 +79,7 @@ pub fn validate_with(config: &Config, provenance: &Provenance) -> (Vec<ConfigErr
         values: Values::default(),
     };
     v.runtime();
+    v.dns();
     v.xds();
     v.listeners();
     for (name, table) in &config.route_tables {

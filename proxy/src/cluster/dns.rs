@@ -1,0 +1,150 @@
+//! Resolving endpoint DNS names: a stub resolver in the process (no libc), configured by the
+//! `dns` section or by `/etc/resolv.conf` with its search list and `ndots`.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
+use tracing::warn;
+
+/// What the `dns` section asks for, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The name servers to ask; `None` means those of `/etc/resolv.conf`.
+    pub servers: Option<Vec<SocketAddr>>,
+    /// How long one lookup may take.
+    pub timeout: Duration,
+}
+
+/// Why a name has no addresses this time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupError {
+    /// The resolver could not be set up (no readable `/etc/resolv.conf`, say).
+    NoResolver(String),
+    /// The name servers answered with an error, or could not be reached.
+    Failed(String),
+    /// The answer held no A or AAAA record.
+    NoAddresses,
+    /// No answer within the timeout.
+    TimedOut(Duration),
+}
+
+impl fmt::Display for LookupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LookupError::NoResolver(e) => write!(f, "no resolver: {e}"),
+            LookupError::Failed(e) => f.write_str(e),
+            LookupError::NoAddresses => f.write_str("no addresses"),
+            LookupError::TimedOut(t) => write!(f, "timed out after {t:?}"),
+        }
+    }
+}
+
+/// A resolver for the names of every cluster. Lookups run on the runtime that awaits them
+/// (the control thread); answers are not cached, so each refresh asks again.
+pub struct Resolver {
+    settings: Settings,
+    inner: Result<TokioResolver, String>,
+    /// Why `/etc/resolv.conf` gave no name servers, if it did not.
+    system_error: Option<String>,
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolver")
+            .field("settings", &self.settings)
+            .field("ready", &self.inner.is_ok())
+            .finish()
+    }
+}
+
+impl Resolver {
+    pub fn new(settings: Settings) -> Resolver {
+        let (inner, system_error) = match build(&settings) {
+            Ok((resolver, system_error)) => (Ok(resolver), system_error),
+            Err(e) => {
+                warn!(error = %e, "cannot set up the DNS resolver; DNS endpoints will not resolve");
+                (Err(e), None)
+            }
+        };
+        Resolver {
+            settings,
+            inner,
+            system_error,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Every address `name` has now, sorted and without duplicates.
+    pub async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, LookupError> {
+        let resolver = self
+            .inner
+            .as_ref()
+            .map_err(|e| LookupError::NoResolver(e.clone()))?;
+        let timeout = self.settings.timeout;
+        let answer = tokio::time::timeout(timeout, resolver.lookup_ip(name))
+            .await
+            .map_err(|_| LookupError::TimedOut(timeout))?
+            .map_err(|e| match &self.system_error {
+                Some(why) => LookupError::Failed(format!("{e} ({why})")),
+                None => LookupError::Failed(e.to_string()),
+            })?;
+        let mut ips: Vec<IpAddr> = answer.iter().collect();
+        ips.sort();
+        ips.dedup();
+        if ips.is_empty() {
+            return Err(LookupError::NoAddresses);
+        }
+        Ok(ips)
+    }
+}
+
+/// Builds the resolver. Without usable name servers in `/etc/resolv.conf` it still answers
+/// from `/etc/hosts`, and says why other names fail.
+fn build(settings: &Settings) -> Result<(TokioResolver, Option<String>), String> {
+    let provider = TokioRuntimeProvider::default();
+    let (mut builder, system_error) = match &settings.servers {
+        Some(servers) => {
+            let servers = servers
+                .iter()
+                .map(|addr| {
+                    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+                    for connection in &mut server.connections {
+                        connection.port = addr.port();
+                    }
+                    server
+                })
+                .collect();
+            let config = ResolverConfig::from_name_servers(servers);
+            (TokioResolver::builder_with_config(config, provider), None)
+        }
+        None => match TokioResolver::builder(provider.clone()) {
+            Ok(builder) => (builder, None),
+            Err(e) => {
+                let error = format!("/etc/resolv.conf: {e}");
+                warn!(%error, "no name servers; only /etc/hosts names resolve");
+                let config = ResolverConfig::from_name_servers(Vec::new());
+                (
+                    TokioResolver::builder_with_config(config, provider),
+                    Some(error),
+                )
+            }
+        },
+    };
+    let options = builder.options_mut();
+    // Every A and AAAA record is an endpoint, as getaddrinfo would list them.
+    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    options.timeout = settings.timeout;
+    // Each refresh asks the servers again: the refresh interval, not the TTL, says how
+    // fresh the endpoints are.
+    options.positive_max_ttl = Some(Duration::ZERO);
+    options.negative_max_ttl = Some(Duration::ZERO);
+    let resolver = builder.build().map_err(|e| e.to_string())?;
+    Ok((resolver, system_error))
+}
