@@ -6,7 +6,7 @@
 use std::io;
 
 use http::{HeaderValue, Request, Uri, Version};
-use legate::http::path::{self, Normalize};
+use legate::path::{self, Normalize};
 use legate::tcp::postgres::{self, First};
 
 /// The first message of a Postgres client connection, as a client sends it.

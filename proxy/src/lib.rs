@@ -19,6 +19,7 @@ pub mod http;
 pub mod io;
 pub mod listener;
 pub mod metrics;
+pub mod path;
 pub mod resources;
 pub mod router;
 pub mod serve;

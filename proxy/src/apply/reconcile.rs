@@ -312,7 +312,7 @@ fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protoco
         max_concurrent_streams: http.max_concurrent_streams,
         stream_idle_timeout,
         tick,
-        normalize: listener::PathNormalization {
+        normalize: crate::path::Normalize {
             merge_slashes: http.merge_slashes,
             escaped_slashes: http.escaped_slashes,
         },

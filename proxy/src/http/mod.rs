@@ -5,7 +5,6 @@ pub mod conn;
 pub mod error;
 pub mod headers;
 pub mod idle;
-pub mod path;
 pub mod proxy;
 pub mod server;
 pub mod upstream;

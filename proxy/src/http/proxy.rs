@@ -20,13 +20,13 @@ use super::body::{ProxyBody, RequestEnd};
 use super::conn::{ConnCtx, InFlight};
 use super::error::ProxyError;
 use super::headers;
-use super::path;
 use super::upstream::{self, Pooled, UpstreamBody};
 use crate::access_log::AccessRecord;
 use crate::cluster::{outlier, ActiveRequest, Admitted, Cluster, Picked};
 use crate::config::model::{RetryOn, UpstreamProtocol};
 use crate::io::Touching;
 use crate::listener::{HttpSettings, Protocol};
+use crate::path;
 use crate::router::{Action, PathMatch, Redirect, Respond, Route};
 
 /// What the access log and the end-of-request work learn while a request is handled.

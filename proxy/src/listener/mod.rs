@@ -84,19 +84,12 @@ pub struct HttpSettings {
     /// routes. Fixed for a connection's life.
     pub tick: Duration,
     /// How request paths are normalised before routing.
-    pub normalize: PathNormalization,
+    pub normalize: crate::path::Normalize,
     pub access_log: Option<AccessLogFormat>,
     /// How long a draining connection may take to finish before it is closed.
     pub drain_timeout: Duration,
     /// TLS termination, if the listener has it.
     pub tls: Option<Arc<crate::tls::server::ServerTls>>,
-}
-
-/// How a listener normalises request paths before routing (`http/path.rs` does it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PathNormalization {
-    pub merge_slashes: bool,
-    pub escaped_slashes: crate::config::model::EscapedSlashes,
 }
 
 /// Binds `count` sockets to one address with SO_REUSEPORT, one per worker, so the kernel

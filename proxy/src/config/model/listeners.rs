@@ -198,15 +198,7 @@ pub struct HttpListener {
     pub escaped_slashes: EscapedSlashes,
 }
 
-/// An encoded slash in a request path: kept as it is (it never separates segments, and
-/// reaches the upstream encoded), or refused with 400.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EscapedSlashes {
-    #[default]
-    Keep,
-    Reject,
-}
+pub use crate::path::EscapedSlashes;
 
 impl HttpListener {
     fn default_header_read_timeout() -> Duration {

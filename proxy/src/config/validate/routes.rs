@@ -16,6 +16,7 @@ use crate::config::model::{
 };
 use crate::config::suggest::did_you_mean_quoted;
 use crate::config::{Entry, ErrorKind, FieldPath, Section};
+use crate::path::{EscapedSlashes, Normalize};
 
 /// Headers that belong to one connection, plus `host` (owned by `host_rewrite`): header rules
 /// may not add or remove them.
@@ -208,6 +209,8 @@ impl Validator<'_> {
             if let Some(path) = value {
                 if !path.starts_with('/') {
                     self.error(base.key(field), format!("{path:?} must start with `/`"));
+                } else if let Err(message) = self.normal_form(path) {
+                    self.error(base.key(field), message);
                 }
             }
         }
@@ -227,6 +230,30 @@ impl Validator<'_> {
             .filter_map(|(k, header)| self.header_match(&base.field("headers").index(k), header))
             .collect();
         (path, headers)
+    }
+
+    /// A route path must be in the normal form request paths take before routing, or it
+    /// never matches. Runs of `/` are allowed only where a listener serving this table keeps
+    /// them (`merge_slashes: false`).
+    fn normal_form(&self, path: &str) -> Result<(), String> {
+        let table = self.entry.as_ref().map(|e| e.name.as_str());
+        let merge_slashes = !self.config.listeners.iter().any(|l| {
+            l.http
+                .as_ref()
+                .is_some_and(|h| Some(h.route_table.as_str()) == table && !h.merge_slashes)
+        });
+        let how = Normalize {
+            merge_slashes,
+            escaped_slashes: EscapedSlashes::Keep,
+        };
+        match crate::path::normalize(path, how) {
+            Ok(normal) if normal == path => Ok(()),
+            Ok(normal) => Err(format!(
+                "{path:?} never matches: request paths are normalised before routing; \
+                 write {normal:?}"
+            )),
+            Err(e) => Err(format!("{path:?} has {e}")),
+        }
     }
 
     fn header_match(
@@ -763,6 +790,43 @@ mod tests {
                 ),
             ],
         );
+    }
+
+    #[test]
+    fn match_paths_must_be_in_the_normal_form_requests_are_routed_by() {
+        for (written, normal) in [
+            ("/%61dmin", "/admin"),
+            ("/x/../admin", "/admin"),
+            ("/a/./b", "/a/b"),
+            ("/api//v1", "/api/v1"),
+            ("/a%2fb", "/a%2Fb"),
+        ] {
+            for field in ["prefix", "exact"] {
+                assert_route_errors(
+                    &format!("match: {{ {field}: \"{written}\" }}\ncluster: app"),
+                    &[(
+                        &format!(".match.{field}"),
+                        9,
+                        &format!("never matches: request paths are normalised before routing; write \"{normal}\""),
+                    )],
+                );
+            }
+        }
+        assert_route_errors(
+            "match: { prefix: \"/a%zz\" }\ncluster: app",
+            &[(
+                ".match.prefix",
+                9,
+                "has a `%` not followed by two hex digits",
+            )],
+        );
+        assert_route_ok("match: { prefix: \"/~user/%2F\" }\ncluster: app");
+        // `//` can match where a listener serving the table keeps runs of `/`.
+        let keeps = format!(
+            "{}\nlisteners:\n  - {{ name: l, listen: \"127.0.0.1:80\", http: {{ route_table: t, merge_slashes: false }} }}\n",
+            route_doc("match: { prefix: /api//v1 }\ncluster: app")
+        );
+        parse_ok(&keeps);
     }
 
     #[test]

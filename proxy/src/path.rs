@@ -5,8 +5,24 @@
 
 use std::borrow::Cow;
 
-use crate::config::model::EscapedSlashes;
-pub use crate::listener::PathNormalization as Normalize;
+use serde::{Deserialize, Serialize};
+
+/// An encoded slash in a request path: kept as it is (it never separates segments, and
+/// reaches the upstream encoded), or refused with 400.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscapedSlashes {
+    #[default]
+    Keep,
+    Reject,
+}
+
+/// How a listener normalises request paths before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Normalize {
+    pub merge_slashes: bool,
+    pub escaped_slashes: EscapedSlashes,
+}
 
 /// Why a path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
