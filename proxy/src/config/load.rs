@@ -144,15 +144,24 @@ impl Loaded {
         });
     }
 
-    /// Deserialize one section or entry found at `path`. When it fails, every field that
-    /// fails is reported, not only the first: each bad field is taken out of a copy and the
-    /// rest deserialized again, until the rest is fine or a field cannot be taken out. An
-    /// entry with any error is dropped, as it cannot be used as written.
+    /// Deserialize one section found at `path`; `None` (after reporting every bad field)
+    /// unless it reads as written.
     fn entry<T: DeserializeOwned>(&mut self, path: &FieldPath, value: &Value) -> Option<T> {
+        match self.read(path, value) {
+            Read::Whole(v) => Some(v),
+            Read::Partial(..) | Read::Broken => None,
+        }
+    }
+
+    /// Deserialize one entry found at `path`. When it fails, every field that fails is
+    /// reported, not only the first: each bad field is taken out of a copy and the rest
+    /// deserialized again, until the rest is fine or a field cannot be taken out.
+    fn read<T: DeserializeOwned>(&mut self, path: &FieldPath, value: &Value) -> Read<T> {
         let first = match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(v) => return Some(v),
+            Ok(v) => return Read::Whole(v),
             Err(e) => e,
         };
+        let mut taken_out = Vec::new();
         let mut rest = value.clone();
         let mut error = first;
         for _ in 0..MAX_ERRORS_PER_ENTRY {
@@ -166,22 +175,37 @@ impl Loaded {
                 .or_else(|| unquoted_number_message(&message))
                 .unwrap_or(message);
             let hint = hint(&message);
-            self.error(full, format!("{message}{hint}"));
+            self.error(full.clone(), format!("{message}{hint}"));
             // Only a field of a mapping can be taken out; a list item or the entry itself
             // with the wrong shape ends the search.
             if !take_out(&mut rest, &segments) {
-                return None;
+                return Read::Broken;
             }
+            taken_out.push(full);
             error = match serde_path_to_error::deserialize::<_, T>(&rest) {
-                Ok(_) => return None,
+                Ok(v) => return Read::Partial(v, taken_out),
                 Err(e) => e,
             };
             // A field missing because a bad one was taken out is no problem of the file.
             if error.inner().to_string().starts_with("missing field") {
-                return None;
+                return Read::Broken;
             }
         }
-        None
+        Read::Broken
+    }
+
+    /// An entry to check further: as written, or with its bad fields taken out (defaults in
+    /// their place). The checks then skip what may depend on a taken-out field; the config
+    /// is refused either way, for the errors already reported.
+    fn usable<T: DeserializeOwned>(&mut self, path: &FieldPath, value: &Value) -> Option<T> {
+        match self.read(path, value) {
+            Read::Whole(v) => Some(v),
+            Read::Partial(v, taken_out) => {
+                self.provenance.taken_out.extend(taken_out);
+                Some(v)
+            }
+            Read::Broken => None,
+        }
     }
 
     fn listeners(&mut self, value: &Value) {
@@ -190,7 +214,7 @@ impl Loaded {
         };
         for (i, item) in items.iter().enumerate() {
             let path = FieldPath::root("listeners").index(i);
-            if let Some(listener) = self.entry(&path, item) {
+            if let Some(listener) = self.usable(&path, item) {
                 self.config.listeners.push(listener);
                 self.provenance.listener_index.push(i);
             }
@@ -203,7 +227,7 @@ impl Loaded {
             return;
         };
         for (i, item) in items.iter().enumerate() {
-            match self.entry(&FieldPath::root("clusters").index(i), item) {
+            match self.usable(&FieldPath::root("clusters").index(i), item) {
                 Some(cluster) => {
                     self.config.clusters.push(cluster);
                     self.provenance.cluster_index.push(i);
@@ -239,7 +263,7 @@ impl Loaded {
                 continue;
             };
             let path = FieldPath::root("route_tables").key(name.to_owned());
-            match self.entry(&path, table) {
+            match self.usable(&path, table) {
                 Some(table) => {
                     self.config.route_tables.insert(name.to_owned(), table);
                 }
@@ -357,6 +381,16 @@ fn number_message(message: &str) -> Option<String> {
     } else {
         format!("must be at most {max} (got {number})")
     })
+}
+
+/// What deserializing one entry gave.
+enum Read<T> {
+    /// It reads as written.
+    Whole(T),
+    /// It reads once the fields at these paths (each reported) are taken out.
+    Partial(T, Vec<FieldPath>),
+    /// It cannot be read (its errors are reported).
+    Broken,
 }
 
 /// The most problems reported for one entry's fields.
@@ -562,11 +596,19 @@ mod tests {
                 http: { route_table: t }
                 tls: { certificates: [{ cert: a.pem, key: a.key }], min_version: 1.2 }
             "#,
-            &[(
-                "listeners[0].tls.min_version",
-                5,
-                "`1.2` is a number to YAML, and a name is expected here: quote it, \"1.2\"",
-            )],
+            &[
+                // The rest of the listener is still checked.
+                (
+                    "listeners[0].http.route_table",
+                    4,
+                    "unknown route table \"t\"",
+                ),
+                (
+                    "listeners[0].tls.min_version",
+                    5,
+                    "`1.2` is a number to YAML, and a name is expected here: quote it, \"1.2\"",
+                ),
+            ],
         );
         assert_errors(
             r#"
@@ -627,6 +669,60 @@ mod tests {
                     "clusters[0].circuit_breakers.max_requests",
                     16,
                     "must be ≥ 0 (got -5)",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn an_entry_with_type_errors_is_still_checked_except_beside_them() {
+        assert_errors(
+            r#"
+            listeners:
+              - name: front
+                listen: 127.0.0.1:0
+                backlog: lots
+                http: { route_table: mian }
+            route_tables:
+              main:
+                virtual_hosts:
+                  - hosts: ["*"]
+                    routes:
+                      - { match: { prefix: /a }, cluster: app, timeout: soon }
+                      - { match: { prefix: /b }, cluster: ap }
+            clusters:
+              - name: app
+                lb: ring_hsh
+                hash_on: { header: x-user }
+                endpoints: ["10.0.0.1"]
+                health_check: { http: { path: /h }, interval: 0s }
+            "#,
+            &[
+                ("listeners[0].backlog", 4, "invalid type"),
+                (
+                    "listeners[0].http.route_table",
+                    5,
+                    "unknown route table \"mian\"",
+                ),
+                (
+                    "route_tables.main.virtual_hosts[0].routes[0].timeout",
+                    11,
+                    "soon",
+                ),
+                (
+                    "route_tables.main.virtual_hosts[0].routes[1].cluster",
+                    12,
+                    "unknown cluster \"ap\"",
+                ),
+                // Not `hash_on` "only applies to `lb: ring_hash`": that may follow from
+                // the broken `lb` beside it.
+                ("clusters[0].lb", 15, "did you mean `ring_hash`"),
+                ("clusters[0].endpoints[0].address", 17, "has no port"),
+                ("clusters[0].health_check.interval", 18, "greater than zero"),
+                (
+                    "clusters[0].health_check.timeout",
+                    18,
+                    "longer than the interval",
                 ),
             ],
         );

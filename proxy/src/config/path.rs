@@ -60,6 +60,13 @@ impl FieldPath {
         self.0.is_empty()
     }
 
+    /// This path without its last segment (the document for a top-level field).
+    pub fn parent(&self) -> FieldPath {
+        let mut segments = self.0.clone();
+        segments.pop();
+        FieldPath(segments)
+    }
+
     /// Whether this path is `prefix` or lies below it.
     pub fn starts_with(&self, prefix: &FieldPath) -> bool {
         self.0.starts_with(&prefix.0)

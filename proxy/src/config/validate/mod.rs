@@ -44,6 +44,19 @@ pub struct Provenance {
     pub broken_clusters: Names,
     /// Route tables that exist in the file but failed to deserialize.
     pub broken_route_tables: Names,
+    /// Fields taken out of entries that are checked without them (each already reported).
+    pub taken_out: Vec<FieldPath>,
+}
+
+impl Provenance {
+    /// Whether an error at `path` may follow from a taken-out field: it lies below one, or
+    /// beside one or above it (where rules that read several fields report).
+    fn hides(&self, path: &FieldPath) -> bool {
+        let parent = path.parent();
+        self.taken_out
+            .iter()
+            .any(|t| path.starts_with(t) || t.starts_with(path) || t.parent() == parent)
+    }
 }
 
 /// Names of entries that failed to deserialize.
@@ -86,7 +99,11 @@ pub fn validate_with(config: &Config, provenance: &Provenance) -> (Vec<ConfigErr
         v.route_table(name, table);
     }
     v.clusters();
-    (v.errors, v.values)
+    let mut errors = v.errors;
+    if !provenance.taken_out.is_empty() {
+        errors.retain(|e| !provenance.hides(&e.path));
+    }
+    (errors, v.values)
 }
 
 struct Validator<'a> {
