@@ -113,8 +113,7 @@ impl Legate {
     ) -> Result<Legate> {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let config_path = dir.path().join("legate.yaml");
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        write_config(&config_path, config.into(), admin)?;
+        write_config(&config_path, config.into())?;
 
         let mut cmd = match open_files {
             None => command(),
@@ -156,12 +155,13 @@ impl Legate {
             pid,
             _dir: dir,
             config_path,
-            admin,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             listeners: HashMap::new(),
             stdout,
             stderr,
             _unread: unread,
         };
+        legate.admin = legate.wait_started().await?;
         legate.wait_ready().await?;
         let config = legate.admin_json("/config").await?;
         let listeners = config["listeners"]
@@ -172,6 +172,45 @@ impl Legate {
             legate.listeners.insert(name.clone(), addr.parse()?);
         }
         Ok(legate)
+    }
+
+    /// Waits for the "legate started" log line and returns the admin address it names (the
+    /// config binds the admin listener to port 0).
+    async fn wait_started(&mut self) -> Result<SocketAddr> {
+        let mut rx = self.stderr.subscribe();
+        let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+        loop {
+            let started = rx
+                .borrow_and_update()
+                .iter()
+                .find(|l| l.contains("legate started"))
+                .cloned();
+            if let Some(line) = started {
+                return started_admin(&line)
+                    .with_context(|| format!("no admin address in {line:?}"));
+            }
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        let status = self.child.wait().await?;
+                        bail!(
+                            "legate exited ({status}) before it started; stderr:\n{}",
+                            self.stderr_text()
+                        );
+                    }
+                }
+                status = self.child.wait() => {
+                    bail!(
+                        "legate exited ({}) before it started; stderr:\n{}",
+                        status?,
+                        self.stderr_text()
+                    );
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    bail!("legate did not start within {WAIT_LIMIT:?}; stderr:\n{}", self.stderr_text());
+                }
+            }
+        }
     }
 
     /// Polls `/ready` until it answers 200: Legate's readiness signal.
@@ -235,7 +274,7 @@ impl Legate {
     /// Replaces the config file (atomically, so a reload never reads half of it).
     /// `${ADMIN}` is filled with the same admin address.
     pub fn write_config(&self, config: impl Into<Yaml>) -> Result<()> {
-        write_config(&self.config_path, config.into(), self.admin)
+        write_config(&self.config_path, config.into())
     }
 
     /// Every stdout line so far (the access log).
@@ -296,8 +335,24 @@ impl Legate {
     }
 }
 
-fn write_config(path: &Path, config: Yaml, admin: SocketAddr) -> Result<()> {
-    let config = config.set("ADMIN", admin);
+/// What `${ADMIN}` stands for in the configs the binary runs: port 0, bound at start and
+/// read back from the log.
+pub const ADMIN: &str = "127.0.0.1:0";
+
+/// The admin address in a "legate started" line, text (`admin=…`) or JSON (`"admin":"…"`).
+fn started_admin(line: &str) -> Option<SocketAddr> {
+    let rest = line
+        .split_once("admin=")
+        .or_else(|| line.split_once("\"admin\":\""))?
+        .1;
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn write_config(path: &Path, config: Yaml) -> Result<()> {
+    let config = config.set("ADMIN", ADMIN);
     let text = config.text()?;
     let tmp = path.with_extension("yaml.tmp");
     std::fs::write(&tmp, text).context("writing the config")?;

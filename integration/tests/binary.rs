@@ -9,7 +9,7 @@ use anyhow::{ensure, Context as _, Result};
 use http::{Method, StatusCode};
 use legate_integration::client::{self, request, Http1};
 use legate_integration::eventually;
-use legate_integration::process::Legate;
+use legate_integration::process::{self, Legate};
 use legate_integration::proxy::yaml;
 use legate_integration::upstream::Upstream;
 
@@ -131,7 +131,7 @@ async fn sighup_reloads_a_good_config_and_in_flight_requests_finish() -> Result<
     legate.write_config(next.clone())?;
     legate.signal("HUP").await?;
 
-    let expected_version = legate::config::version_of(next.set("ADMIN", legate.admin()).text()?);
+    let expected_version = legate::config::version_of(next.set("ADMIN", process::ADMIN).text()?);
     eventually(Duration::from_secs(5), || async {
         let reply = client::get(front, "app.example.org", "/").await?;
         ensure!(

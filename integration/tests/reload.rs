@@ -87,10 +87,10 @@ fn version(config: &Yaml) -> Result<String> {
 }
 
 /// The text of `config` as the binary `legate` reads it (its admin address filled in).
-fn binary_text(config: &Yaml, legate: &Legate) -> Result<String> {
+fn binary_text(config: &Yaml) -> Result<String> {
     Ok(config
         .clone()
-        .set("ADMIN", legate.admin())
+        .set("ADMIN", process::ADMIN)
         .text()?
         .to_owned())
 }
@@ -277,12 +277,12 @@ async fn binary_reloads_on_atomic_rename_and_on_in_place_edit() -> Result<()> {
     let config = admin_config(legate.admin()).await?;
     assert_eq!(
         config["version"],
-        legate::config::version_of(&binary_text(&to_b, &legate)?).as_str()
+        legate::config::version_of(&binary_text(&to_b)?).as_str()
     );
     assert_eq!(reloads(&config), (1, 0), "{config}");
 
     // Edited in place.
-    let to_a = binary_text(&routed(&a, &b, "a"), &legate)?;
+    let to_a = binary_text(&routed(&a, &b, "a"))?;
     std::fs::write(&path, &to_a)?;
     wait_routed(front, "a").await?;
     assert_eq!(keep.get(HOST, "/").await?.echo()?.upstream, "a");
@@ -374,7 +374,7 @@ async fn invalid_edit_is_rejected_and_the_old_config_keeps_serving() -> Result<(
     assert_eq!(keep.get(HOST, "/").await?.echo()?.upstream, "a");
 
     // Routing moves to `b`, but cluster `b` has a misspelt key: nothing of it may apply.
-    let good_b = binary_text(&routed(&a, &b, "b"), &legate)?;
+    let good_b = binary_text(&routed(&a, &b, "b"))?;
     let bad = good_b.replace("{ name: b, ", "{ name: b, conect_timeout: 2s, ");
     ensure!(bad != good_b, "the typo was not inserted");
     let line = line_of(&bad, "conect_timeout")?;
@@ -455,7 +455,7 @@ async fn post_reload_and_sighup_force_a_reload() -> Result<()> {
     let start = routed(&a, &b, "a");
     let (legate, _) = start_binary(start.clone()).await?;
     let (front, admin) = (legate.addr("front"), legate.admin());
-    let version_a = legate::config::version_of(&binary_text(&start, &legate)?);
+    let version_a = legate::config::version_of(&binary_text(&start)?);
 
     // The file has not changed: only the forced reloads happen.
     let (status, answer) = post_reload(admin).await?;
@@ -471,7 +471,7 @@ async fn post_reload_and_sighup_force_a_reload() -> Result<()> {
     assert_eq!(reloads(&config), (2, 0), "{config}");
 
     // A bad file: POST /reload says why, with the field path; the old routes stay.
-    let bad = binary_text(&routed(&a, &b, "b"), &legate)?.replace("weight: 100", "weight: lots");
+    let bad = binary_text(&routed(&a, &b, "b"))?.replace("weight: 100", "weight: lots");
     let line = line_of(&bad, "weight: lots")?;
     legate.write_config(yaml(&bad))?;
     let (status, answer) = post_reload(admin).await?;
@@ -490,7 +490,7 @@ async fn post_reload_and_sighup_force_a_reload() -> Result<()> {
     assert!(reloads(&config).1 >= 1, "{config}");
 
     // A good file: when POST /reload answers, new requests already use it.
-    let to_b = binary_text(&routed(&a, &b, "b"), &legate)?;
+    let to_b = binary_text(&routed(&a, &b, "b"))?;
     legate.write_config(yaml(&to_b))?;
     let (status, answer) = post_reload(admin).await?;
     assert_eq!(status, StatusCode::OK, "{answer}");
@@ -1298,7 +1298,7 @@ async fn reload_under_load_fails_no_request_and_drops_no_session() -> Result<()>
         } else {
             ("a", true)
         };
-        let next = binary_text(&load_config(&a, &b, db, to, extra), &legate)?;
+        let next = binary_text(&load_config(&a, &b, db, to, extra))?;
         let next_version = legate::config::version_of(&next);
         traffic.phase.store(2 * flip - 1, Ordering::SeqCst);
         legate.write_config(yaml(&next))?;

@@ -98,7 +98,13 @@ pub fn build(config: Checked, version: String) -> Result<App, BuildError> {
             });
         }
     };
-    info!(version = %snapshot.version, listeners = snapshot.config.listeners.len(), workers, "legate started");
+    info!(
+        version = %snapshot.version,
+        listeners = snapshot.config.listeners.len(),
+        workers,
+        admin = %admin_addr,
+        "legate started"
+    );
     Ok(App {
         state,
         applier,
