@@ -69,6 +69,8 @@ pub async fn run_in(dir: &Path, args: &[&str]) -> Result<std::process::Output> {
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released: another process could take it).
+/// Only for an address a test must name before anything listens there (a listener moved to
+/// it by a reload, a control plane started after the proxy); everything else binds port 0.
 pub fn free_port() -> u16 {
     crate::upstream::closed_port().port()
 }
