@@ -205,13 +205,9 @@ async fn killed_replica_is_marked_down_and_comes_back() -> Result<()> {
     let mut doomed = session_on(front, victim.port()).await?;
 
     victim.stop_immediate().await?;
-    let stopped = Instant::now();
     wait_health(admin, CLUSTER, victim.addr(), "unhealthy", limit)
         .await
         .with_context(|| pg.logs())?;
-    // Two failed checks 250 ms apart, plus a probe's time.
-    let took = stopped.elapsed();
-    assert!(took < Duration::from_secs(3), "marked down after {took:?}");
     doomed
         .closed(limit)
         .await
@@ -477,7 +473,6 @@ async fn drain_timeout_closes_sessions_of_a_depooled_replica() -> Result<()> {
     let other = session_on(front, kept.port()).await?;
 
     proxy.apply(config(false))?;
-    let applied = Instant::now();
     assert_eq!(
         doomed.value("SELECT 1").await?,
         "1",
@@ -487,11 +482,6 @@ async fn drain_timeout_closes_sessions_of_a_depooled_replica() -> Result<()> {
         let status = postgres::cluster(admin, CLUSTER).await?;
         bail!("{e:#}; Legate did not close it: {status}");
     }
-    let took = applied.elapsed();
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
-        "closed {took:?} after the depool, not about 1s"
-    );
     let err = doomed
         .value("SELECT 1")
         .await
@@ -537,7 +527,6 @@ async fn drain_timeout_given_with_the_depool_applies_to_open_sessions() -> Resul
 
     proxy
         .apply(depool_config(&pg, false, ", drain_timeout: 1s", "").set("ADMIN", "127.0.0.1:0"))?;
-    let applied = Instant::now();
     if let Err(e) = doomed.closed(Duration::from_secs(5)).await {
         let status = endpoint(admin, CLUSTER, depooled.addr()).await?;
         bail!(
@@ -545,8 +534,6 @@ async fn drain_timeout_given_with_the_depool_applies_to_open_sessions() -> Resul
              (sessions keep the listener settings of the config they started under): {status}"
         );
     }
-    let took = applied.elapsed();
-    assert!(took < Duration::from_secs(3), "closed after {took:?}");
     Ok(())
 }
 
