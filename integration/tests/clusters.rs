@@ -826,6 +826,7 @@ async fn dns_names_resolve_and_an_unresolvable_one_is_reported_and_holds_ready()
     let broken = r#"
   - name: broken
     dns_refresh: 30s
+    warmup_timeout: 1h
     endpoints: ["no-such-host.invalid:80"]
 "#;
     let with_broken = config_with("", broken_route, &format!("{named}{broken}")).set("PORT", port);
@@ -884,6 +885,64 @@ async fn dns_names_resolve_and_an_unresolvable_one_is_reported_and_holds_ready()
         Ok(())
     })
     .await?;
+    Ok(())
+}
+
+/// A name that never resolves holds `/ready` only for its cluster's `warmup_timeout`; then
+/// the proxy turns ready, and `/ready` and `/clusters` say which cluster is not warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolvable_name_stops_holding_ready_after_warmup_timeout() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let dns = NameServer::start().await?;
+    dns.fail();
+    let clusters = r#"
+  - name: app
+    endpoints: ["${APP}"]
+  - name: broken
+    warmup_timeout: 300ms
+    endpoints: ["db.legate.test:5432"]
+"#;
+    let top = r#"dns: { servers: ["${DNS}"], timeout: 1s }"#;
+    let proxy = Proxy::start(
+        config_with(top, "", clusters)
+            .set("APP", app.addr())
+            .set("DNS", dns.addr()),
+    )?;
+    let admin = proxy.admin();
+    let ready = eventually(Duration::from_secs(10), || async {
+        let ready = client::get(admin, "admin", "/ready").await?;
+        ensure!(
+            ready.status == StatusCode::OK,
+            "/ready said {}",
+            ready.text()
+        );
+        Ok(ready)
+    })
+    .await?;
+    assert_eq!(ready.text(), "ready; not warmed: broken\n");
+    assert!(dns.queries() > 0, "the name was asked for");
+    let broken = cluster_status(admin, "broken").await?;
+    assert_eq!(broken["warmed"], false, "{broken}");
+    assert!(broken["dns_error"].is_string(), "{broken}");
+    assert_eq!(cluster_status(admin, "app").await?["warmed"], true);
+    let reply = client::get(proxy.addr("front"), HOST, "/").await?;
+    assert_eq!(reply.status, StatusCode::OK, "the warm cluster serves");
+
+    // Once the name resolves, the cluster is warm and `/ready` names nothing.
+    let port = app.addr().port();
+    dns.answer("db.legate.test", &[IpAddr::from([127, 0, 0, 1])]);
+    proxy.apply(
+        config_with(top, "", &clusters.replace("5432", &port.to_string()))
+            .set("APP", app.addr())
+            .set("DNS", dns.addr()),
+    )?;
+    eventually(Duration::from_secs(5), || async {
+        let ready = client::get(admin, "admin", "/ready").await?;
+        ensure!(ready.text() == "ready\n", "/ready said {}", ready.text());
+        Ok(())
+    })
+    .await?;
+    assert_eq!(cluster_status(admin, "broken").await?["warmed"], true);
     Ok(())
 }
 

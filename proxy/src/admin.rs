@@ -115,16 +115,26 @@ fn route(admin: &Admin, metrics: &Metrics, req: &Request<Incoming>) -> Response<
                 );
             }
             // Ready once every cluster has its first DNS answers and health check results,
-            // so a new proxy does not take traffic it would answer with 503s.
+            // so a new proxy does not take traffic it would answer with 503s; a cluster that
+            // is not warm within its warmup_timeout stops holding it back.
             let snapshot = state.snapshot.load();
-            let warming = snapshot
+            if snapshot.clusters.values().any(|c| c.warming()) {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "warming clusters\n");
+            }
+            let mut cold: Vec<&str> = snapshot
                 .clusters
                 .values()
-                .any(|c| !c.state.warmed.load(Ordering::Acquire));
-            if warming {
-                text(StatusCode::SERVICE_UNAVAILABLE, "warming clusters\n")
-            } else {
+                .filter(|c| !c.state.warmed.load(Ordering::Acquire))
+                .map(|c| &*c.name)
+                .collect();
+            if cold.is_empty() {
                 text(StatusCode::OK, "ready\n")
+            } else {
+                cold.sort_unstable();
+                text(
+                    StatusCode::OK,
+                    format!("ready; not warmed: {}\n", cold.join(", ")),
+                )
             }
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -167,8 +177,8 @@ fn route(admin: &Admin, metrics: &Metrics, req: &Request<Incoming>) -> Response<
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,

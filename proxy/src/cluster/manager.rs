@@ -128,6 +128,10 @@ pub async fn run(
     let mut checks: HashMap<SocketAddr, AbortOnDrop> = HashMap::new();
     // Only the very first round of a cluster's very first manager counts as its start.
     let mut starting = !state.managed.swap(true, Ordering::AcqRel);
+    // The warm-up clock starts with the cluster's first manager; later ones (reloads) keep it.
+    let warmup_until = *state
+        .warmup_until
+        .get_or_init(|| tokio::time::Instant::now() + cluster.spec.warmup_timeout.get());
 
     loop {
         if !names.is_empty() && tokio::time::Instant::now() >= dns_due {
@@ -196,6 +200,11 @@ pub async fn run(
                     .all(|e| e.state.health() != super::Health::Unknown);
             if dns_answered && checked {
                 state.warmed.store(true, Ordering::Release);
+            } else if tokio::time::Instant::now() >= warmup_until
+                && !state.warmup_expired.swap(true, Ordering::AcqRel)
+            {
+                warn!(cluster = %cluster.name, warmup_timeout = ?cluster.spec.warmup_timeout.get(),
+                      "not warm within warmup_timeout; /ready no longer waits for it");
             }
         }
 
@@ -205,6 +214,9 @@ pub async fn run(
         }
         if ramping {
             wake = wake.min(tokio::time::Instant::now() + RAMP_STEP);
+        }
+        if !state.warmed.load(Ordering::Acquire) && !state.warmup_expired.load(Ordering::Acquire) {
+            wake = wake.min(warmup_until);
         }
         if let Some(until) = next_ejection_end {
             let in_ms = until.saturating_sub(now_ms());

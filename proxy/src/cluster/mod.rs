@@ -121,6 +121,12 @@ impl Cluster {
         Some(hash_ip(peer))
     }
 
+    /// Whether `/ready` still waits for this cluster: not warm, and within its warm-up time.
+    pub fn warming(&self) -> bool {
+        !self.state.warmed.load(Ordering::Acquire)
+            && !self.state.warmup_expired.load(Ordering::Acquire)
+    }
+
     pub fn status(&self) -> ClusterStatus {
         let membership = self.state.membership.load();
         let s = &self.state;
@@ -138,6 +144,7 @@ impl Cluster {
             cancels_routed: s.cancels_routed.load(Ordering::Relaxed),
             cancels_broadcast: s.cancels_broadcast.load(Ordering::Relaxed),
             dns_error: s.dns_error(),
+            warmed: s.warmed.load(Ordering::Acquire),
             endpoints: membership
                 .endpoints
                 .iter()
@@ -172,6 +179,8 @@ pub struct ClusterStatus {
     pub cancels_routed: u64,
     pub cancels_broadcast: u64,
     pub dns_error: Option<String>,
+    /// Whether the first DNS answers and health-check round are in.
+    pub warmed: bool,
     pub endpoints: Vec<EndpointStatus>,
 }
 
@@ -217,6 +226,10 @@ pub struct ClusterState {
     pub changed: Notify,
     /// Set once DNS has answered and every endpoint has been health checked once.
     pub warmed: AtomicBool,
+    /// When the cluster's first manager started plus `warmup_timeout`.
+    pub warmup_until: OnceLock<tokio::time::Instant>,
+    /// Set when `warmup_timeout` passed before the cluster was warm: `/ready` stops waiting.
+    pub warmup_expired: AtomicBool,
     /// Set once a manager has run for this cluster (later managers come from reloads).
     pub managed: AtomicBool,
     pub dns: Mutex<DnsState>,
@@ -249,6 +262,8 @@ impl ClusterState {
             overflows: AtomicU64::new(0),
             changed: Notify::new(),
             warmed: AtomicBool::new(false),
+            warmup_until: OnceLock::new(),
+            warmup_expired: AtomicBool::new(false),
             managed: AtomicBool::new(false),
             dns: Mutex::new(DnsState::default()),
             cancel_keys: Mutex::new(HashMap::new()),

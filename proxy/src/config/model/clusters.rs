@@ -49,6 +49,11 @@ pub struct Cluster {
     /// How often DNS names in endpoint addresses are resolved again. Default `30s`.
     #[serde(default = "Cluster::default_dns_refresh")]
     pub dns_refresh: Duration,
+    /// How long `/ready` waits for this cluster's first DNS answers and health-check round;
+    /// after it the proxy turns ready without them and `/clusters` shows `warmed: false`.
+    /// Default `5s`.
+    #[serde(default = "Cluster::default_warmup_timeout")]
+    pub warmup_timeout: Duration,
     /// When fewer than this percentage of endpoints are usable (healthy, not ejected),
     /// balance across all pooled endpoints rather than overload the few. Default `50`;
     /// `0` disables panic mode.
@@ -59,6 +64,9 @@ pub struct Cluster {
 impl Cluster {
     fn default_dns_refresh() -> Duration {
         Duration::from_secs(30)
+    }
+    fn default_warmup_timeout() -> Duration {
+        Duration::from_secs(5)
     }
     fn default_panic_threshold() -> u32 {
         50
