@@ -90,6 +90,13 @@ impl Proxy {
             .expect("the admin listener is running")
     }
 
+    /// The bound probe listener address (the config must have `probes`).
+    pub fn probes(&self) -> SocketAddr {
+        self.app()
+            .probes_addr()
+            .expect("the config has a probe listener")
+    }
+
     /// Waits until `/ready` answers 200 (clusters warmed), polling it for at most 10 s.
     pub async fn wait_ready(&self) -> Result<()> {
         let admin = self.admin();

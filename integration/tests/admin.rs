@@ -27,6 +27,54 @@ clusters:
       - { address: "127.0.0.1:9", weight: 1, pooled: false }
 "#;
 
+/// The probe listener answers `GET /ready` and `GET /healthz` as the admin listener does,
+/// and nothing else: no config, no cluster state, no reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_listener_serves_only_ready_and_healthz() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let config = CONFIG.replace(
+        "admin: { listen: 127.0.0.1:0 }",
+        "admin: { listen: 127.0.0.1:0 }\nprobes: { listen: 127.0.0.1:0 }",
+    );
+    let proxy = Proxy::start(yaml(&config).set("APP", app.addr()))?;
+    proxy.wait_ready().await?;
+    let probes = proxy.probes();
+    assert_ne!(probes, proxy.admin());
+
+    let ready = client::get(probes, "probes", "/ready").await?;
+    assert_eq!(
+        (ready.status, ready.text().as_str()),
+        (StatusCode::OK, "ready\n")
+    );
+    let healthz = client::get(probes, "probes", "/healthz").await?;
+    assert_eq!(
+        (healthz.status, healthz.text().as_str()),
+        (StatusCode::OK, "ok\n")
+    );
+    for path in ["/config", "/clusters", "/metrics", "/reload"] {
+        let reply = client::get(probes, "probes", path).await?;
+        assert_eq!(
+            reply.status,
+            StatusCode::NOT_FOUND,
+            "GET {path}: {}",
+            reply.text()
+        );
+    }
+    let mut conn = Http1::connect(probes).await?;
+    let reload = conn
+        .send(request(Method::POST, "probes", "/reload"))
+        .await?;
+    assert_eq!(reload.status(), StatusCode::NOT_FOUND, "POST /reload");
+    let mut conn = Http1::connect(probes).await?;
+    let post_ready = conn.send(request(Method::POST, "probes", "/ready")).await?;
+    assert_eq!(post_ready.status(), StatusCode::METHOD_NOT_ALLOWED);
+    // The admin listener still serves everything.
+    let config = client::get(proxy.admin(), "admin", "/config").await?;
+    assert_eq!(config.status, StatusCode::OK);
+    assert_eq!(config.json()?["config"]["probes"]["listen"], "127.0.0.1:0");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_and_healthz_answer_200() -> Result<()> {
     // `/ready` turning 503 while draining is covered by tests/lifecycle.rs and tests/binary.rs.

@@ -54,6 +54,29 @@ async fn version_flag_prints_the_version() -> Result<()> {
     Ok(())
 }
 
+/// An admin listener off loopback works, with a warning: it serves `POST /reload` and the
+/// whole config to whoever reaches it.
+#[tokio::test]
+async fn validate_warns_about_an_admin_listener_beyond_loopback() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let text = GOOD.replace("127.0.0.1:9901", "0.0.0.0:9901");
+    let path = write(dir.path(), "exposed.yaml", &text)?;
+
+    let (code, stdout, stderr) = validate(&path).await?;
+
+    assert_eq!(code, Some(0), "a warning does not reject: {stderr}");
+    assert!(stdout.contains("ok (version"), "{stdout}");
+    assert!(
+        stderr.contains("warning: line 1: admin.listen: 0.0.0.0:9901 is not a loopback address"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("probes.listen"), "{stderr}");
+
+    let (_, _, quiet) = validate(&write(dir.path(), "good.yaml", GOOD)?).await?;
+    assert!(!quiet.contains("warning"), "{quiet}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn validate_accepts_a_good_file_and_prints_its_version() -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -1,5 +1,6 @@
 //! The admin listener: readiness, liveness, the effective config, cluster state and metrics,
-//! read from [`State`]; `POST /reload` goes to the [`Reload`] it is handed.
+//! read from [`State`]; `POST /reload` goes to the [`Reload`] it is handed. The probe listener
+//! serves only its readiness and liveness.
 //!
 //! Runs on the control thread so that a busy data plane never delays a probe.
 
@@ -32,9 +33,19 @@ pub struct Admin {
     pub reload: Arc<dyn Reload>,
 }
 
-/// Binds the admin address and serves it on the control thread. Returns the bound address.
+/// Which paths a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Everything: probes, views, metrics and `POST /reload`.
+    Admin,
+    /// `GET /ready` and `GET /healthz` only, safe to expose beyond loopback.
+    Probes,
+}
+
+/// Binds `addr` and serves `surface` on the control thread. Returns the bound address.
 pub fn start(
     addr: SocketAddr,
+    surface: Surface,
     admin: Admin,
     control: &tokio::runtime::Handle,
 ) -> std::io::Result<SocketAddr> {
@@ -44,15 +55,20 @@ pub fn start(
         match tokio::net::TcpListener::from_std(std_listener) {
             Ok(listener) => {
                 let metrics = Arc::new(Metrics::new(admin.state.clone()));
-                serve(listener, admin, metrics).await
+                serve(listener, surface, admin, metrics).await
             }
-            Err(e) => warn!(error = %e, "admin listener unusable"),
+            Err(e) => warn!(error = %e, ?surface, "admin listener unusable"),
         }
     });
     Ok(bound)
 }
 
-async fn serve(listener: tokio::net::TcpListener, admin: Admin, metrics: Arc<Metrics>) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    surface: Surface,
+    admin: Admin,
+    metrics: Arc<Metrics>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -67,7 +83,12 @@ async fn serve(listener: tokio::net::TcpListener, admin: Admin, metrics: Arc<Met
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let (admin, metrics) = (admin.clone(), metrics.clone());
-                async move { Ok::<_, Infallible>(route(&admin, &metrics, &req)) }
+                async move {
+                    Ok::<_, Infallible>(match surface {
+                        Surface::Admin => route(&admin, &metrics, &req),
+                        Surface::Probes => probe(&admin.state, &req),
+                    })
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -77,6 +98,59 @@ async fn serve(listener: tokio::net::TcpListener, admin: Admin, metrics: Arc<Met
                 debug!(%peer, error = %e, "admin connection error");
             }
         });
+    }
+}
+
+/// The probe listener: its two paths, `GET` only.
+fn probe(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path != "/ready" && path != "/healthz" {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: the probe listener serves only GET /ready and GET /healthz\n",
+        );
+    }
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    match path {
+        "/ready" => ready(state),
+        _ => text(StatusCode::OK, "ok\n"),
+    }
+}
+
+/// `/ready`: 200 once the proxy should take traffic, else 503 with the reason.
+fn ready(state: &State) -> Response<Full<Bytes>> {
+    if state.is_draining() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    if !state.xds.is_ready() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first config from the control plane\n",
+        );
+    }
+    // Ready once every cluster has its first DNS answers and health check results, so a new
+    // proxy does not take traffic it would answer with 503s; a cluster that is not warm
+    // within its warmup_timeout stops holding it back.
+    let snapshot = state.snapshot.load();
+    if snapshot.clusters.values().any(|c| c.warming()) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "warming clusters\n");
+    }
+    let mut cold: Vec<&str> = snapshot
+        .clusters
+        .values()
+        .filter(|c| !c.state.warmed.load(Ordering::Acquire))
+        .map(|c| &*c.name)
+        .collect();
+    if cold.is_empty() {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        cold.sort_unstable();
+        text(
+            StatusCode::OK,
+            format!("ready; not warmed: {}\n", cold.join(", ")),
+        )
     }
 }
 
@@ -104,39 +178,7 @@ fn route(admin: &Admin, metrics: &Metrics, req: &Request<Incoming>) -> Response<
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     match req.uri().path() {
-        "/ready" => {
-            if state.is_draining() {
-                return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
-            }
-            if !state.xds.is_ready() {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "waiting for the first config from the control plane\n",
-                );
-            }
-            // Ready once every cluster has its first DNS answers and health check results,
-            // so a new proxy does not take traffic it would answer with 503s; a cluster that
-            // is not warm within its warmup_timeout stops holding it back.
-            let snapshot = state.snapshot.load();
-            if snapshot.clusters.values().any(|c| c.warming()) {
-                return text(StatusCode::SERVICE_UNAVAILABLE, "warming clusters\n");
-            }
-            let mut cold: Vec<&str> = snapshot
-                .clusters
-                .values()
-                .filter(|c| !c.state.warmed.load(Ordering::Acquire))
-                .map(|c| &*c.name)
-                .collect();
-            if cold.is_empty() {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                cold.sort_unstable();
-                text(
-                    StatusCode::OK,
-                    format!("ready; not warmed: {}\n", cold.join(", ")),
-                )
-            }
-        }
+        "/ready" => ready(state),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(metrics.render())));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::admin::{self, Admin};
+use crate::admin::{self, Admin, Surface};
 use crate::apply::reconcile::DataPlane;
 use crate::apply::{Applier, Update};
 use crate::cluster::Registry;
@@ -34,6 +34,12 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot bind probe listener {addr}: {source}")]
+    Probes {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running proxy. Dropping it closes everything at once; [`App::shutdown`] drains first.
@@ -43,6 +49,7 @@ pub struct App {
     applier: Arc<Applier>,
     file: Arc<FileSource>,
     admin_addr: SocketAddr,
+    probes_addr: Option<SocketAddr>,
     /// The control thread: admin, upkeep, sources. Stopped after the workers.
     control: Mutex<Option<Control>>,
 }
@@ -87,7 +94,17 @@ pub fn build(config: Checked, version: String) -> Result<App, BuildError> {
         reload: file.clone(),
     };
     let snapshot = state.snapshot.load();
-    let admin_addr = match admin::start(snapshot.admin, admin, &control.handle()) {
+    let probes_addr = match snapshot.probes {
+        Some(addr) => match admin::start(addr, Surface::Probes, admin.clone(), &control.handle()) {
+            Ok(bound) => Some(bound),
+            Err(source) => {
+                applier.stop();
+                return Err(BuildError::Probes { addr, source });
+            }
+        },
+        None => None,
+    };
+    let admin_addr = match admin::start(snapshot.admin, Surface::Admin, admin, &control.handle()) {
         Ok(addr) => addr,
         Err(source) => {
             // The listeners already serve: stop them before reporting.
@@ -103,6 +120,7 @@ pub fn build(config: Checked, version: String) -> Result<App, BuildError> {
         listeners = snapshot.config.listeners.len(),
         workers,
         admin = %admin_addr,
+        probes = ?probes_addr,
         "legate started"
     );
     Ok(App {
@@ -110,6 +128,7 @@ pub fn build(config: Checked, version: String) -> Result<App, BuildError> {
         applier,
         file,
         admin_addr,
+        probes_addr,
         control: Mutex::new(Some(control)),
     })
 }
@@ -135,6 +154,11 @@ impl App {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         Some(self.admin_addr)
+    }
+
+    /// The bound address of the probe listener, if the config has one.
+    pub fn probes_addr(&self) -> Option<SocketAddr> {
+        self.probes_addr
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub listen: HashMap<String, SocketAddr>,
     /// The admin listener's address.
     pub admin: SocketAddr,
+    /// The probe listener's address, if there is one.
+    pub probes: Option<SocketAddr>,
     /// How endpoint DNS names are resolved.
     pub dns: dns::Settings,
 }
@@ -116,6 +118,7 @@ impl Snapshot {
             listener_tls,
             listen,
             admin: values.admin,
+            probes: values.probes,
             dns,
         })
     }

@@ -1,13 +1,14 @@
 //! Settings read once, at start: a reload that changes one applies everything else and says
 //! which of these are not in effect until a restart.
 
-use crate::config::model::{Admin, Xds};
+use crate::config::model::{Admin, Probes, Xds};
 use crate::config::Config;
 
 /// The start-only settings of the config the process started with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AtStart {
     admin: Admin,
+    probes: Option<Probes>,
     workers: Option<usize>,
     xds: Option<Xds>,
     node_id: Option<String>,
@@ -18,6 +19,7 @@ impl AtStart {
     pub fn of(config: &Config) -> Self {
         AtStart {
             admin: config.admin.clone(),
+            probes: config.probes.clone(),
             workers: config.runtime.workers,
             xds: config.xds.clone(),
             node_id: config.node.id.clone(),
@@ -31,6 +33,9 @@ impl AtStart {
         let mut fields = Vec::new();
         if config.admin != self.admin {
             fields.push("admin");
+        }
+        if config.probes != self.probes {
+            fields.push("probes");
         }
         if config.runtime.workers != self.workers {
             fields.push("runtime.workers");

@@ -58,6 +58,8 @@ pub struct Values {
     pub endpoints: Vec<Vec<EndpointAddress>>,
     /// `dns.servers`, when given.
     pub dns_servers: Option<Vec<SocketAddr>>,
+    /// `probes.listen`, when given.
+    pub probes: Option<SocketAddr>,
 }
 
 impl Default for Values {
@@ -68,6 +70,7 @@ impl Default for Values {
             routes: BTreeMap::new(),
             endpoints: Vec::new(),
             dns_servers: None,
+            probes: None,
         }
     }
 }

@@ -11,10 +11,11 @@ use super::validate::{Names, Provenance};
 use super::{Config, ConfigError, ErrorKind};
 
 /// The top-level keys of `Config`, in documentation order.
-pub const SECTIONS: [&str; 9] = [
+pub const SECTIONS: [&str; 10] = [
     "node",
     "xds",
     "admin",
+    "probes",
     "runtime",
     "access_log",
     "dns",
@@ -102,6 +103,11 @@ pub fn load(text: &str) -> Result<Loaded, ConfigError> {
                 Some(admin) => loaded.config.admin = admin,
                 None => loaded.provenance.admin_broken = true,
             },
+            "probes" => {
+                if let Some(probes) = loaded.entry(&FieldPath::root("probes"), value) {
+                    loaded.config.probes = Some(probes);
+                }
+            }
             "runtime" => {
                 if let Some(runtime) = loaded.entry(&FieldPath::root("runtime"), value) {
                     loaded.config.runtime = runtime;
@@ -785,7 +791,7 @@ mod tests {
                 (
                     "listener",
                     1,
-                    "unknown field `listener`, expected one of `node`, `xds`, `admin`, `runtime`, `access_log`, `dns`, \
+                    "unknown field `listener`, expected one of `node`, `xds`, `admin`, `probes`, `runtime`, `access_log`, `dns`, \
                      `listeners`, `route_tables`, `clusters` (did you mean `listeners`?)",
                 ),
                 ("tls", 2, "unknown field `tls`"),
@@ -1072,6 +1078,9 @@ mod tests {
                 server: "127.0.0.1:1".into(),
                 connect_timeout: crate::config::Duration::from_secs(1),
                 tls: None,
+            }),
+            probes: Some(crate::config::model::Probes {
+                listen: "127.0.0.1:0".into(),
             }),
             ..Config::default()
         };

@@ -33,6 +33,10 @@ pub struct Config {
     /// The admin listener (`/ready`, `/config`, `/clusters`). Default: `127.0.0.1:9901`.
     #[serde(default)]
     pub admin: Admin,
+    /// A listener serving only `GET /ready` and `GET /healthz`, for probes from outside the
+    /// host (the kubelet). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Probes>,
     /// Process-wide settings: worker threads and shutdown drain.
     #[serde(default)]
     pub runtime: Runtime,
@@ -109,6 +113,14 @@ impl Default for Admin {
             listen: Self::default_listen(),
         }
     }
+}
+
+/// The probe listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probes {
+    /// Address of the probe listener, e.g. `0.0.0.0:9902`.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -21,6 +21,21 @@ impl<'a> Validator<'a> {
                 self.values.admin = addr;
             }
         }
+        if let Some(probes) = &config.probes {
+            let path = FieldPath::root("probes").field("listen");
+            if let Some(addr) = self.listen_address(&path, &probes.listen) {
+                match addresses.get(&addr) {
+                    Some(first) if addr.port() != 0 => {
+                        let message = format!("{addr} is already used by {first}");
+                        self.error(&path, message);
+                    }
+                    _ => {
+                        addresses.insert(addr, path);
+                    }
+                }
+                self.values.probes = Some(addr);
+            }
+        }
         for (i, listener) in config.listeners.iter().enumerate() {
             let index = self.provenance.listener_index.get(i).copied().unwrap_or(i);
             let base = FieldPath::root("listeners").index(index);
@@ -180,6 +195,34 @@ impl<'a> Validator<'a> {
 #[cfg(test)]
 mod tests {
     use crate::config::tests::assert_errors;
+
+    #[test]
+    fn the_probe_listener_needs_its_own_address() {
+        assert_errors(
+            "probes: { listen: 9902 }",
+            &[("probes.listen", 1, "`9902` is a number to YAML")],
+        );
+        assert_errors(
+            r#"
+            admin: { listen: "127.0.0.1:9901" }
+            probes: { listen: "127.0.0.1:9901" }
+            "#,
+            &[(
+                "probes.listen",
+                2,
+                "127.0.0.1:9901 is already used by admin.listen",
+            )],
+        );
+        assert_errors(
+            r#"probes: { listen: "0.0.0.0" }"#,
+            &[("probes.listen", 1, "has no port")],
+        );
+        let config = crate::config::tests::parse_ok(r#"probes: { listen: "0.0.0.0:9902" }"#);
+        assert_eq!(
+            config.probes.map(|p| p.listen).as_deref(),
+            Some("0.0.0.0:9902")
+        );
+    }
 
     #[test]
     fn listen_addresses_must_be_ip_and_port() {
