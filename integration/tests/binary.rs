@@ -33,6 +33,66 @@ async fn start(app: &Upstream, format: &str) -> Result<Legate> {
     Legate::start(yaml(CONFIG).set("APP", app.addr()).set("FORMAT", format)).await
 }
 
+/// With `drain_delay`, SIGTERM turns `/ready` to 503 at once but keeps accepting and
+/// serving new connections; then the listener closes, the request in flight since before
+/// SIGTERM completes, and the exit is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_drain_delay_serves_on_while_unready_then_drains() -> Result<()> {
+    let app = Upstream::builder("app").hold().start().await?;
+    let config = CONFIG
+        .replace("drain_timeout: 5s", "drain_delay: 3s, drain_timeout: 30s")
+        .replace(
+            "routes: [{ match: { prefix: / }, cluster: app }]",
+            "routes: [{ match: { prefix: /late }, respond: { status: 200 } }, \
+             { match: { prefix: / }, cluster: app }]",
+        );
+    let config = yaml(&config).set("APP", app.addr()).set("FORMAT", "text");
+    let mut legate = Legate::start(config).await?;
+    let (front, admin) = (legate.addr("front"), legate.admin());
+    let mut held = Http1::connect(front).await?;
+    let in_flight = tokio::spawn(async move { held.get("app.example.org", "/held").await });
+    app.wait_requests(1).await?;
+
+    legate.signal("TERM").await?;
+    legate.wait_stderr("serving on for drain_delay").await?;
+    let ready = client::get(admin, "admin", "/ready").await?;
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        ready.text()
+    );
+    // A new connection during the delay is accepted and served.
+    let mut late = Http1::connect(front).await?;
+    let late = late.get("app.example.org", "/late").await?;
+    assert_eq!(late.status, StatusCode::OK, "served during the delay");
+
+    // Then the drain: the listener stops accepting; the held request, released only now,
+    // completes; the exit is clean.
+    eventually(Duration::from_secs(10), || async {
+        ensure!(
+            tokio::net::TcpStream::connect(front).await.is_err(),
+            "{front} still accepts"
+        );
+        Ok(())
+    })
+    .await?;
+    ensure!(
+        !in_flight.is_finished(),
+        "the held request ended before its gate opened"
+    );
+    app.open_gate();
+    let reply = in_flight.await??;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "the request in flight completes"
+    );
+    let status = legate.wait_exit(Duration::from_secs(10)).await?;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", legate.stderr_text());
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_in_flight_request_and_exits_zero() -> Result<()> {
     let slow = Upstream::echo("slow").await?;

@@ -212,6 +212,19 @@ impl App {
         clean
     }
 
+    /// The first step of a graceful shutdown with `runtime.drain_delay`: `/ready` answers
+    /// 503 at once while listeners keep accepting and serving for `delay`.
+    pub async fn drain_delay(&self, delay: Duration) {
+        self.state
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        info!(
+            ?delay,
+            "/ready answers 503; serving on for drain_delay before draining"
+        );
+        tokio::time::sleep(delay).await;
+    }
+
     /// Whether a graceful shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.state.is_draining()

@@ -150,8 +150,12 @@ fn run(path: PathBuf) -> ExitCode {
             tokio::select! {
                 _ = term.recv() => {
                     info!("SIGTERM: draining");
-                    let timeout = app.snapshot().config.runtime.drain_timeout.get();
-                    if app.shutdown(timeout).await {
+                    let runtime = app.snapshot().config.runtime.clone();
+                    let delay = runtime.drain_delay.get();
+                    if !delay.is_zero() {
+                        app.drain_delay(delay).await;
+                    }
+                    if app.shutdown(runtime.drain_timeout.get()).await {
                         return ExitCode::SUCCESS;
                     }
                     // Work was cut: say so to the supervisor, not only in the log.

@@ -276,6 +276,7 @@ mod tests {
         let expected = Config {
             runtime: Runtime {
                 workers: None,
+                drain_delay: Duration::from_secs(0),
                 drain_timeout: Duration::from_secs(30),
             },
             ..Config::default()

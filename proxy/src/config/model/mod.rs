@@ -130,6 +130,10 @@ pub struct Runtime {
     /// Default: the number of CPUs available to the process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// On SIGTERM, how long to keep accepting and serving with `/ready` at 503 before the
+    /// drain starts, so load balancers stop sending first. Default `0s`.
+    #[serde(default)]
+    pub drain_delay: Duration,
     /// How long SIGTERM waits for in-flight work before closing what is left. Default `30s`.
     #[serde(default = "Runtime::default_drain_timeout")]
     pub drain_timeout: Duration,
@@ -145,6 +149,7 @@ impl Default for Runtime {
     fn default() -> Self {
         Self {
             workers: None,
+            drain_delay: Duration::from_secs(0),
             drain_timeout: Self::default_drain_timeout(),
         }
     }
