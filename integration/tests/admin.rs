@@ -213,6 +213,17 @@ async fn metrics_count_responses_endpoints_and_reloads_in_prometheus_text() -> R
         "the depooled endpoint is reported:\n{text}"
     );
     ensure!(text.contains("legate_config_reloads_total{result=\"rejected\"} 0"));
+    let build = format!(
+        "legate_build_info{{version=\"{}\",revision=\"{}\"}} 1",
+        legate::VERSION,
+        legate::REVISION
+    );
+    ensure!(text.contains(&build), "no {build} in:\n{text}");
+    let config = client::get(proxy.admin(), "admin", "/config")
+        .await?
+        .json()?;
+    assert_eq!(config["build"]["version"], legate::VERSION);
+    assert_eq!(config["build"]["revision"], legate::REVISION);
     ensure!(
         text.trim_end().ends_with("# EOF"),
         "OpenMetrics text ends with # EOF"

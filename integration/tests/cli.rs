@@ -49,8 +49,18 @@ async fn version_flag_prints_the_version() -> Result<()> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         stdout.trim(),
-        format!("legate {}", env!("CARGO_PKG_VERSION"))
+        format!("legate {} ({})", legate::VERSION, legate::REVISION)
     );
+    // Built from a checkout, the revision is the commit's.
+    if let Ok(git) = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+    {
+        if git.status.success() {
+            let head = String::from_utf8_lossy(&git.stdout).trim().to_owned();
+            assert_eq!(legate::REVISION, head, "the binary was built from HEAD");
+        }
+    }
     Ok(())
 }
 

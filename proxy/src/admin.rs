@@ -194,6 +194,7 @@ fn route(admin: &Admin, metrics: &Metrics, req: &Request<Incoming>) -> Response<
             let snapshot = state.snapshot.load();
             let last_reload = state.reloads.last.load();
             json(&serde_json::json!({
+                "build": { "version": crate::VERSION, "revision": crate::REVISION },
                 "version": snapshot.version,
                 "loaded_at": humantime::format_rfc3339_millis(snapshot.loaded_at).to_string(),
                 "last_reload": &**last_reload,

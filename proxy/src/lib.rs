@@ -7,6 +7,11 @@
 //! own SO_REUSEPORT socket per [`listener`] ([`serve`]) and proxies with [`http`] or [`tcp`]
 //! over [`cluster`]s. [`admin`] and [`metrics`] read [`state`]; [`app`] wires it together.
 
+/// The release this binary is.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The source revision it was built from (`unknown` when the build could not tell).
+pub const REVISION: &str = env!("LEGATE_REVISION");
+
 pub mod access_log;
 pub mod admin;
 pub mod app;

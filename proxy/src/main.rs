@@ -13,8 +13,16 @@ use legate::{app, apply, config};
 /// that were still open (0 means everything finished).
 const EXIT_DRAIN_CUT: u8 = 2;
 
+/// `legate --version`: the release and the revision it was built from.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("LEGATE_REVISION"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(name = "legate", version, about = "A sidecar service-mesh proxy")]
+#[command(name = "legate", version = LONG_VERSION, about = "A sidecar service-mesh proxy")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -47,6 +47,12 @@ struct VersionLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    revision: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -144,6 +150,15 @@ impl Collector for StateCollector {
         let state = &self.0;
         let snapshot = state.snapshot.load();
 
+        let mut build = Family::new("build_info", "The release and source revision running");
+        build.add(
+            BuildLabels {
+                version: crate::VERSION,
+                revision: crate::REVISION,
+            },
+            1,
+        );
+        build.gauges(&mut e)?;
         let mut info = Family::new("config_info", "The config version being served");
         info.add(
             VersionLabels {
