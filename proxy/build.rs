@@ -22,18 +22,16 @@ fn main() {
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=LEGATE_REVISION={revision}");
-    // Build again when HEAD moves: a checkout, or a commit on the current branch.
-    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        let dir = Path::new(&dir);
-        println!("cargo:rerun-if-changed={}", dir.join("HEAD").display());
-        if let Ok(head) = std::fs::read_to_string(dir.join("HEAD")) {
-            if let Some(reference) = head.trim().strip_prefix("ref: ") {
-                println!("cargo:rerun-if-changed={}", dir.join(reference).display());
-            }
+    // Build again when HEAD moves: a checkout, or a commit on the current branch. Only
+    // files that exist are named: cargo reruns a script whose input is missing every time.
+    let mut watched = vec![git(&["rev-parse", "--git-path", "HEAD"])];
+    if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(git(&["rev-parse", "--git-path", &reference]));
+    }
+    watched.push(git(&["rev-parse", "--git-path", "packed-refs"]));
+    for path in watched.into_iter().flatten() {
+        if Path::new(&path).exists() {
+            println!("cargo:rerun-if-changed={path}");
         }
-        println!(
-            "cargo:rerun-if-changed={}",
-            dir.join("packed-refs").display()
-        );
     }
 }

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 struct Answers {
     names: HashMap<String, Vec<IpAddr>>,
     failing: bool,
+    silent: bool,
     queries: usize,
 }
 
@@ -46,6 +47,7 @@ impl NameServer {
     pub fn answer(&self, name: &str, addresses: &[IpAddr]) {
         let mut answers = self.lock();
         answers.failing = false;
+        answers.silent = false;
         answers
             .names
             .insert(name.trim_end_matches('.').to_owned(), addresses.to_vec());
@@ -54,6 +56,11 @@ impl NameServer {
     /// From now on every query gets SERVFAIL, until the next `answer`.
     pub fn fail(&self) {
         self.lock().failing = true;
+    }
+
+    /// From now on queries are read and never answered, until the next `answer`.
+    pub fn silence(&self) {
+        self.lock().silent = true;
     }
 
     /// Queries received so far.
@@ -84,6 +91,9 @@ async fn serve(socket: UdpSocket, answers: Arc<Mutex<Answers>>) {
         let reply = {
             let mut answers = answers.lock().unwrap_or_else(|e| e.into_inner());
             answers.queries += 1;
+            if answers.silent {
+                continue;
+            }
             respond(&query, &answers)
         };
         if let Ok(bytes) = reply.to_vec() {
@@ -118,7 +128,8 @@ fn respond(query: &Message, answers: &Answers) -> Message {
                 (IpAddr::V6(v6), RecordType::AAAA) => RData::from(*v6),
                 _ => continue,
             };
-            reply.add_answer(Record::from_rdata(q.name().clone(), 0, rdata));
+            // A long TTL: Legate must ask again at each refresh all the same.
+            reply.add_answer(Record::from_rdata(q.name().clone(), 300, rdata));
         }
     }
     reply

@@ -946,6 +946,42 @@ async fn an_unresolvable_name_stops_holding_ready_after_warmup_timeout() -> Resu
     Ok(())
 }
 
+/// A name server that never answers does not stretch the warm-up: `/ready` turns 200 at
+/// `warmup_timeout`, while the lookup still waits for its (long) `dns.timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_name_server_does_not_stretch_the_warmup() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let dns = NameServer::start().await?;
+    dns.silence();
+    let clusters = r#"
+  - name: app
+    endpoints: ["${APP}"]
+  - name: silent
+    warmup_timeout: 300ms
+    endpoints: ["db.legate.test:5432"]
+"#;
+    let top = r#"dns: { servers: ["${DNS}"], timeout: 1h }"#;
+    let proxy = Proxy::start(
+        config_with(top, "", clusters)
+            .set("APP", app.addr())
+            .set("DNS", dns.addr()),
+    )?;
+    let admin = proxy.admin();
+    let ready = eventually(Duration::from_secs(10), || async {
+        let ready = client::get(admin, "admin", "/ready").await?;
+        ensure!(
+            ready.status == StatusCode::OK,
+            "/ready said {}",
+            ready.text()
+        );
+        Ok(ready)
+    })
+    .await?;
+    assert_eq!(ready.text(), "ready; not warmed: silent\n");
+    assert!(dns.queries() > 0, "the lookup is out");
+    Ok(())
+}
+
 /// A TCP echo server on 127.0.0.1; returns its port.
 async fn tcp_echo() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;

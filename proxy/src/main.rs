@@ -161,7 +161,13 @@ fn run(path: PathBuf) -> ExitCode {
                     let runtime = app.snapshot().config.runtime.clone();
                     let delay = runtime.drain_delay.get();
                     if !delay.is_zero() {
-                        app.drain_delay(delay).await;
+                        tokio::select! {
+                            _ = app.drain_delay(delay) => {}
+                            _ = int.recv() => {
+                                info!("SIGINT: exiting");
+                                std::process::exit(130);
+                            }
+                        }
                     }
                     if app.shutdown(runtime.drain_timeout.get()).await {
                         return ExitCode::SUCCESS;

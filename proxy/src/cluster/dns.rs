@@ -5,7 +5,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{
+    LookupIpStrategy, NameServerConfig, ResolverConfig, ServerOrderingStrategy,
+};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 use tracing::warn;
@@ -140,7 +142,13 @@ fn build(settings: &Settings) -> Result<(TokioResolver, Option<String>), String>
     let options = builder.options_mut();
     // Every A and AAAA record is an endpoint, as getaddrinfo would list them.
     options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-    options.timeout = settings.timeout;
+    // Servers are asked one at a time, in the order given; each gets part of the lookup's
+    // time, so a silent one leaves time for the next.
+    options.server_ordering_strategy = ServerOrderingStrategy::UserProvidedOrder;
+    options.num_concurrent_reqs = 1;
+    let servers = u32::try_from(settings.servers.as_ref().map_or(1, Vec::len).max(1)).unwrap_or(1);
+    options.timeout = settings.timeout / servers;
+    options.attempts = 1;
     // Each refresh asks the servers again: the refresh interval, not the TTL, says how
     // fresh the endpoints are.
     options.positive_max_ttl = Some(Duration::ZERO);

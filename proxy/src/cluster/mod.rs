@@ -123,8 +123,14 @@ impl Cluster {
 
     /// Whether `/ready` still waits for this cluster: not warm, and within its warm-up time.
     pub fn warming(&self) -> bool {
+        // The deadline is checked here too: the manager may be busy with a slow DNS round.
         !self.state.warmed.load(Ordering::Acquire)
             && !self.state.warmup_expired.load(Ordering::Acquire)
+            && self
+                .state
+                .warmup_until
+                .get()
+                .is_none_or(|until| tokio::time::Instant::now() < *until)
     }
 
     pub fn status(&self) -> ClusterStatus {

@@ -216,14 +216,17 @@ impl Loaded {
 
     fn listeners(&mut self, value: &Value) {
         let Some(items) = self.sequence(FieldPath::root("listeners"), value) else {
+            self.provenance.listeners_unsure = true;
             return;
         };
         for (i, item) in items.iter().enumerate() {
             let path = FieldPath::root("listeners").index(i);
+            let before = self.errors.len();
             if let Some(listener) = self.usable(&path, item) {
                 self.config.listeners.push(listener);
                 self.provenance.listener_index.push(i);
             }
+            self.provenance.listeners_unsure |= self.errors.len() > before;
         }
     }
 
@@ -653,6 +656,12 @@ mod tests {
             &[
                 ("listeners[0].backlog", 4, "must be ≥ 0 (got -1)"),
                 ("listeners[0].htp", 5, "unknown field `htp`"),
+                // True as well: the file defines no route tables.
+                (
+                    "listeners[0].http.route_table",
+                    7,
+                    "unknown route table \"main\"",
+                ),
                 ("listeners[0].http.idle_timeout", 8, "5 minutes"),
                 (
                     "listeners[0].http.escaped_slashes",
@@ -694,7 +703,7 @@ mod tests {
                 virtual_hosts:
                   - hosts: ["*"]
                     routes:
-                      - { match: { prefix: /a }, cluster: app, timeout: soon }
+                      - { match: { prefix: /a }, cluster: apq, timeout: soon }
                       - { match: { prefix: /b }, cluster: ap }
             clusters:
               - name: app
@@ -709,6 +718,12 @@ mod tests {
                     "listeners[0].http.route_table",
                     5,
                     "unknown route table \"mian\"",
+                ),
+                // A reference beside a broken field is still checked.
+                (
+                    "route_tables.main.virtual_hosts[0].routes[0].cluster",
+                    11,
+                    "unknown cluster \"apq\"",
                 ),
                 (
                     "route_tables.main.virtual_hosts[0].routes[0].timeout",

@@ -46,16 +46,23 @@ pub struct Provenance {
     pub broken_route_tables: Names,
     /// Fields taken out of entries that are checked without them (each already reported).
     pub taken_out: Vec<FieldPath>,
+    /// Some listener could not be read as written, so what the listeners serving a route
+    /// table set (`merge_slashes`) is not known for sure.
+    pub listeners_unsure: bool,
 }
 
 impl Provenance {
-    /// Whether an error at `path` may follow from a taken-out field: it lies below one, or
-    /// beside one or above it (where rules that read several fields report).
-    fn hides(&self, path: &FieldPath) -> bool {
+    /// Whether `error` may follow from a taken-out field: it lies below one, or it is a
+    /// value rule reported beside one or above it (where rules that read several fields
+    /// report). References and duplicates name their own field and stand.
+    fn hides(&self, error: &ConfigError) -> bool {
+        let path = &error.path;
         let parent = path.parent();
-        self.taken_out
-            .iter()
-            .any(|t| path.starts_with(t) || t.starts_with(path) || t.parent() == parent)
+        self.taken_out.iter().any(|t| {
+            path.starts_with(t)
+                || (error.kind == ErrorKind::Invalid
+                    && (t.starts_with(path) || t.parent() == parent))
+        })
     }
 }
 
@@ -101,7 +108,7 @@ pub fn validate_with(config: &Config, provenance: &Provenance) -> (Vec<ConfigErr
     v.clusters();
     let mut errors = v.errors;
     if !provenance.taken_out.is_empty() {
-        errors.retain(|e| !provenance.hides(&e.path));
+        errors.retain(|e| !provenance.hides(e));
     }
     (errors, v.values)
 }

@@ -234,16 +234,17 @@ impl Validator<'_> {
 
     /// A route path must be in the normal form request paths take before routing, or it
     /// never matches. Runs of `/` are allowed only where a listener serving this table keeps
-    /// them (`merge_slashes: false`).
+    /// them (`merge_slashes: false`), or might (a listener that could not be read).
     fn normal_form(&self, path: &str) -> Result<(), String> {
         let table = self.entry.as_ref().map(|e| e.name.as_str());
-        let merge_slashes = !self.config.listeners.iter().any(|l| {
-            l.http
-                .as_ref()
-                .is_some_and(|h| Some(h.route_table.as_str()) == table && !h.merge_slashes)
-        });
+        let merged = !self.provenance.listeners_unsure
+            && !self.config.listeners.iter().any(|l| {
+                l.http
+                    .as_ref()
+                    .is_some_and(|h| Some(h.route_table.as_str()) == table && !h.merge_slashes)
+            });
         let how = Normalize {
-            merge_slashes,
+            merge_slashes: merged,
             escaped_slashes: EscapedSlashes::Keep,
         };
         match crate::path::normalize(path, how) {
@@ -827,6 +828,14 @@ mod tests {
             route_doc("match: { prefix: /api//v1 }\ncluster: app")
         );
         parse_ok(&keeps);
+        // A listener whose merge_slashes cannot be read might keep them: no error for `//`.
+        let unsure = keeps.replace("merge_slashes: false", "merge_slashes: nope");
+        let errors = crate::config::parse(&unsure).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(
+            errors[0].path.to_string(),
+            "listeners[0].http.merge_slashes"
+        );
     }
 
     #[test]
