@@ -52,9 +52,20 @@ async fn sigterm_with_drain_delay_serves_on_while_unready_then_drains() -> Resul
     let mut held = Http1::connect(front).await?;
     let in_flight = tokio::spawn(async move { held.get("app.example.org", "/held").await });
     app.wait_requests(1).await?;
+    let mut kept = Http1::connect(front).await?;
+    let before = kept.get("app.example.org", "/late").await?;
+    assert_eq!(
+        before.header("connection"),
+        None,
+        "keep-alive before SIGTERM"
+    );
 
     legate.signal("TERM").await?;
     legate.wait_stderr("serving on for drain_delay").await?;
+    // A kept-alive HTTP/1.1 connection is asked to reconnect with its next response.
+    let again = kept.get("app.example.org", "/late").await?;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.header("connection"), Some("close"));
     let ready = client::get(admin, "admin", "/ready").await?;
     assert_eq!(
         ready.status,
@@ -66,6 +77,7 @@ async fn sigterm_with_drain_delay_serves_on_while_unready_then_drains() -> Resul
     let mut late = Http1::connect(front).await?;
     let late = late.get("app.example.org", "/late").await?;
     assert_eq!(late.status, StatusCode::OK, "served during the delay");
+    assert_eq!(late.header("connection"), Some("close"));
 
     // Then the drain: the listener stops accepting; the held request, released only now,
     // completes; the exit is clean.

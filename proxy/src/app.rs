@@ -218,6 +218,7 @@ impl App {
         self.state
             .draining
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.applier.announce_drain();
         info!(
             ?delay,
             "/ready answers 503; serving on for drain_delay before draining"

@@ -176,6 +176,13 @@ impl Applier {
             .map_err(|e| ApplyError::InvalidWithResources(ConfigErrors(e)))
     }
 
+    /// Marks every listener as closing for `runtime.drain_delay` (see `DataPlane`).
+    pub fn announce_drain(&self) {
+        if let Some(plane) = self.lock().plane.as_ref() {
+            plane.announce_drain();
+        }
+    }
+
     /// Starts draining every listener; returns the triggers to wait on.
     pub fn drain_all(&self) -> Vec<crate::drain::Trigger> {
         let mut inner = self.lock();

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -247,6 +247,14 @@ impl DataPlane {
         self.tls_watch = Some(task.abort_handle());
     }
 
+    /// Marks every running listener as closing (`runtime.drain_delay`): they keep accepting,
+    /// and HTTP/1.1 responses ask clients to reconnect.
+    pub fn announce_drain(&self) {
+        for r in self.running.values() {
+            r.ctx.closing.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Starts draining every listener (running or retired); returns their triggers to wait on.
     pub fn drain_all(&mut self) -> Vec<drain::Trigger> {
         let mut all: Vec<_> = self.running.drain().map(|(_, r)| r.trigger).collect();
@@ -344,6 +352,7 @@ fn start_listener(
         settings: ArcSwap::from_pointee(settings),
         counters: Arc::default(),
         max_connections: AtomicUsize::new(max_connections),
+        closing: AtomicBool::new(false),
     });
     let (trigger, watch) = drain::channel();
     for (i, socket) in sockets.into_iter().enumerate() {

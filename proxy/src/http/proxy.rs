@@ -77,6 +77,7 @@ pub async fn handle(
         complete: false,
     });
 
+    let http1 = req.version() <= Version::HTTP_11;
     let mut trace = Trace::default();
     let span =
         debug_span!("req", method = %req.method(), host = host_of(&req), path = req.uri().path());
@@ -92,6 +93,17 @@ pub async fn handle(
         }
     };
     ctx.listener.counters.record(resp.status().as_u16());
+    if http1
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        && ctx
+            .listener
+            .closing
+            .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        // hyper closes the connection after a response that says so.
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let log = record.map(|mut r| {
         r.status = resp.status().as_u16();
         r.route = trace.route;

@@ -5,7 +5,7 @@ pub mod diff;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,9 @@ pub struct Listener {
     pub counters: Arc<ListenerCounters>,
     /// Client connections allowed open at once (`max_connections`), updated on reload.
     pub max_connections: AtomicUsize,
+    /// Set for `runtime.drain_delay`: HTTP/1.1 responses carry `Connection: close`, so
+    /// clients come back on a new connection (to another pod, once this one is unready).
+    pub closing: AtomicBool,
 }
 
 /// Responses sent by one listener, by status class (index: status / 100; 0 for anything else).
