@@ -888,28 +888,27 @@ async fn dns_names_resolve_and_an_unresolvable_one_is_reported_and_holds_ready()
     Ok(())
 }
 
-/// A name that never resolves holds `/ready` only for its cluster's `warmup_timeout`; then
-/// the proxy turns ready, and `/ready` and `/clusters` say which cluster is not warm.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unresolvable_name_stops_holding_ready_after_warmup_timeout() -> Result<()> {
-    let app = Upstream::echo("app").await?;
-    let dns = NameServer::start().await?;
-    dns.fail();
+/// Clusters `app` (warm at once) and `cold`, whose name `db.legate.test:5432` is asked of
+/// `dns` with this `dns.timeout`; `cold` has `warmup_timeout: 300ms`.
+fn cold_cluster_config(app: &Upstream, dns: &NameServer, dns_timeout: &str, port: u16) -> Yaml {
     let clusters = r#"
   - name: app
     endpoints: ["${APP}"]
-  - name: broken
+  - name: cold
     warmup_timeout: 300ms
-    endpoints: ["db.legate.test:5432"]
+    endpoints: ["db.legate.test:${PORT}"]
 "#;
-    let top = r#"dns: { servers: ["${DNS}"], timeout: 1s }"#;
-    let proxy = Proxy::start(
-        config_with(top, "", clusters)
-            .set("APP", app.addr())
-            .set("DNS", dns.addr()),
-    )?;
-    let admin = proxy.admin();
-    let ready = eventually(Duration::from_secs(10), || async {
+    let top = r#"dns: { servers: ["${DNS}"], timeout: ${TIMEOUT} }"#;
+    config_with(top, "", clusters)
+        .set("APP", app.addr())
+        .set("DNS", dns.addr())
+        .set("TIMEOUT", dns_timeout)
+        .set("PORT", port)
+}
+
+/// Waits for `/ready` to answer 200 and returns the answer.
+async fn ready_reply(admin: SocketAddr) -> Result<client::Reply> {
+    eventually(Duration::from_secs(10), || async {
         let ready = client::get(admin, "admin", "/ready").await?;
         ensure!(
             ready.status == StatusCode::OK,
@@ -918,31 +917,38 @@ async fn an_unresolvable_name_stops_holding_ready_after_warmup_timeout() -> Resu
         );
         Ok(ready)
     })
-    .await?;
-    assert_eq!(ready.text(), "ready; not warmed: broken\n");
+    .await
+}
+
+/// A name that never resolves holds `/ready` only for its cluster's `warmup_timeout`; then
+/// the proxy turns ready, and `/ready` and `/clusters` say which cluster is not warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolvable_name_stops_holding_ready_after_warmup_timeout() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let dns = NameServer::start().await?;
+    dns.fail();
+    let proxy = Proxy::start(cold_cluster_config(&app, &dns, "1s", 5432))?;
+    let admin = proxy.admin();
+    let ready = ready_reply(admin).await?;
+    assert_eq!(ready.text(), "ready; not warmed: cold\n");
     assert!(dns.queries() > 0, "the name was asked for");
-    let broken = cluster_status(admin, "broken").await?;
-    assert_eq!(broken["warmed"], false, "{broken}");
-    assert!(broken["dns_error"].is_string(), "{broken}");
+    let cold = cluster_status(admin, "cold").await?;
+    assert_eq!(cold["warmed"], false, "{cold}");
+    assert!(cold["dns_error"].is_string(), "{cold}");
     assert_eq!(cluster_status(admin, "app").await?["warmed"], true);
     let reply = client::get(proxy.addr("front"), HOST, "/").await?;
     assert_eq!(reply.status, StatusCode::OK, "the warm cluster serves");
 
     // Once the name resolves, the cluster is warm and `/ready` names nothing.
-    let port = app.addr().port();
     dns.answer("db.legate.test", &[IpAddr::from([127, 0, 0, 1])]);
-    proxy.apply(
-        config_with(top, "", &clusters.replace("5432", &port.to_string()))
-            .set("APP", app.addr())
-            .set("DNS", dns.addr()),
-    )?;
+    proxy.apply(cold_cluster_config(&app, &dns, "1s", app.addr().port()))?;
     eventually(Duration::from_secs(5), || async {
         let ready = client::get(admin, "admin", "/ready").await?;
         ensure!(ready.text() == "ready\n", "/ready said {}", ready.text());
         Ok(())
     })
     .await?;
-    assert_eq!(cluster_status(admin, "broken").await?["warmed"], true);
+    assert_eq!(cluster_status(admin, "cold").await?["warmed"], true);
     Ok(())
 }
 
@@ -953,31 +959,9 @@ async fn a_silent_name_server_does_not_stretch_the_warmup() -> Result<()> {
     let app = Upstream::echo("app").await?;
     let dns = NameServer::start().await?;
     dns.silence();
-    let clusters = r#"
-  - name: app
-    endpoints: ["${APP}"]
-  - name: silent
-    warmup_timeout: 300ms
-    endpoints: ["db.legate.test:5432"]
-"#;
-    let top = r#"dns: { servers: ["${DNS}"], timeout: 1h }"#;
-    let proxy = Proxy::start(
-        config_with(top, "", clusters)
-            .set("APP", app.addr())
-            .set("DNS", dns.addr()),
-    )?;
-    let admin = proxy.admin();
-    let ready = eventually(Duration::from_secs(10), || async {
-        let ready = client::get(admin, "admin", "/ready").await?;
-        ensure!(
-            ready.status == StatusCode::OK,
-            "/ready said {}",
-            ready.text()
-        );
-        Ok(ready)
-    })
-    .await?;
-    assert_eq!(ready.text(), "ready; not warmed: silent\n");
+    let proxy = Proxy::start(cold_cluster_config(&app, &dns, "1h", 5432))?;
+    let ready = ready_reply(proxy.admin()).await?;
+    assert_eq!(ready.text(), "ready; not warmed: cold\n");
     assert!(dns.queries() > 0, "the lookup is out");
     Ok(())
 }
