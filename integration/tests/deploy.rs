@@ -1,12 +1,18 @@
 //! The Kubernetes examples in `deploy/kubernetes/` hold together: every document parses, the
-//! Legate config each ConfigMap embeds passes `legate validate`'s checks, Legate runs as a
+//! Legate config each ConfigMap embeds passes `legate validate`'s checks (with certificates
+//! where the TLS Secret is mounted), Legate runs as a
 //! native sidecar whose probes use the probe listener's port and paths, and the pod's grace
 //! period covers `drain_delay + drain_timeout`.
 
 use std::path::{Path, PathBuf};
 
+use legate_integration::certs::Ca;
 use serde::Deserialize;
 use serde_yaml::Value;
+
+/// Where the examples mount the TLS Secret; the test puts certificates for the config's
+/// hosts there instead.
+const TLS_MOUNT: &str = "/etc/legate-tls/";
 
 fn manifests() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
@@ -39,6 +45,13 @@ fn port_of(address: &str) -> u64 {
 fn the_kubernetes_examples_hold_together() {
     let files = manifests();
     assert!(!files.is_empty(), "deploy/kubernetes/ has no *.yaml files");
+    // A certificate for every host the examples serve over TLS, as their Secret would hold.
+    let tls = tempfile::tempdir().expect("a temporary directory");
+    let tls_dir = tls.path();
+    Ca::new("Example CA")
+        .and_then(|ca| ca.server(&["maps.wikimedia.org", "*.maps.wikimedia.org"]))
+        .and_then(|leaf| leaf.write(tls_dir, "tls"))
+        .expect("test certificates");
     for path in &files {
         let docs = documents(path);
         let at = path.display();
@@ -47,7 +60,8 @@ fn the_kubernetes_examples_hold_together() {
             .filter(|d| d["kind"] == "ConfigMap")
             .filter_map(|d| d["data"]["legate.yaml"].as_str())
             .map(|text| {
-                let checked = legate::config::parse(text)
+                let text = text.replace(TLS_MOUNT, &format!("{}/", tls_dir.display()));
+                let checked = legate::config::parse(&text)
                     .unwrap_or_else(|e| panic!("{at}: the embedded config is invalid:\n{e}"));
                 let files = legate::apply::check::files(&checked);
                 assert!(files.errors.is_empty(), "{at}: {:?}", files.errors);
@@ -116,6 +130,20 @@ fn the_kubernetes_examples_hold_together() {
                         listener.name
                     );
                 }
+            }
+
+            if config.listeners.iter().any(|l| l.tls.is_some()) {
+                let mount = TLS_MOUNT.trim_end_matches('/');
+                let volume = legate["volumeMounts"]
+                    .as_sequence()
+                    .and_then(|m| m.iter().find(|m| m["mountPath"] == mount))
+                    .and_then(|m| m["name"].as_str())
+                    .unwrap_or_else(|| panic!("{at}: the TLS Secret is mounted at {mount}"));
+                let from_secret = pod["volumes"]
+                    .as_sequence()
+                    .and_then(|v| v.iter().find(|v| v["name"] == volume))
+                    .is_some_and(|v| v["secret"]["secretName"].is_string());
+                assert!(from_secret, "{at}: {volume} is a Secret volume");
             }
 
             let grace = pod["terminationGracePeriodSeconds"]
