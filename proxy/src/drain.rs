@@ -73,7 +73,13 @@ impl Trigger {
     /// everything finished in time.
     pub async fn drain_until(&self, deadline: tokio::time::Instant) -> bool {
         self.drain();
-        tokio::time::timeout_at(deadline, self.idle()).await.is_ok()
+        match tokio::time::timeout_at(deadline, self.idle()).await {
+            // Connections close themselves at their own drain deadline, which is never
+            // earlier than this one: work that ended at or past it was cut, even when its
+            // close won the race with this timer.
+            Ok(()) => tokio::time::Instant::now() < deadline,
+            Err(_) => false,
+        }
     }
 }
 
@@ -128,6 +134,23 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(g2);
         assert!(d.await.unwrap());
+    }
+
+    /// A connection that closes itself at its own drain deadline (the same instant) was cut,
+    /// even when its close is seen before the drain's own timer fires.
+    #[tokio::test(start_paused = true)]
+    async fn work_cut_at_the_deadline_is_not_a_clean_drain() {
+        let (trigger, watch) = channel();
+        let guard = watch.guard();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        // The close's timer is registered first, so it runs first at the deadline.
+        tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            drop(guard);
+        });
+        tokio::task::yield_now().await;
+        let drain = tokio::spawn(async move { trigger.drain_until(deadline).await });
+        assert!(!drain.await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]
