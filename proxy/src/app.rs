@@ -192,9 +192,7 @@ impl App {
     /// run on, until `timeout`; then everything left is closed. Returns whether everything
     /// finished in time.
     pub async fn shutdown(self, timeout: Duration) -> bool {
-        self.state
-            .draining
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.begin_drain();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut clean = true;
         for t in &self.applier.drain_all() {
@@ -215,9 +213,7 @@ impl App {
     /// The first step of a graceful shutdown with `runtime.drain_delay`: `/ready` answers
     /// 503 at once while listeners keep accepting and serving for `delay`.
     pub async fn drain_delay(&self, delay: Duration) {
-        self.state
-            .draining
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.begin_drain();
         self.applier.announce_drain();
         info!(
             ?delay,

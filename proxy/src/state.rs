@@ -46,6 +46,11 @@ impl State {
             .collect()
     }
 
+    /// From now on `/ready` answers 503 (`draining`).
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }

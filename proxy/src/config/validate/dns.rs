@@ -2,23 +2,28 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::clusters::{parse_socket_addr, AddrProblem};
 use super::Validator;
 use crate::config::FieldPath;
 
 /// The port of a name server given without one.
 const DNS_PORT: u16 = 53;
 
-/// Reads a name server: `ip:port` (IPv6 in brackets) or a bare `ip` on port 53.
-pub fn parse_name_server(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        if addr.port() == 0 {
-            return Err(format!("{text:?}: the port must not be 0"));
-        }
-        return Ok(addr);
+/// Reads a name server: `ip:port` (IPv6 in brackets) or a bare `ip` on port 53, with the
+/// address rules (and messages) of every other address in the config.
+fn parse_name_server(text: &str) -> Result<SocketAddr, String> {
+    match parse_socket_addr(text) {
+        Ok(addr) if addr.port() == 0 => Err(format!("{text:?}: the port must not be 0")),
+        Ok(addr) => Ok(addr),
+        // A bare IP, the one address a port may be left out of here.
+        Err(problem @ AddrProblem::NoPort { .. }) => text
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .map(|ip| SocketAddr::new(ip, DNS_PORT))
+            .map_err(|_| problem.describe(text, false)),
+        Err(problem) => Err(problem.describe(text, false)),
     }
-    text.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, DNS_PORT))
-        .map_err(|_| format!("{text:?} is not an IP address with an optional :port"))
 }
 
 impl Validator<'_> {

@@ -14,7 +14,6 @@ use super::{Config, ConfigError, Duration, Entry, ErrorKind, FieldPath, Values};
 
 pub use crate::config::checked::EndpointAddress;
 pub use clusters::parse_endpoint_address;
-pub use dns::parse_name_server;
 pub use routes::full_match_regex;
 
 /// Upper bound of `weight` for split targets and endpoints.
