@@ -6,6 +6,7 @@
 //! - [`process`]: the `legate` binary as a subprocess, with signals and its output;
 //! - [`postgres`]: real PostgreSQL servers (a primary and streaming replicas) and clients;
 //! - [`dns`]: a name server whose answers a test sets;
+//! - [`container`]: the container image built and run under podman;
 //! - [`client`]: HTTP/1.1 and HTTP/2 client connections, and `curl`;
 //! - [`body`]: request/response bodies, including streamed ones;
 //! - [`eventually`]: retry an assertion that has no readiness signal until a deadline.
@@ -32,6 +33,7 @@
 pub mod body;
 pub mod certs;
 pub mod client;
+pub mod container;
 pub mod dns;
 pub mod postgres;
 pub mod process;

@@ -52,6 +52,13 @@ pub fn command() -> Command {
     cmd
 }
 
+/// `legate run --config CONFIG_PATH`.
+fn run_command(config_path: &Path) -> Command {
+    let mut cmd = command();
+    cmd.arg("run").arg("--config").arg(config_path);
+    cmd
+}
+
 /// Runs `legate ARGS…` to completion and returns its output.
 pub async fn run(args: &[&str]) -> Result<std::process::Output> {
     tokio::time::timeout(WAIT_LIMIT, command().args(args).output())
@@ -83,6 +90,7 @@ pub struct Legate {
     _dir: tempfile::TempDir,
     config_path: PathBuf,
     admin: SocketAddr,
+    probes: Option<SocketAddr>,
     listeners: HashMap<String, SocketAddr>,
     stdout: watch::Sender<Vec<String>>,
     stderr: watch::Sender<Vec<String>>,
@@ -93,47 +101,54 @@ pub struct Legate {
 impl Legate {
     /// Writes the config, starts the binary and waits until `/ready` answers 200.
     pub async fn start(config: impl Into<Yaml>) -> Result<Legate> {
-        Legate::start_with(config, true, None).await
+        Legate::start_with(config, true, run_command).await
     }
 
     /// Like [`Legate::start`], with soft and hard open-file limits of `limit` (set by
     /// util-linux's `prlimit`, which then runs Legate in its own process).
     pub async fn start_with_open_file_limit(config: impl Into<Yaml>, limit: u32) -> Result<Legate> {
-        Legate::start_with(config, true, Some(limit)).await
+        Legate::start_with(config, true, |config_path| {
+            let mut cmd = Command::new("prlimit");
+            cmd.arg(format!("--nofile={limit}:{limit}"))
+                .arg("--")
+                .arg(binary())
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .arg("run")
+                .arg("--config")
+                .arg(config_path);
+            cmd
+        })
+        .await
     }
 
     /// Like [`Legate::start`], but nothing reads its stdout (the access log): a stalled log
     /// reader, whose pipe fills up.
     pub async fn start_with_unread_stdout(config: impl Into<Yaml>) -> Result<Legate> {
-        Legate::start_with(config, false, None).await
+        Legate::start_with(config, false, run_command).await
+    }
+
+    /// Like [`Legate::start`], with the command that runs Legate on the config file built by
+    /// `launch` from that file's path (a container run mounting its directory, say). Signals
+    /// go to the process `launch` starts, which must pass them on.
+    pub async fn start_by(
+        config: impl Into<Yaml>,
+        launch: impl FnOnce(&Path) -> Command,
+    ) -> Result<Legate> {
+        Legate::start_with(config, true, launch).await
     }
 
     async fn start_with(
         config: impl Into<Yaml>,
         read_stdout: bool,
-        open_files: Option<u32>,
+        launch: impl FnOnce(&Path) -> Command,
     ) -> Result<Legate> {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let config_path = dir.path().join("legate.yaml");
         write_config(&config_path, config.into())?;
 
-        let mut cmd = match open_files {
-            None => command(),
-            Some(n) => {
-                let mut cmd = Command::new("prlimit");
-                cmd.arg(format!("--nofile={n}:{n}"))
-                    .arg("--")
-                    .arg(binary())
-                    .env("RUST_LOG", "info")
-                    .stdin(Stdio::null())
-                    .kill_on_drop(true);
-                cmd
-            }
-        };
-        let mut child = cmd
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
+        let mut child = launch(&config_path)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -158,12 +173,16 @@ impl Legate {
             _dir: dir,
             config_path,
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            probes: None,
             listeners: HashMap::new(),
             stdout,
             stderr,
             _unread: unread,
         };
-        legate.admin = legate.wait_started().await?;
+        let started = legate.wait_started().await?;
+        legate.admin =
+            started_admin(&started).with_context(|| format!("no admin address in {started:?}"))?;
+        legate.probes = started_probes(&started);
         legate.wait_ready().await?;
         let config = legate.admin_json("/config").await?;
         let listeners = config["listeners"]
@@ -176,9 +195,9 @@ impl Legate {
         Ok(legate)
     }
 
-    /// Waits for the "legate started" log line and returns the admin address it names (the
-    /// config binds the admin listener to port 0).
-    async fn wait_started(&mut self) -> Result<SocketAddr> {
+    /// Waits for the "legate started" log line and returns it (it names the admin and probe
+    /// listeners' addresses; the config binds them to port 0).
+    async fn wait_started(&mut self) -> Result<String> {
         let mut rx = self.stderr.subscribe();
         let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
         loop {
@@ -188,8 +207,7 @@ impl Legate {
                 .find(|l| l.contains("legate started"))
                 .cloned();
             if let Some(line) = started {
-                return started_admin(&line)
-                    .with_context(|| format!("no admin address in {line:?}"));
+                return Ok(line);
             }
             tokio::select! {
                 changed = rx.changed() => {
@@ -251,6 +269,11 @@ impl Legate {
 
     pub fn admin(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// The probe listener's address; panics if the config has none.
+    pub fn probes(&self) -> SocketAddr {
+        self.probes.expect("the config has a probes listener")
     }
 
     /// `GET path` on the admin listener, parsed as JSON.
@@ -343,14 +366,29 @@ pub const ADMIN: &str = "127.0.0.1:0";
 
 /// The admin address in a "legate started" line, text (`admin=…`) or JSON (`"admin":"…"`).
 fn started_admin(line: &str) -> Option<SocketAddr> {
+    started_field(line, "admin")
+}
+
+/// The probe listener's address in a "legate started" line (`probes=Some(…)` in text,
+/// `"probes":"Some(…)"` in JSON), if it has one.
+fn started_probes(line: &str) -> Option<SocketAddr> {
+    started_field(line, "probes")
+}
+
+fn started_field(line: &str, name: &str) -> Option<SocketAddr> {
     let rest = line
-        .split_once("admin=")
-        .or_else(|| line.split_once("\"admin\":\""))?
+        .split_once(&format!("{name}="))
+        .or_else(|| line.split_once(&format!("\"{name}\":\"")))?
         .1;
     let end = rest
         .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
         .unwrap_or(rest.len());
-    rest[..end].parse().ok()
+    let value = &rest[..end];
+    let value = value
+        .strip_prefix("Some(")
+        .and_then(|v| v.strip_suffix(')'))
+        .unwrap_or(value);
+    value.parse().ok()
 }
 
 fn write_config(path: &Path, config: Yaml) -> Result<()> {

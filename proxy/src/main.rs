@@ -51,7 +51,14 @@ enum LogFormat {
     Json,
 }
 
+/// The program name under which this binary is the control plane: the container image ships
+/// one binary, with `legate-xds` a link to `legate`, so the code both share is there once.
+const XDS_PROGRAM: &str = "legate-xds";
+
 fn main() -> ExitCode {
+    if invoked_as(XDS_PROGRAM) {
+        return legate_xds::cli::main();
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
@@ -60,6 +67,13 @@ fn main() -> ExitCode {
             run(config)
         }
     }
+}
+
+/// Whether this process was started under the file name `program` (`argv[0]`).
+fn invoked_as(program: &str) -> bool {
+    std::env::args_os()
+        .next()
+        .is_some_and(|arg0| std::path::Path::new(&arg0).file_name() == Some(program.as_ref()))
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {

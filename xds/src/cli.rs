@@ -167,6 +167,30 @@ pub enum CliError {
     Server { status: StatusCode, message: String },
 }
 
+/// The `legate-xds` program: parses the command line, logs to stderr (`RUST_LOG`, default
+/// `info`) and runs the command. Both the `legate-xds` binary and `legate` started under the
+/// name `legate-xds` (as in the container image) come here.
+pub fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
