@@ -3,7 +3,7 @@
 //! TLS echo upstream.
 //!
 //! - [`Ca`]: a CA that issues server and client certificates ([`Leaf`]) with DNS, IP and URI
-//!   SANs, optionally already expired; everything can be written as PEM files into a
+//!   SANs ([`expired`] ones too); everything can be written as PEM files into a
 //!   (temporary) directory, where Legate reads them;
 //! - [`TlsClient`]: a rustls client config builder (trusted roots or none, ALPN, client
 //!   certificate, TLS versions, SNI on or off) whose [`TlsClient::connect`] returns the TLS
@@ -15,7 +15,7 @@
 //!   SNI, ALPN and client certificate.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -27,10 +27,8 @@ use hyper::client::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+pub use legate::devcert::LeafSpec;
+use legate::devcert::LocalCa;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -50,61 +48,34 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn name(common_name: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "Legate tests");
-    dn.push(DnType::CommonName, common_name);
-    dn
-}
-
-/// A certificate authority, alive for one test.
+/// A certificate authority, alive for one test: Legate's own local CA
+/// ([`legate::devcert::LocalCa`], what `legate dev-cert` issues with).
+#[derive(Debug)]
 pub struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    der: CertificateDer<'static>,
-    pem: String,
-}
-
-impl std::fmt::Debug for Ca {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca").finish_non_exhaustive()
-    }
+    inner: LocalCa,
 }
 
 impl Ca {
     /// A new self-signed CA named `common_name`.
     pub fn new(common_name: &str) -> Result<Ca> {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = name(common_name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2099, 1, 1);
-        let key = KeyPair::generate()?;
-        let cert = params.self_signed(&key)?;
         Ok(Ca {
-            der: cert.der().clone(),
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
+            inner: LocalCa::generate(common_name)?,
         })
     }
 
     /// The CA certificate, PEM.
     pub fn pem(&self) -> &str {
-        &self.pem
+        self.inner.cert_pem()
     }
 
     pub fn der(&self) -> &CertificateDer<'static> {
-        &self.der
+        self.inner.cert_der()
     }
 
     /// Writes the CA certificate to `dir/file`, returning the path.
     pub fn write(&self, dir: &Path, file: &str) -> Result<PathBuf> {
         let path = dir.join(file);
-        std::fs::write(&path, &self.pem).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, self.pem()).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
 
@@ -121,86 +92,23 @@ impl Ca {
 
     /// A certificate as `spec` says, signed by this CA.
     pub fn issue(&self, spec: &LeafSpec) -> Result<Leaf> {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = name(&spec.common_name);
-        for n in &spec.names {
-            params.subject_alt_names.push(match n.parse::<IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(n.as_str().try_into()?),
-            });
-        }
-        for uri in &spec.uris {
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.as_str().try_into()?));
-        }
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![if spec.client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        params.use_authority_key_identifier_extension = true;
-        if spec.expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        } else {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2098, 1, 1);
-        }
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let leaf = self.inner.issue(spec)?;
         Ok(Leaf {
-            der: cert.der().clone(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            key_der: key.serialize_der(),
-            chain_pem: format!("{}{}", cert.pem(), self.pem),
+            chain_pem: format!("{}{}", leaf.cert_pem, self.pem()),
+            cert_pem: leaf.cert_pem,
+            key_pem: leaf.key_pem,
+            der: leaf.cert_der,
+            key_der: leaf.key_der,
         })
     }
 }
 
-/// What to put in a leaf certificate.
-#[derive(Debug, Clone)]
-pub struct LeafSpec {
-    pub common_name: String,
-    /// DNS names (wildcards allowed) and IP addresses.
-    pub names: Vec<String>,
-    pub uris: Vec<String>,
-    /// A client certificate (extended key usage `clientAuth`) rather than a server one.
-    pub client: bool,
-    /// Valid 2020–2021 only.
-    pub expired: bool,
-}
-
-impl LeafSpec {
-    pub fn server(names: &[&str]) -> LeafSpec {
-        LeafSpec {
-            common_name: names.first().copied().unwrap_or("server").to_owned(),
-            names: names.iter().map(|n| (*n).to_owned()).collect(),
-            uris: Vec::new(),
-            client: false,
-            expired: false,
-        }
-    }
-
-    pub fn client(common_name: &str, uris: &[&str]) -> LeafSpec {
-        LeafSpec {
-            common_name: common_name.to_owned(),
-            names: Vec::new(),
-            uris: uris.iter().map(|u| (*u).to_owned()).collect(),
-            client: true,
-            expired: false,
-        }
-    }
-
-    pub fn expired(mut self) -> LeafSpec {
-        self.expired = true;
-        self
+/// `spec`, valid in 2020 only: expired.
+pub fn expired(spec: LeafSpec) -> LeafSpec {
+    LeafSpec {
+        not_before: rcgen::date_time_ymd(2020, 1, 1),
+        not_after: rcgen::date_time_ymd(2021, 1, 1),
+        ..spec
     }
 }
 
@@ -297,6 +205,19 @@ impl TlsClient {
             versions: Versions::Both,
             sni: true,
         }
+    }
+
+    /// Verifies the server against the CA certificates in PEM file `path`.
+    pub fn trusting_file(path: &Path) -> Result<TlsClient> {
+        use rustls_pki_types::pem::PemObject as _;
+        let roots = CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("parsing {}", path.display()))?;
+        Ok(TlsClient {
+            roots: Some(roots),
+            ..TlsClient::trusting_anything()
+        })
     }
 
     /// Accepts whatever certificate the server presents (handshake signatures still checked).

@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _, Result};
@@ -20,7 +20,7 @@ use legate_integration::certs::{
 };
 use legate_integration::client::{self, curl, request, Reply};
 use legate_integration::eventually;
-use legate_integration::process;
+use legate_integration::process::{self, Legate};
 use legate_integration::proxy::{yaml, Proxy, Yaml};
 use legate_integration::upstream::Upstream;
 use tokio::io::AsyncReadExt;
@@ -1399,7 +1399,7 @@ async fn validate_rejects_a_key_that_does_not_match_its_certificate() -> Result<
 async fn validate_rejects_an_expired_certificate() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let ca = Ca::new("Validate CA")?;
-    let expired = ca.issue(&LeafSpec::server(&["maps.example.org"]).expired())?;
+    let expired = ca.issue(&certs::expired(LeafSpec::server(&["maps.example.org"])))?;
     let (crt, key) = expired.write(dir.path(), "old")?;
 
     let (code, output) = validate_with(dir.path(), &crt, &key).await?;
@@ -1461,48 +1461,94 @@ async fn validate_warns_when_no_certificate_covers_the_virtual_hosts() -> Result
     Ok(())
 }
 
-#[tokio::test]
-async fn kartotherian_example_validates_with_its_certificates_in_place() -> Result<()> {
+/// From a clone: `legate dev-cert` writes the certificates the Kartotherian example names,
+/// and the example (its addresses moved to loopback, port 0) serves TLS with them to a client
+/// that trusts only the local CA. Run again, it keeps them; run elsewhere, without them, the
+/// example is refused naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kartotherian_example_serves_tls_with_the_dev_cert_certificates() -> Result<()> {
     let example =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../config-examples/kartotherian.yaml");
+    let example_arg = example.to_str().context("utf-8 path")?;
     let work = tempfile::tempdir()?;
-    let certs_dir = work.path().join("certs");
-    std::fs::create_dir(&certs_dir)?;
-    let ca = Ca::new("Mesh CA")?;
-    ca.server(&["maps.wikimedia.org", "*.maps.wikimedia.org"])?
-        .write(&certs_dir, "maps")?;
-    ca.server(&["tiles.wikimedia.org"])?
-        .write(&certs_dir, "tiles")?;
-    ca.write(&certs_dir, "mesh-ca.pem")?;
+    let out = process::run_in(work.path(), &["dev-cert", "--config", example_arg]).await?;
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("created the local CA: certs/legate-dev-ca.pem"),
+        "{text}"
+    );
+    assert!(text.contains("wrote certs/maps.crt and certs/maps.key for maps.wikimedia.org, *.maps.wikimedia.org, localhost"), "{text}");
+    assert!(
+        text.contains("clusters.tegola.tls.ca: wrote certs/mesh-ca.pem"),
+        "{text}"
+    );
+    let first_cert = std::fs::read(work.path().join("certs/maps.crt"))?;
+    let again = process::run_in(work.path(), &["dev-cert", "--config", example_arg]).await?;
+    let text = output_text(&again);
+    assert!(again.status.success(), "{text}");
+    assert!(
+        text.contains("kept certs/maps.crt and certs/maps.key (exists)"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(work.path().join("certs/maps.crt"))?,
+        first_cert
+    );
 
-    let run = |cwd: PathBuf| {
-        let example = example.clone();
-        async move {
-            let out = tokio::time::timeout(
-                Duration::from_secs(10),
-                process::command()
-                    .current_dir(cwd)
-                    .arg("validate")
-                    .arg("--config")
-                    .arg(&example)
-                    .output(),
-            )
-            .await
-            .context("legate validate did not exit in time")??;
-            anyhow::Ok((out.status.code(), output_text(&out)))
-        }
-    };
-
-    // Relative certificate paths resolve against the working directory.
-    let (code, output) = run(work.path().to_path_buf()).await?;
-    assert_eq!(code, Some(0), "{output}");
-    assert!(output.contains("ok (version "), "{output}");
+    let kartotherian = Upstream::echo("kartotherian").await?;
+    // Tegola's three endpoints: nothing listens on them (their health checks fail).
+    let tegola: Vec<String> = (0..3)
+        .map(|_| legate_integration::upstream::closed_port().to_string())
+        .collect();
+    let mut config = std::fs::read_to_string(&example)?;
+    for (from, to) in [
+        ("127.0.0.1:9901", "${ADMIN}".to_owned()),
+        ("0.0.0.0:6533", "127.0.0.1:0".to_owned()),
+        ("0.0.0.0:6543", "127.0.0.1:0".to_owned()),
+        ("127.0.0.1:6500", "127.0.0.1:0".to_owned()),
+        ("127.0.0.1:6534", kartotherian.addr().to_string()),
+        ("10.64.16.20:4443", tegola[0].clone()),
+        ("10.64.48.21:4443", tegola[1].clone()),
+        ("10.192.0.30:4443", tegola[2].clone()),
+    ] {
+        assert!(config.contains(from), "the example no longer has {from}");
+        config = config.replace(from, &to);
+    }
+    let cwd = work.path().to_path_buf();
+    let legate = Legate::start_by(yaml(&config), |config_path| {
+        let mut cmd = process::command();
+        cmd.current_dir(&cwd)
+            .arg("run")
+            .arg("--config")
+            .arg(config_path);
+        cmd
+    })
+    .await?;
+    let client = TlsClient::trusting_file(&work.path().join("certs/legate-dev-ca.pem"))?;
+    let mut conn = client
+        .http1(legate.addr("maps-tls"), "maps.wikimedia.org")
+        .await?;
+    let health = conn.get("maps.wikimedia.org", "/healthz").await?;
+    assert_eq!(health.status, StatusCode::OK, "{}", health.text());
+    assert_eq!(health.text(), "ok\n");
+    let tile = conn.get("maps.wikimedia.org", "/osm/0/0/0.png").await?;
+    assert_eq!(tile.status, StatusCode::OK, "{}", tile.text());
+    assert_eq!(tile.echo()?.upstream, "kartotherian");
+    let mut local = client.http1(legate.addr("maps-tls"), "localhost").await?;
+    let health = local.get("maps.wikimedia.org", "/healthz").await?;
+    assert_eq!(
+        health.status,
+        StatusCode::OK,
+        "the certificate names localhost too"
+    );
 
     // Run from a directory without them, the same file is rejected, naming the file.
     let elsewhere = tempfile::tempdir()?;
-    let (code, output) = run(elsewhere.path().to_path_buf()).await?;
-    assert_eq!(code, Some(1), "{output}");
-    assert!(output.contains("certs/maps.crt"), "{output}");
+    let out = process::run_in(elsewhere.path(), &["validate", "--config", example_arg]).await?;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("certs/maps.crt"), "{text}");
     Ok(())
 }
 

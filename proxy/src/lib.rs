@@ -19,6 +19,7 @@ pub mod apply;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod devcert;
 pub mod drain;
 pub mod http;
 pub mod io;

@@ -43,6 +43,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// For local development: write every certificate, key and CA file the config names but
+    /// lacks, issued by a local CA (legate-dev-ca.pem). Existing files are left alone.
+    DevCert {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,6 +68,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
+        Command::DevCert { config } => dev_cert(&config),
         Command::Run { config, log_format } => {
             init_tracing(log_format);
             run(config)
@@ -76,14 +83,64 @@ fn invoked_as(program: &str) -> bool {
         .is_some_and(|arg0| std::path::Path::new(&arg0).file_name() == Some(program.as_ref()))
 }
 
-fn validate(path: &std::path::Path) -> ExitCode {
-    let invalid = |path: &str, errors: &[config::ConfigError]| {
-        eprintln!("{path}: {} problem(s)", errors.len());
-        for e in errors {
-            eprintln!("{path}: {e}");
+/// Prints a config's problems, one per line, and fails.
+fn invalid(path: &str, errors: &[config::ConfigError]) -> ExitCode {
+    eprintln!("{path}: {} problem(s)", errors.len());
+    for e in errors {
+        eprintln!("{path}: {e}");
+    }
+    ExitCode::FAILURE
+}
+
+fn dev_cert(path: &std::path::Path) -> ExitCode {
+    use legate::devcert::{self, Outcome};
+    let config = match config::load_file(path) {
+        Ok((config, _)) => config,
+        Err(config::LoadError::Invalid { path, errors }) => return invalid(&path, &errors.0),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
         }
-        ExitCode::FAILURE
     };
+    let outcomes = match devcert::write_missing(&config) {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut ca = None;
+    for outcome in &outcomes {
+        match outcome {
+            Outcome::CaCreated { cert, key } => {
+                println!("created the local CA: {cert} (key {key})");
+                ca = Some(cert.clone());
+            }
+            Outcome::Issued { what, paths, names } => {
+                println!(
+                    "{what}: wrote {} for {}",
+                    paths.join(" and "),
+                    names.join(", ")
+                );
+            }
+            Outcome::CaCopied { what, path } => {
+                println!("{what}: wrote {path} (the local CA)");
+            }
+            Outcome::Kept { what, paths } => {
+                println!("{what}: kept {} (exists)", paths.join(" and "));
+            }
+        }
+    }
+    if outcomes.is_empty() {
+        println!("{}: names no TLS files", path.display());
+    }
+    if let Some(ca) = ca {
+        println!("clients trust the local CA with, e.g., curl --cacert {ca}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
     match config::load_file(path) {
         Ok((config, text)) => {
             let mut files = apply::check::files(&config);
