@@ -124,6 +124,41 @@ fn count(e: &Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in {e}"))
 }
 
+// === health checks ===
+
+/// A check ends its session the way a client may (end of input, then reading the server's
+/// answer to the end), so the server's log stays quiet: no "could not receive data from
+/// client" (a reset) for every check, nor a complaint about how it left.
+#[tokio::test]
+async fn health_checks_leave_nothing_in_the_server_log() -> Result<()> {
+    let pg = PgSet::start_with(0, &["-c log_connections=on"]).await?;
+    let primary = pg.primary.addr();
+    let _proxy = start_proxy(pg_config("round_robin", &list(&[primary]))).await?;
+
+    // Each check is one logged connection; wait for several, at 250 ms apart.
+    eventually(Duration::from_secs(10), || async {
+        let log = pg.primary.log();
+        let checks = log
+            .lines()
+            .filter(|l| l.contains("application_name=legate-health-check"))
+            .count();
+        ensure!(checks >= 4, "{checks} checks so far");
+        Ok(())
+    })
+    .await?;
+
+    let log = pg.primary.log();
+    for line in log.lines() {
+        ensure!(
+            !(line.contains("could not receive data")
+                || line.contains("unexpected EOF")
+                || line.contains("expected password response")),
+            "a check left {line:?} in the server log:\n{log}"
+        );
+    }
+    Ok(())
+}
+
 // === balancing ===
 
 #[tokio::test]

@@ -41,11 +41,36 @@ pub async fn probe(addr: SocketAddr, spec: &PostgresHealthCheck) -> Result<(), S
             .map_err(|e| e.to_string())?;
     }
     startup_answer(kind[0], &body)?;
-    drop(stream);
+    close_politely(stream).await;
     if spec.has_credentials() {
         query_check(addr, spec).await?;
     }
     Ok(())
+}
+
+/// Ends a probe session so that the server logs nothing: end of input first (a client that
+/// leaves during authentication, or idle after it, is not an error to Postgres), then what it
+/// still sends (the rest of a login, after trust authentication) read until it closes.
+/// Dropping the socket with that unread would reset the connection, and the server would log
+/// "could not receive data from client" for every check.
+async fn close_politely(mut stream: TcpStream) {
+    /// At most this much is read, for at most this long: the verdict is already in.
+    const DRAIN_BYTES: usize = 64 * 1024;
+    const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        while read < DRAIN_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
 }
 
 pub(crate) fn startup_message(user: &str, database: &str) -> Vec<u8> {
