@@ -6,8 +6,9 @@
 #   deploy/image/rootfs.sh BIN_DIR OUT_DIR
 #
 # BIN_DIR holds `legate` (target/release, or target/debug for a quick test image); OUT_DIR
-# is created and must not exist. The image's Dockerfile runs this in its builder stage; `podman build --build-arg ROOTFS=prebuilt OUT_DIR` builds from a rootfs made
-# on the host (see docs/deploy.md).
+# is created and must not exist. The image's Dockerfile runs this in its builder stage;
+# `podman build --target prebuilt OUT_DIR` builds from a rootfs made on the host (see
+# docs/deploy.md).
 set -eu
 
 if [ $# -ne 2 ]; then

@@ -57,7 +57,7 @@ pub struct Image {
 
 impl Image {
     /// Builds the image from the binaries next to the test executable (`target/debug`) by
-    /// `deploy/image/rootfs.sh` and the `Dockerfile`'s `prebuilt` stage, labelled with
+    /// `deploy/image/rootfs.sh` and the `Dockerfile`'s `prebuilt` target, labelled with
     /// `version` and `revision`.
     pub async fn build_prebuilt(version: &str, revision: &str) -> Result<Image> {
         let root = repo_root();
@@ -75,8 +75,8 @@ impl Image {
             &[
                 "--file",
                 &dockerfile.to_string_lossy(),
-                "--build-arg",
-                "ROOTFS=prebuilt",
+                "--target",
+                "prebuilt",
                 "--build-arg",
                 &format!("VERSION={version}"),
                 "--build-arg",
