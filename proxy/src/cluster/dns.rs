@@ -6,10 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolverConfig, ServerOrderingStrategy,
+    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ServerOrderingStrategy,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::op::Query;
+use hickory_resolver::proto::rr::{Name, RecordType};
+use hickory_resolver::{Hosts, TokioResolver};
 use tracing::warn;
 
 /// What the `dns` section asks for, compiled.
@@ -47,8 +49,14 @@ impl fmt::Display for LookupError {
 
 /// A resolver for the names of every cluster. Lookups run on the runtime that awaits them
 /// (the control thread); answers are not cached, so each refresh asks again.
+///
+/// `/etc/hosts` comes first, as the C library's `files` source does: a name it lists gets
+/// exactly its addresses there, of either family, and no DNS question. (The resolver alone
+/// would add `::1` to a `localhost` listed with `127.0.0.1` only.)
 pub struct Resolver {
     settings: Settings,
+    /// `/etc/hosts`, read when the resolver is set up.
+    hosts: Hosts,
     inner: Result<TokioResolver, String>,
     /// Why `/etc/resolv.conf` gave no name servers, if it did not.
     system_error: Option<String>,
@@ -72,10 +80,24 @@ impl Resolver {
                 (Err(e), None)
             }
         };
+        let hosts = Hosts::from_system().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read /etc/hosts; names are asked of DNS only");
+            Hosts::default()
+        });
         Resolver {
             settings,
+            hosts,
             inner,
             system_error,
+        }
+    }
+
+    /// Like [`Resolver::new`], with `hosts` in place of `/etc/hosts`.
+    #[cfg(test)]
+    fn with_hosts(settings: Settings, hosts: Hosts) -> Resolver {
+        Resolver {
+            hosts,
+            ..Resolver::new(settings)
         }
     }
 
@@ -85,6 +107,9 @@ impl Resolver {
 
     /// Every address `name` has now, sorted and without duplicates.
     pub async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, LookupError> {
+        if let Some(ips) = self.from_hosts(name) {
+            return Ok(ips);
+        }
         let resolver = self
             .inner
             .as_ref()
@@ -104,6 +129,30 @@ impl Resolver {
             return Err(LookupError::NoAddresses);
         }
         Ok(ips)
+    }
+}
+
+impl Resolver {
+    /// The addresses `/etc/hosts` lists for `name`, if it lists any.
+    fn from_hosts(&self, name: &str) -> Option<Vec<IpAddr>> {
+        let name = Name::from_utf8(name).ok()?;
+        let mut ips: Vec<IpAddr> = [RecordType::A, RecordType::AAAA]
+            .into_iter()
+            .filter_map(|kind| {
+                self.hosts
+                    .lookup_static_host(&Query::query(name.clone(), kind))
+            })
+            .flat_map(|lookup| {
+                lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| r.data.ip_addr())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        ips.sort();
+        ips.dedup();
+        (!ips.is_empty()).then_some(ips)
     }
 }
 
@@ -140,6 +189,8 @@ fn build(settings: &Settings) -> Result<(TokioResolver, Option<String>), String>
         },
     };
     let options = builder.options_mut();
+    // `/etc/hosts` is looked up first by [`Resolver::lookup`] itself.
+    options.use_hosts_file = ResolveHosts::Never;
     // Every A and AAAA record is an endpoint, as getaddrinfo would list them.
     options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     // Servers are asked one at a time, in the order given; each gets part of the lookup's
@@ -155,4 +206,35 @@ fn build(settings: &Settings) -> Result<(TokioResolver, Option<String>), String>
     options.negative_max_ttl = Some(Duration::ZERO);
     let resolver = builder.build().map_err(|e| e.to_string())?;
     Ok((resolver, system_error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_in_hosts_gets_exactly_its_addresses_there() {
+        let mut hosts = Hosts::default();
+        hosts
+            .read_hosts_conf("127.0.0.1 localhost\n10.0.0.7 db.internal db\n::7 db\n".as_bytes())
+            .unwrap();
+        // No name server: only the hosts file can answer.
+        let settings = Settings {
+            servers: Some(Vec::new()),
+            timeout: Duration::from_millis(200),
+        };
+        let resolver = Resolver::with_hosts(settings, hosts);
+
+        let localhost = resolver.lookup("localhost").await.unwrap();
+        assert_eq!(localhost, [IpAddr::from([127, 0, 0, 1])], "no ::1 added");
+        let db = resolver.lookup("db").await.unwrap();
+        assert_eq!(
+            db,
+            [
+                "10.0.0.7".parse::<IpAddr>().unwrap(),
+                "::7".parse().unwrap()
+            ]
+        );
+        assert!(resolver.lookup("elsewhere.invalid").await.is_err());
+    }
 }
