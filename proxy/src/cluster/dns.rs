@@ -107,7 +107,7 @@ impl Resolver {
 
     /// Every address `name` has now, sorted and without duplicates.
     pub async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, LookupError> {
-        if let Some(ips) = self.from_hosts(name) {
+        if let Some(ips) = self.in_hosts(name) {
             return Ok(ips);
         }
         let resolver = self
@@ -134,7 +134,7 @@ impl Resolver {
 
 impl Resolver {
     /// The addresses `/etc/hosts` lists for `name`, if it lists any.
-    fn from_hosts(&self, name: &str) -> Option<Vec<IpAddr>> {
+    fn in_hosts(&self, name: &str) -> Option<Vec<IpAddr>> {
         let name = Name::from_utf8(name).ok()?;
         let mut ips: Vec<IpAddr> = [RecordType::A, RecordType::AAAA]
             .into_iter()
