@@ -139,6 +139,90 @@ clusters:
     Ok(())
 }
 
+/// `--format json`: one document on stdout, every problem with its line, path, entry and
+/// kind; the exit status as with text.
+#[tokio::test]
+async fn validate_format_json_gives_every_problem_with_line_path_and_kind() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let json = |out: &std::process::Output| -> Result<serde_json::Value> {
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("not JSON: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        &GOOD
+            .replace("127.0.0.1:9901", "127.0.0.1")
+            .replace("route_table: main", "route_table: mian"),
+    )?;
+    let out = process::run(&["validate", "--format", "json", "--config", path_str(&bad)?]).await?;
+    assert_eq!(out.status.code(), Some(1));
+    let doc = json(&out)?;
+    assert_eq!(doc["valid"], false, "{doc}");
+    assert!(doc["version"].is_null(), "{doc}");
+    let errors = doc["errors"].as_array().context("errors")?;
+    assert_eq!(errors.len(), 2, "{doc}");
+    assert_eq!(errors[0]["line"], 1, "{doc}");
+    assert_eq!(errors[0]["path"], "admin.listen");
+    assert_eq!(errors[0]["kind"], "invalid");
+    assert_eq!(errors[1]["line"], 3);
+    assert_eq!(errors[1]["path"], "listeners[0].http.route_table");
+    assert_eq!(errors[1]["entry"], "listeners[front]");
+    assert_eq!(errors[1]["kind"], "unknown_reference");
+    assert!(
+        errors[1]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("did you mean \"main\"")),
+        "{doc}"
+    );
+
+    // A file the config names, checked once the config itself is sound.
+    let missing_cert = write(
+        dir.path(),
+        "tls.yaml",
+        &GOOD.replace(
+            "http: { route_table: main } }",
+            "http: { route_table: main }, tls: { certificates: [{ cert: /nonexistent.crt, key: /nonexistent.key }] } }",
+        ),
+    )?;
+    let out = process::run(&[
+        "validate",
+        "--format",
+        "json",
+        "--config",
+        path_str(&missing_cert)?,
+    ])
+    .await?;
+    let doc = json(&out)?;
+    assert_eq!(out.status.code(), Some(1), "{doc}");
+    assert_eq!(doc["errors"][0]["kind"], "file", "{doc}");
+    assert!(doc["errors"][0]["line"].is_u64(), "{doc}");
+
+    let good = write(dir.path(), "good.yaml", GOOD)?;
+    let out = process::run(&["validate", "--format", "json", "--config", path_str(&good)?]).await?;
+    assert_eq!(out.status.code(), Some(0));
+    let doc = json(&out)?;
+    assert_eq!(doc["valid"], true, "{doc}");
+    assert!(doc["version"].is_string(), "{doc}");
+    assert_eq!(doc["errors"], serde_json::json!([]));
+
+    let out = process::run(&[
+        "validate",
+        "--format",
+        "json",
+        "--config",
+        path_str(&dir.path().join("absent.yaml"))?,
+    ])
+    .await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)?["errors"][0]["kind"], "read");
+    Ok(())
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str().context("utf-8 path")
+}
+
 #[tokio::test]
 async fn validate_names_an_unknown_key() -> Result<()> {
     let text = GOOD.replace("http: { route_table: main }", "htp: { route_table: main }");

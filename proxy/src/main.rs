@@ -42,6 +42,10 @@ enum Command {
     Validate {
         #[arg(long, short)]
         config: PathBuf,
+        /// `text` (one problem per line, on stderr) or `json` (one document on stdout:
+        /// `valid`, `version`, and `errors`/`warnings` with line, path, entry, kind, message).
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
     },
     /// For local development: write every certificate, key and CA file the config names but
     /// lacks, issued by a local CA (legate-dev-ca.pem). Existing files are left alone.
@@ -49,6 +53,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -67,7 +77,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { config } => validate(&config),
+        Command::Validate { config, format } => validate(&config, format),
         Command::DevCert { config } => dev_cert(&config),
         Command::Run { config, log_format } => {
             init_tracing(log_format);
@@ -140,30 +150,96 @@ fn dev_cert(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn validate(path: &std::path::Path) -> ExitCode {
+/// What `legate validate` found: problems that make the file unusable, and warnings.
+struct Report {
+    version: Option<String>,
+    errors: Vec<config::ConfigError>,
+    warnings: Vec<config::ConfigError>,
+    /// The file could not be read at all.
+    unreadable: Option<String>,
+}
+
+fn validate(path: &std::path::Path, format: ReportFormat) -> ExitCode {
+    let report = check_file(path);
+    let valid = report.errors.is_empty() && report.unreadable.is_none();
+    let shown = path.display();
+    match format {
+        ReportFormat::Text => {
+            if let Some(e) = &report.unreadable {
+                eprintln!("{e}");
+            } else if !valid {
+                return invalid(&shown.to_string(), &report.errors);
+            }
+            for w in &report.warnings {
+                eprintln!("{shown}: warning: {w}");
+            }
+            if let Some(version) = report.version.as_deref().filter(|_| valid) {
+                println!("{shown}: ok (version {version})");
+            }
+        }
+        ReportFormat::Json => {
+            let problems = |list: &[config::ConfigError]| -> Vec<serde_json::Value> {
+                list.iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "line": e.line,
+                            "path": e.path.to_string(),
+                            "entry": e.entry.as_ref().map(|en| en.resource_name()),
+                            "kind": e.kind.as_str(),
+                            "message": e.message,
+                        })
+                    })
+                    .collect()
+            };
+            let mut errors = problems(&report.errors);
+            if let Some(e) = &report.unreadable {
+                errors.push(serde_json::json!({
+                    "line": null, "path": "", "entry": null, "kind": "read", "message": e,
+                }));
+            }
+            let doc = serde_json::json!({
+                "file": shown.to_string(),
+                "valid": valid,
+                "version": report.version.filter(|_| valid),
+                "errors": errors,
+                "warnings": problems(&report.warnings),
+            });
+            println!("{doc}");
+        }
+    }
+    if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Reads, parses and checks `path` and the files it names, each problem with its line.
+fn check_file(path: &std::path::Path) -> Report {
     match config::load_file(path) {
         Ok((config, text)) => {
             let mut files = apply::check::files(&config);
             config::locate(&text, &mut files.errors);
             config::locate(&text, &mut files.warnings);
-            if !files.errors.is_empty() {
-                return invalid(&path.display().to_string(), &files.errors);
+            Report {
+                version: Some(config::version_of(&text)),
+                errors: files.errors,
+                warnings: files.warnings,
+                unreadable: None,
             }
-            for w in &files.warnings {
-                eprintln!("{}: warning: {w}", path.display());
-            }
-            println!(
-                "{}: ok (version {})",
-                path.display(),
-                config::version_of(&text)
-            );
-            ExitCode::SUCCESS
         }
-        Err(config::LoadError::Invalid { path, errors }) => invalid(&path, &errors.0),
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
+        Err(config::LoadError::Invalid { errors, .. }) => Report {
+            version: None,
+            errors: errors.0,
+            warnings: Vec::new(),
+            unreadable: None,
+        },
+        Err(e) => Report {
+            version: None,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            unreadable: Some(e.to_string()),
+        },
     }
 }
 

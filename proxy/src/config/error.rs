@@ -21,6 +21,19 @@ pub enum ErrorKind {
     File,
 }
 
+impl ErrorKind {
+    /// The kind's name in machine-read output (`legate validate --format json`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Syntax => "syntax",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Duplicate => "duplicate",
+            ErrorKind::UnknownReference => "unknown_reference",
+            ErrorKind::File => "file",
+        }
+    }
+}
+
 /// The top-level sections whose entries a control plane can send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Section {
