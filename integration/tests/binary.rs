@@ -472,3 +472,52 @@ clusters:
     assert_eq!(reply.status, StatusCode::OK);
     Ok(())
 }
+
+/// A second `legate run` on the addresses of a running one fails at start, naming the
+/// address and the process holding it, rather than sharing its ports (SO_REUSEPORT); the
+/// first goes on serving undisturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_the_same_addresses_fails_naming_the_first() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let first = start(&app, "text").await?;
+    let (front, admin) = (first.addr("front"), first.admin());
+    let dir = tempfile::tempdir()?;
+
+    for (what, listener, admin_listen) in [
+        ("the listener", front.to_string(), "127.0.0.1:0".to_owned()),
+        (
+            "the admin listener",
+            "127.0.0.1:0".to_owned(),
+            admin.to_string(),
+        ),
+    ] {
+        let text = CONFIG
+            .replace("${ADMIN}", &admin_listen)
+            .replace(
+                "listen: 127.0.0.1:0, http",
+                &format!("listen: \"{listener}\", http"),
+            )
+            .replace("${APP}", &app.addr().to_string())
+            .replace("${FORMAT}", "text");
+        let path = dir.path().join("second.yaml");
+        std::fs::write(&path, text)?;
+        let out = process::run(&["run", "--config", path.to_str().context("utf-8")?]).await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        let taken = if what == "the listener" { front } else { admin };
+        let expected = format!("{taken} is already in use by pid {} (legate)", first.pid());
+        assert!(
+            stderr.contains(&expected),
+            "{what}: {expected:?} not in {stderr}"
+        );
+    }
+
+    let mut client = Http1::connect(front).await?;
+    for _ in 0..3 {
+        let reply = client.get("app.example.org", "/").await?;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let ready = client::get(admin, "admin", "/ready").await?;
+    assert_eq!(ready.status, StatusCode::OK);
+    Ok(())
+}

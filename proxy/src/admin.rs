@@ -42,13 +42,15 @@ pub enum Surface {
     Probes,
 }
 
-/// Binds `addr` and serves `surface` on the control thread. Returns the bound address.
+/// Binds `addr` and serves `surface` on the control thread. Returns the bound address. An
+/// address another process listens on (a second Legate's admin) is refused.
 pub fn start(
     addr: SocketAddr,
     surface: Surface,
     admin: Admin,
     control: &tokio::runtime::Handle,
 ) -> std::io::Result<SocketAddr> {
+    crate::listener::holder::check_unheld(addr)?;
     let std_listener = crate::listener::bind(addr, 128)?;
     let bound = std_listener.local_addr()?;
     control.spawn(async move {

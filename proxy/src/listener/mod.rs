@@ -2,6 +2,7 @@
 //! reconciliation follows.
 
 pub mod diff;
+pub mod holder;
 
 use std::io;
 use std::net::SocketAddr;
@@ -96,12 +97,14 @@ pub struct HttpSettings {
 }
 
 /// Binds `count` sockets to one address with SO_REUSEPORT, one per worker, so the kernel
-/// spreads new connections across workers. Port 0 is resolved by the first bind.
+/// spreads new connections across workers. Port 0 is resolved by the first bind. An address
+/// another process listens on is refused ([`holder::check_unheld`]).
 pub fn bind_group(
     addr: SocketAddr,
     backlog: u32,
     count: usize,
 ) -> io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    holder::check_unheld(addr)?;
     let first = bind(addr, backlog)?;
     let bound = first.local_addr()?;
     let mut sockets = Vec::with_capacity(count.max(1));
