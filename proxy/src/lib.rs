@@ -25,6 +25,7 @@ pub mod http;
 pub mod io;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod path;
 pub mod resources;
 pub mod router;

@@ -291,6 +291,8 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before the watch starts: a change it catches up on is a reload that follows READY=1.
+    legate::notify::ready(&config::version_of(&text));
     app.watch_config(&path);
     runtime.block_on(async move {
         let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -305,6 +307,7 @@ fn run(path: PathBuf) -> ExitCode {
             tokio::select! {
                 _ = term.recv() => {
                     info!("SIGTERM: draining");
+                    legate::notify::stopping();
                     let runtime = app.snapshot().config.runtime.clone();
                     let delay = runtime.drain_delay.get();
                     if !delay.is_zero() {

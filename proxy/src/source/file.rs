@@ -9,6 +9,7 @@ use tracing::{info, warn};
 
 use crate::apply::{Applier, ApplyError, Update};
 use crate::config::{self, LoadError};
+use crate::notify;
 use crate::state::State;
 use crate::WATCH_DEBOUNCE;
 
@@ -83,9 +84,35 @@ impl FileSource {
         result
     }
 
+    /// Loads and applies `path`, telling the service manager: a file that does not load
+    /// changes only the status line; one that does is applied between `RELOADING=1` and
+    /// `READY=1`.
     fn load_and_apply(&self, path: &Path) -> Result<Reloaded, ReloadError> {
-        let (config, text) = config::load_file(path)?;
+        let serving = self.lock().applied.clone();
+        let (config, text) = match config::load_file(path) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                notify::reload_rejected(&e.to_string(), serving.as_deref());
+                return Err(e.into());
+            }
+        };
         let version = config::version_of(&text);
+        notify::reloading();
+        let result = self.apply_loaded(path, config, text, version);
+        match &result {
+            Ok(r) => notify::ready(&r.version),
+            Err(e) => notify::reload_failed_after_start(&e.to_string(), serving.as_deref()),
+        }
+        result
+    }
+
+    fn apply_loaded(
+        &self,
+        path: &Path,
+        config: config::Checked,
+        text: String,
+        version: String,
+    ) -> Result<Reloaded, ReloadError> {
         match self
             .applier
             .apply(Update::Parsed(Box::new(config)), version.clone())
