@@ -221,6 +221,11 @@ impl H2 {
         self.request(h2_request(Method::GET, authority, path, body::empty()))
             .await
     }
+
+    /// Whether the connection is closed (after GOAWAY, say): no new request can start on it.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 /// `GET path` with `Host: host` on a new HTTP/1.1 connection.

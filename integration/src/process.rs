@@ -271,6 +271,11 @@ impl Legate {
         self.admin
     }
 
+    /// The config file the binary runs.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
     /// The probe listener's address; panics if the config has none.
     pub fn probes(&self) -> SocketAddr {
         self.probes.expect("the config has a probes listener")
@@ -349,6 +354,30 @@ impl Legate {
         .cloned()
         .unwrap_or_default();
         Ok(found)
+    }
+
+    /// Waits until `n` stderr lines contain `needle`, and returns them.
+    pub async fn wait_stderr_lines(&self, needle: &str, n: usize) -> Result<Vec<String>> {
+        let mut rx = self.stderr.subscribe();
+        let matching = |lines: &Vec<String>| -> Vec<String> {
+            lines
+                .iter()
+                .filter(|l| l.contains(needle))
+                .cloned()
+                .collect()
+        };
+        let found =
+            tokio::time::timeout(WAIT_LIMIT, rx.wait_for(|lines| matching(lines).len() >= n))
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "stderr never had {n} lines with {needle:?}; it has:\n{}",
+                        self.stderr_text()
+                    )
+                })?
+                .map_err(|_| anyhow!("stderr closed"))?
+                .clone();
+        Ok(matching(&found))
     }
 
     /// Waits for the process to exit, at most `limit`.

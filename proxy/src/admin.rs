@@ -51,9 +51,29 @@ pub fn start(
     control: &tokio::runtime::Handle,
 ) -> std::io::Result<SocketAddr> {
     crate::listener::holder::check_unheld(addr)?;
-    let std_listener = crate::listener::bind(addr, 128)?;
+    start_on(crate::listener::bind(addr, 128)?, surface, admin, control)
+}
+
+/// Serves `surface` on a bound listening socket, on the control thread. Returns its address.
+pub fn start_on(
+    std_listener: std::net::TcpListener,
+    surface: Surface,
+    admin: Admin,
+    control: &tokio::runtime::Handle,
+) -> std::io::Result<SocketAddr> {
+    start_accepting(std_listener, surface, admin, control).map(|(bound, _)| bound)
+}
+
+/// Like [`start_on`], also returning the accept loop's handle: aborting it stops accepting
+/// (connections already accepted are served to their end).
+pub fn start_accepting(
+    std_listener: std::net::TcpListener,
+    surface: Surface,
+    admin: Admin,
+    control: &tokio::runtime::Handle,
+) -> std::io::Result<(SocketAddr, tokio::task::AbortHandle)> {
     let bound = std_listener.local_addr()?;
-    control.spawn(async move {
+    let task = control.spawn(async move {
         match tokio::net::TcpListener::from_std(std_listener) {
             Ok(listener) => {
                 let metrics = Arc::new(Metrics::new(admin.state.clone()));
@@ -62,7 +82,7 @@ pub fn start(
             Err(e) => warn!(error = %e, ?surface, "admin listener unusable"),
         }
     });
-    Ok(bound)
+    Ok((bound, task.abort_handle()))
 }
 
 async fn serve(

@@ -17,6 +17,7 @@ use crate::control::Control;
 use crate::snapshot::Snapshot;
 use crate::source::file::FileSource;
 use crate::state::State;
+use crate::upgrade::Inherited;
 use crate::worker::Workers;
 
 pub use crate::apply::{Applied, ApplyError};
@@ -42,6 +43,10 @@ pub enum BuildError {
     },
 }
 
+/// The upgrade group names of the admin and probe listeners' sockets.
+const ADMIN_GROUP: &str = "admin";
+const PROBES_GROUP: &str = "probes";
+
 /// A running proxy. Dropping it closes everything at once; [`App::shutdown`] drains first.
 #[derive(Debug)]
 pub struct App {
@@ -50,6 +55,10 @@ pub struct App {
     file: Arc<FileSource>,
     admin_addr: SocketAddr,
     probes_addr: Option<SocketAddr>,
+    /// Copies of the admin and probe listeners' sockets, for an upgrade.
+    own_sockets: Vec<(&'static str, SocketAddr, std::net::TcpListener)>,
+    /// The admin and probe listeners' accept loops.
+    admin_tasks: Vec<tokio::task::AbortHandle>,
     /// The control thread: admin, upkeep, sources. Stopped after the workers.
     control: Mutex<Option<Control>>,
 }
@@ -57,6 +66,27 @@ pub struct App {
 /// Starts Legate with a checked config: binds every listener and the admin listener, then
 /// serves. `version` identifies the config text (see [`crate::config::version_of`]).
 pub fn build(config: Checked, version: String) -> Result<App, BuildError> {
+    build_with(config, version, Inherited::default())
+}
+
+/// Like [`build`], serving on the sockets a process being upgraded handed over where their
+/// addresses are the config's, binding the others.
+pub fn build_with(
+    config: Checked,
+    version: String,
+    mut inherited: Inherited,
+) -> Result<App, BuildError> {
+    // The admin and probe listeners take theirs first; the data plane gets the rest.
+    let mut inherited_one = |name: &str, listen: Option<SocketAddr>| {
+        listen
+            .and_then(|addr| inherited.take(name, addr))
+            .and_then(|sockets| sockets.into_iter().next())
+    };
+    let admin_inherited = inherited_one(ADMIN_GROUP, config.admin.listen.parse().ok());
+    let probes_inherited = inherited_one(
+        PROBES_GROUP,
+        config.probes.as_ref().and_then(|p| p.listen.parse().ok()),
+    );
     let workers = config
         .runtime
         .workers
@@ -69,7 +99,8 @@ pub fn build(config: Checked, version: String) -> Result<App, BuildError> {
         Workers::start(workers).map_err(BuildError::Workers)?,
         control.handle(),
         registry.clone(),
-    );
+    )
+    .with_inherited(inherited);
     let (applier, state) = Applier::new(config, version.clone(), registry, plane)?;
     let applier = Arc::new(applier);
     applier.start()?;
@@ -94,18 +125,36 @@ pub fn build(config: Checked, version: String) -> Result<App, BuildError> {
         reload: file.clone(),
     };
     let snapshot = state.snapshot.load();
-    let probes_addr = match snapshot.probes {
-        Some(addr) => match admin::start(addr, Surface::Probes, admin.clone(), &control.handle()) {
-            Ok(bound) => Some(bound),
-            Err(source) => {
-                applier.stop();
-                return Err(BuildError::Probes { addr, source });
+    let probes = match snapshot.probes {
+        Some(addr) => {
+            match admin_socket(addr, probes_inherited).and_then(|socket| {
+                let copy = socket.try_clone()?;
+                let (bound, task) = admin::start_accepting(
+                    socket,
+                    Surface::Probes,
+                    admin.clone(),
+                    &control.handle(),
+                )?;
+                Ok((bound, copy, task))
+            }) {
+                Ok(started) => Some(started),
+                Err(source) => {
+                    applier.stop();
+                    return Err(BuildError::Probes { addr, source });
+                }
             }
-        },
+        }
         None => None,
     };
-    let admin_addr = match admin::start(snapshot.admin, Surface::Admin, admin, &control.handle()) {
-        Ok(addr) => addr,
+    let probes_addr = probes.as_ref().map(|(addr, _, _)| *addr);
+    let admin_started = admin_socket(snapshot.admin, admin_inherited).and_then(|socket| {
+        let copy = socket.try_clone()?;
+        let (bound, task) =
+            admin::start_accepting(socket, Surface::Admin, admin, &control.handle())?;
+        Ok((bound, copy, task))
+    });
+    let (admin_addr, admin_copy, admin_task) = match admin_started {
+        Ok(started) => started,
         Err(source) => {
             // The listeners already serve: stop them before reporting.
             applier.stop();
@@ -123,14 +172,37 @@ pub fn build(config: Checked, version: String) -> Result<App, BuildError> {
         probes = ?probes_addr,
         "legate started"
     );
+    let mut own_sockets = vec![(ADMIN_GROUP, admin_addr, admin_copy)];
+    let mut admin_tasks = vec![admin_task];
+    if let Some((addr, copy, task)) = probes {
+        own_sockets.push((PROBES_GROUP, addr, copy));
+        admin_tasks.push(task);
+    }
     Ok(App {
         state,
         applier,
         file,
         admin_addr,
         probes_addr,
+        own_sockets,
+        admin_tasks,
         control: Mutex::new(Some(control)),
     })
+}
+
+/// The admin or probe listener's socket: handed over by an upgrade, or bound here (refusing
+/// an address another process holds).
+fn admin_socket(
+    addr: SocketAddr,
+    inherited: Option<std::net::TcpListener>,
+) -> std::io::Result<std::net::TcpListener> {
+    match inherited {
+        Some(socket) => Ok(socket),
+        None => {
+            crate::listener::holder::check_unheld(addr)?;
+            crate::listener::bind(addr, 128)
+        }
+    }
 }
 
 impl admin::Reload for FileSource {
@@ -220,6 +292,28 @@ impl App {
             "/ready answers 503; serving on for drain_delay before draining"
         );
         tokio::time::sleep(delay).await;
+    }
+
+    /// Copies of every listening socket (listeners, one per worker; admin; probes) by
+    /// address, to hand over to the process an upgrade starts.
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<crate::upgrade::Group>> {
+        let mut all = self.applier.listening_sockets()?;
+        for (name, addr, socket) in &self.own_sockets {
+            all.push(crate::upgrade::Group {
+                name: (*name).to_owned(),
+                addr: *addr,
+                sockets: vec![socket.try_clone()?],
+            });
+        }
+        Ok(all)
+    }
+
+    /// After an upgrade: the new process answers the admin and probe listeners alone (they
+    /// are the same sockets), so this one stops accepting there.
+    pub fn stop_admin(&self) {
+        for task in &self.admin_tasks {
+            task.abort();
+        }
     }
 
     /// Whether a graceful shutdown has begun.

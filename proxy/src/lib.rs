@@ -35,6 +35,7 @@ pub mod source;
 pub mod state;
 pub mod tcp;
 pub mod tls;
+pub mod upgrade;
 pub mod worker;
 
 /// File-change events closer together than this are one change (editors and `kubectl` write

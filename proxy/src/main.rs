@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
-use legate::{app, apply, config};
+use legate::{app, apply, config, upgrade};
 
 /// The exit status after SIGTERM when `runtime.drain_timeout` cut connections or sessions
 /// that were still open (0 means everything finished).
@@ -256,12 +256,28 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// How long a new process started by an upgrade may take to load its config and serve.
+const UPGRADE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn run(path: PathBuf) -> ExitCode {
+    // What an upgrade starts again: this binary's path as started (not /proc/self/exe, which
+    // names the old file once it is replaced) and the same arguments.
+    let exe = std::env::current_exe().ok();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     match legate::resources::raise_open_file_limit() {
         Ok(Some(n)) => tracing::info!(open_files = n, "open-file limit"),
         Ok(None) => tracing::info!("open-file limit: unlimited"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
+    // Started by an upgrade: the running process's sockets come first.
+    let (receiver, inherited) = match upgrade::Receiver::from_env() {
+        None => (None, upgrade::Inherited::default()),
+        Some(Ok((receiver, inherited))) => (Some(receiver), inherited),
+        Some(Err(e)) => {
+            error!("cannot take over from the process being upgraded: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let (config, text) = match config::load_file(&path) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -269,7 +285,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let app = match app::build(config, config::version_of(&text)) {
+    let app = match app::build_with(config, config::version_of(&text), inherited) {
         Ok(app) => app,
         Err(app::BuildError::Apply(app::ApplyError::Invalid(mut errors))) => {
             config::locate(&text, &mut errors.0);
@@ -291,39 +307,38 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Before the watch starts: a change it catches up on is a reload that follows READY=1.
-    legate::notify::ready(&config::version_of(&text));
+    match receiver {
+        // The old process tells the service manager this one is the service now.
+        Some(receiver) => {
+            if let Err(e) = receiver.ready() {
+                error!("cannot tell the process being upgraded that this one serves: {e}");
+                return ExitCode::FAILURE;
+            }
+            info!(
+                pid = std::process::id(),
+                "serving on the upgraded process's sockets"
+            );
+        }
+        // Before the watch starts: a change it catches up on is a reload after READY=1.
+        None => legate::notify::ready(&config::version_of(&text)),
+    }
     app.watch_config(&path);
-    runtime.block_on(async move {
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let code = runtime.block_on(async move {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined2()),
         ) else {
             error!("cannot install signal handlers");
-            return ExitCode::FAILURE;
+            return 1;
         };
         loop {
             tokio::select! {
                 _ = term.recv() => {
                     info!("SIGTERM: draining");
                     legate::notify::stopping();
-                    let runtime = app.snapshot().config.runtime.clone();
-                    let delay = runtime.drain_delay.get();
-                    if !delay.is_zero() {
-                        tokio::select! {
-                            _ = app.drain_delay(delay) => {}
-                            _ = int.recv() => {
-                                info!("SIGINT: exiting");
-                                std::process::exit(130);
-                            }
-                        }
-                    }
-                    if app.shutdown(runtime.drain_timeout.get()).await {
-                        return ExitCode::SUCCESS;
-                    }
-                    // Work was cut: say so to the supervisor, not only in the log.
-                    return ExitCode::from(EXIT_DRAIN_CUT);
+                    return drain(app, &mut int).await;
                 }
                 _ = int.recv() => {
                     info!("SIGINT: exiting");
@@ -333,7 +348,60 @@ fn run(path: PathBuf) -> ExitCode {
                     info!("SIGHUP: reloading {}", path.display());
                     let _ = app.reload_file(&path);
                 }
+                _ = usr2.recv() => {
+                    info!("SIGUSR2: upgrading");
+                    match upgrade(&app, exe.as_deref(), &args).await {
+                        Ok(pid) => {
+                            info!(new_pid = pid, "upgraded: the new process serves; draining this one");
+                            legate::notify::handed_over(pid);
+                            app.stop_admin();
+                            return drain(app, &mut int).await;
+                        }
+                        Err(e) => {
+                            error!("upgrade failed, this process serves on: {e}");
+                            legate::notify::upgrade_failed(&e.to_string());
+                        }
+                    }
+                }
             }
         }
-    })
+    });
+    info!(pid = std::process::id(), code, "exiting");
+    ExitCode::from(code)
+}
+
+/// Starts the binary again with this process's sockets ([`upgrade::hand_over`]).
+async fn upgrade(
+    app: &app::App,
+    exe: Option<&std::path::Path>,
+    args: &[std::ffi::OsString],
+) -> Result<u32, String> {
+    let exe = exe.ok_or("the path of this binary is unknown")?;
+    let sockets = app
+        .listening_sockets()
+        .map_err(|e| format!("cannot copy the listening sockets: {e}"))?;
+    upgrade::hand_over(exe, args, sockets, UPGRADE_LIMIT)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The graceful end: `runtime.drain_delay` serving on (SIGINT cuts it short), then the
+/// drain up to `runtime.drain_timeout`. Exit 0, or [`EXIT_DRAIN_CUT`] when work was cut.
+async fn drain(app: app::App, int: &mut tokio::signal::unix::Signal) -> u8 {
+    let runtime = app.snapshot().config.runtime.clone();
+    let delay = runtime.drain_delay.get();
+    if !delay.is_zero() {
+        tokio::select! {
+            _ = app.drain_delay(delay) => {}
+            _ = int.recv() => {
+                info!("SIGINT: exiting");
+                std::process::exit(130);
+            }
+        }
+    }
+    if app.shutdown(runtime.drain_timeout.get()).await {
+        return 0;
+    }
+    // Work was cut: say so to the supervisor, not only in the log.
+    EXIT_DRAIN_CUT
 }

@@ -41,6 +41,22 @@ pub fn stopping() {
     ]);
 }
 
+/// An upgrade's new process serves: it is the service's main process now (`MAINPID=`), and
+/// this one only drains. Sent by the old process, which systemd still listens to.
+pub fn handed_over(new_pid: u32) {
+    send(&[
+        NotifyState::MainPid(new_pid),
+        NotifyState::Ready,
+        NotifyState::Status(&format!("upgraded: serving in pid {new_pid}")),
+    ]);
+}
+
+/// An upgrade that did not happen: this process serves on, and says why.
+pub fn upgrade_failed(error: &str) {
+    let error = error.lines().collect::<Vec<_>>().join("; ");
+    send(&[NotifyState::Status(&format!("upgrade failed: {error}"))]);
+}
+
 /// One line: the protocol is newline-separated, so the error's lines are joined.
 fn failed_status(error: &str, serving: Option<&str>) -> String {
     let error = error.lines().collect::<Vec<_>>().join("; ");

@@ -193,6 +193,14 @@ impl Applier {
             .unwrap_or_default()
     }
 
+    /// Copies of every running listener's sockets, by address, for an upgrade.
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<crate::upgrade::Group>> {
+        match self.lock().plane.as_ref() {
+            Some(plane) => plane.listening_sockets(),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Stops the data plane: every worker and upkeep task ends; later applies fail.
     pub fn stop(&self) {
         let plane = self.lock().plane.take();

@@ -39,6 +39,9 @@ pub struct DataPlane {
     tls_watch: Option<tokio::task::AbortHandle>,
     /// The resolver of endpoint names, rebuilt when the `dns` section changes.
     resolver: Option<Arc<Resolver>>,
+    /// Listening sockets handed over by the process this one upgraded, used instead of
+    /// binding their addresses.
+    inherited: crate::upgrade::Inherited,
 }
 
 #[derive(Debug)]
@@ -46,6 +49,8 @@ struct Running {
     ctx: Arc<Listener>,
     trigger: drain::Trigger,
     watch: drain::Watch,
+    /// Copies of the listening sockets (one per worker), for handing over on upgrade.
+    sockets: Vec<std::net::TcpListener>,
 }
 
 impl DataPlane {
@@ -63,7 +68,34 @@ impl DataPlane {
             managers: Vec::new(),
             tls_watch: None,
             resolver: None,
+            inherited: crate::upgrade::Inherited::default(),
         }
+    }
+
+    /// Serves on `inherited`'s sockets rather than binding their addresses.
+    pub fn with_inherited(mut self, inherited: crate::upgrade::Inherited) -> DataPlane {
+        self.inherited = inherited;
+        self
+    }
+
+    /// Every running listener's name, address and copies of its listening sockets, for an
+    /// upgrade.
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<crate::upgrade::Group>> {
+        self.running
+            .values()
+            .map(|r| {
+                let copies = r
+                    .sockets
+                    .iter()
+                    .map(std::net::TcpListener::try_clone)
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                Ok(crate::upgrade::Group {
+                    name: crate::upgrade::listener_group(&r.ctx.name),
+                    addr: r.ctx.addr,
+                    sockets: copies,
+                })
+            })
+            .collect()
     }
 
     /// Moves the running listeners from `old` to `new`'s: binds first (failing without side
@@ -91,13 +123,32 @@ impl DataPlane {
                     }
                     .into());
                 };
-                let group = listener::bind_group(addr, l.backlog, self.workers.len()).map_err(
-                    |source| ApplyError::Bind {
-                        name: name.clone(),
-                        addr,
-                        source,
-                    },
-                )?;
+                let bind_error = |source| ApplyError::Bind {
+                    name: name.clone(),
+                    addr,
+                    source,
+                };
+                let group = match self
+                    .inherited
+                    .take(&crate::upgrade::listener_group(name), addr)
+                {
+                    // Handed over by the process this one upgraded: its sockets, plus one
+                    // more per worker beyond their number (joining the SO_REUSEPORT group).
+                    Some(mut sockets) => {
+                        let bound = match sockets.first().map(std::net::TcpListener::local_addr) {
+                            Some(Ok(bound)) => bound,
+                            Some(Err(e)) => return Err(bind_error(e)),
+                            None => addr,
+                        };
+                        while sockets.len() < self.workers.len() {
+                            sockets.push(listener::bind(bound, l.backlog).map_err(bind_error)?);
+                        }
+                        info!(listener = %name, addr = %bound, sockets = sockets.len(), "serving on handed-over sockets");
+                        (bound, sockets)
+                    }
+                    None => listener::bind_group(addr, l.backlog, self.workers.len())
+                        .map_err(bind_error)?,
+                };
                 bound.insert(name.clone(), group);
             }
         }
@@ -158,6 +209,12 @@ impl DataPlane {
         }
         for cluster in known {
             manager::publish(cluster, &self.registry, zone);
+        }
+        // Handed-over sockets the new config has no listener for close now; the process
+        // that handed them over closes its copies as it drains.
+        if !self.inherited.is_empty() {
+            info!(addresses = ?self.inherited.left(), "no listener for these handed-over sockets; closing them");
+            self.inherited = crate::upgrade::Inherited::default();
         }
         self.retired.retain(|t| t.active() > 0);
         Ok(self
@@ -355,6 +412,16 @@ fn start_listener(
         closing: AtomicBool::new(false),
     });
     let (trigger, watch) = drain::channel();
+    let copies = sockets
+        .iter()
+        .filter_map(|s| match s.try_clone() {
+            Ok(copy) => Some(copy),
+            Err(e) => {
+                warn!(listener = %name, error = %e, "cannot keep a socket for upgrades");
+                None
+            }
+        })
+        .collect();
     for (i, socket) in sockets.into_iter().enumerate() {
         let ctx = ctx.clone();
         let watch = watch.clone();
@@ -372,6 +439,7 @@ fn start_listener(
         ctx,
         trigger,
         watch,
+        sockets: copies,
     }
 }
 
