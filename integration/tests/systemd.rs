@@ -141,6 +141,61 @@ async fn notify_socket_gets_ready_then_reloading_ready_around_reloads_then_stopp
     Ok(())
 }
 
+/// An upgrade (SIGUSR2) under systemd: the old process names the new one the main process
+/// (`MAINPID=`) once it serves, with `READY=1`; the new one sent nothing of its own before
+/// that (systemd would ignore it), and notifies for itself after (a reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_makes_the_new_process_the_main_pid() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let dir = tempfile::tempdir()?;
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path)?;
+    let config = |body: &str| yaml(CONFIG).set("APP", app.addr()).set("BODY", body);
+    let mut legate = Legate::start_by(config("one"), |config_path| {
+        let mut cmd = process::command();
+        cmd.env("NOTIFY_SOCKET", &socket_path)
+            .arg("run")
+            .arg("--config")
+            .arg(config_path);
+        cmd
+    })
+    .await?;
+    assert_eq!(value(&next(&socket).await?, "READY"), Some("1"));
+
+    legate.signal("USR2").await?;
+    let handed = next(&socket).await?;
+    let upgraded = legate
+        .wait_stderr("upgraded: the new process serves")
+        .await?;
+    let new_pid = upgraded
+        .split_once("new_pid=")
+        .map(|(_, p)| p.trim().to_owned())
+        .context("new_pid in the log")?;
+    assert_eq!(
+        value(&handed, "MAINPID"),
+        Some(new_pid.as_str()),
+        "{handed:?}"
+    );
+    assert_eq!(value(&handed, "READY"), Some("1"), "{handed:?}");
+    assert_eq!(
+        value(&handed, "STATUS"),
+        Some(format!("upgraded: serving in pid {new_pid}").as_str())
+    );
+
+    // The old process drains and exits; the new one reloads, and says so itself.
+    let status = legate.wait_exit(Duration::from_secs(10)).await?;
+    assert_eq!(status.code(), Some(0));
+    legate.write_config(config("two"))?;
+    assert_eq!(value(&next(&socket).await?, "RELOADING"), Some("1"));
+    assert_eq!(value(&next(&socket).await?, "READY"), Some("1"));
+    let reply = client::get(legate.addr("front"), "example.org", "/fixed").await?;
+    assert_eq!(reply.text(), "two");
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &new_pid])
+        .status();
+    Ok(())
+}
+
 /// `KEY=value` lines of a unit file's `[Service]` section.
 fn service_keys(unit: &str) -> Vec<(String, String)> {
     let mut in_service = false;
