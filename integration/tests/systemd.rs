@@ -263,10 +263,19 @@ async fn the_unit_file_passes_systemd_analyze_verify_and_fits_legate() -> Result
     assert_eq!(key(&keys, "ExecReload"), Some("/bin/kill -HUP $MAINPID"));
     let start = key(&keys, "ExecStart").context("ExecStart")?;
     let pre = key(&keys, "ExecStartPre").context("ExecStartPre")?;
-    assert_eq!(
-        pre,
-        start.replace(" run ", " validate "),
-        "ExecStartPre validates the file ExecStart runs"
+    let config = start
+        .split_once(" --config ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .context("ExecStart names a --config")?;
+    assert!(start.contains(" run "), "{start}");
+    assert!(
+        pre.ends_with(&format!(" validate --config {config}")),
+        "ExecStartPre validates the file ExecStart runs: {pre}"
+    );
+    assert!(
+        start.contains(" --pid-file /run/legate/")
+            && key(&keys, "RuntimeDirectory") == Some("legate"),
+        "the pid file is in the unit's runtime directory: {start}"
     );
     let stop: u64 = key(&keys, "TimeoutStopSec")
         .and_then(|v| v.strip_suffix('s'))

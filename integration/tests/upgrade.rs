@@ -280,3 +280,67 @@ async fn an_upgrade_whose_new_process_cannot_start_leaves_the_old_one_serving() 
     assert_eq!(reply.status, StatusCode::OK);
     Ok(())
 }
+
+/// `legate upgrade --pid-file F`: signals the process the file names, waits for the new
+/// process to take the file over and names it; when the new process cannot start, it says so
+/// (the old process rewrote the file) rather than waiting out its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legate_upgrade_follows_the_pid_file_and_reports_a_failed_upgrade() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let config = yaml(CONFIG).set("APP", app.addr()).set("PG", app.addr());
+    let dir = tempfile::tempdir()?;
+    let pid_file = dir.path().join("legate.pid");
+    let mut legate = Legate::start_by(config.clone(), |config_path| {
+        let mut cmd = legate_integration::process::command();
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config_path)
+            .arg("--pid-file")
+            .arg(&pid_file);
+        cmd
+    })
+    .await?;
+    let generations = Generations::default();
+    let first = legate.pid();
+    let pid_file_text = pid_file.to_str().context("utf-8 path")?;
+    let written = legate_integration::eventually(Duration::from_secs(5), || async {
+        let text = std::fs::read_to_string(&pid_file)?;
+        anyhow::ensure!(text.trim() == first.to_string(), "pid file says {text:?}");
+        Ok(())
+    });
+    written.await?;
+
+    let out = legate_integration::process::run(&["upgrade", "--pid-file", pid_file_text]).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new: u32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    generations.add(new);
+    assert_ne!(new, first);
+    assert_eq!(
+        stdout.trim(),
+        format!("upgraded: pid {first} handed over to pid {new}")
+    );
+    let status = legate.wait_exit(Duration::from_secs(10)).await?;
+    assert_eq!(status.code(), Some(0), "the old process exits 0");
+    assert!(
+        pid_file.exists(),
+        "the old process left the new one's pid file"
+    );
+
+    std::fs::write(legate.config_path(), "listeners: [ {\n")?;
+    let out = legate_integration::process::run(&["upgrade", "--pid-file", pid_file_text]).await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {new} could not start its new process")),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&pid_file)?.trim(), new.to_string());
+    let reply = client::get(legate.addr("front"), "app.example.org", "/").await?;
+    assert_eq!(reply.status, StatusCode::OK, "pid {new} serves on");
+    Ok(())
+}

@@ -27,6 +27,7 @@ pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod path;
+pub mod pidfile;
 pub mod resources;
 pub mod router;
 pub mod serve;

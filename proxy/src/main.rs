@@ -37,6 +37,19 @@ enum Command {
         /// Format of Legate's own log on stderr (the access log goes to stdout).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Write this process's pid here once it serves (an upgrade's new process rewrites
+        /// it); removed at exit if it still names this process.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+    },
+    /// Upgrade the binary of the `legate run --pid-file` process named in PID_FILE (SIGUSR2)
+    /// and wait until its new process serves.
+    Upgrade {
+        #[arg(long)]
+        pid_file: PathBuf,
+        /// How long to wait for the new process.
+        #[arg(long, default_value = "70s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Check a config file and print every problem found.
     Validate {
@@ -79,9 +92,25 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config, format } => validate(&config, format),
         Command::DevCert { config } => dev_cert(&config),
-        Command::Run { config, log_format } => {
+        Command::Run {
+            config,
+            log_format,
+            pid_file,
+        } => {
             init_tracing(log_format);
-            run(config)
+            run(config, pid_file)
+        }
+        Command::Upgrade { pid_file, timeout } => {
+            match legate::pidfile::upgrade(&pid_file, timeout) {
+                Ok((old, new)) => {
+                    println!("upgraded: pid {old} handed over to pid {new}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("upgrade failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }
@@ -259,7 +288,7 @@ fn init_tracing(format: LogFormat) {
 /// How long a new process started by an upgrade may take to load its config and serve.
 const UPGRADE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn run(path: PathBuf) -> ExitCode {
+fn run(path: PathBuf, pid_file: Option<PathBuf>) -> ExitCode {
     // What an upgrade starts again: this binary's path as started (not /proc/self/exe, which
     // names the old file once it is replaced) and the same arguments.
     let exe = std::env::current_exe().ok();
@@ -322,8 +351,17 @@ fn run(path: PathBuf) -> ExitCode {
         // Before the watch starts: a change it catches up on is a reload after READY=1.
         None => legate::notify::ready(&config::version_of(&text)),
     }
+    let pid = std::process::id();
+    if let Some(file) = &pid_file {
+        if let Err(e) = legate::pidfile::write(file, pid) {
+            error!("cannot write the pid file {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    }
     app.watch_config(&path);
+    let pid_file_in_loop = pid_file.clone();
     let code = runtime.block_on(async move {
+        let pid_file = pid_file_in_loop;
         let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
@@ -360,13 +398,20 @@ fn run(path: PathBuf) -> ExitCode {
                         Err(e) => {
                             error!("upgrade failed, this process serves on: {e}");
                             legate::notify::upgrade_failed(&e.to_string());
+                            // Rewritten, same pid: `legate upgrade` learns it failed.
+                            if let Some(file) = &pid_file {
+                                let _ = legate::pidfile::write(file, pid);
+                            }
                         }
                     }
                 }
             }
         }
     });
-    info!(pid = std::process::id(), code, "exiting");
+    if let Some(file) = &pid_file {
+        legate::pidfile::remove_if_ours(file, pid);
+    }
+    info!(pid, code, "exiting");
     ExitCode::from(code)
 }
 
