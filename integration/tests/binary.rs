@@ -46,7 +46,8 @@ async fn sigterm_with_drain_delay_serves_on_while_unready_then_drains() -> Resul
             "routes: [{ match: { prefix: /late }, respond: { status: 200 } }, \
              { match: { prefix: / }, cluster: app }]",
         );
-    let config = yaml(&config).set("APP", app.addr()).set("FORMAT", "text");
+    let template = config;
+    let config = yaml(&template).set("APP", app.addr()).set("FORMAT", "text");
     let mut legate = Legate::start(config).await?;
     let (front, admin) = (legate.addr("front"), legate.admin());
     let mut held = Http1::connect(front).await?;
@@ -62,6 +63,11 @@ async fn sigterm_with_drain_delay_serves_on_while_unready_then_drains() -> Resul
 
     legate.signal("TERM").await?;
     legate.wait_stderr("serving on for drain_delay").await?;
+    // A draining process applies no config any more: a change made now (to the route that
+    // answers /late) is refused, and /late still answers as before.
+    let changed = template.replace("respond: { status: 200 }", "respond: { status: 299 }");
+    legate.write_config(yaml(&changed).set("APP", app.addr()).set("FORMAT", "text"))?;
+    legate.wait_stderr("draining: no config is applied").await?;
     // A kept-alive HTTP/1.1 connection is asked to reconnect with its next response.
     let again = kept.get("app.example.org", "/late").await?;
     assert_eq!(again.status, StatusCode::OK);

@@ -344,3 +344,42 @@ async fn legate_upgrade_follows_the_pid_file_and_reports_a_failed_upgrade() -> R
     assert_eq!(reply.status, StatusCode::OK, "pid {new} serves on");
     Ok(())
 }
+
+/// After an upgrade, the old process still holds the handed-over sockets while it drains. A
+/// reload in the new process that renames a listener on the same address (which binds that
+/// address again) is no conflict with them: they are the new process's own sockets too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_upgrade_a_reload_may_rebind_an_address_the_old_process_shares() -> Result<()> {
+    let app = Upstream::echo("app").await?;
+    let port = legate_integration::process::free_port();
+    let fixed = CONFIG
+        .replace("drain_delay: 1s", "drain_delay: 30s")
+        .replace(
+            "{ name: front, listen: 127.0.0.1:0,",
+            &format!("{{ name: front, listen: \"127.0.0.1:{port}\","),
+        );
+    let config = yaml(&fixed).set("APP", app.addr()).set("PG", app.addr());
+    let legate = Legate::start(config).await?;
+    let generations = Generations::default();
+    kill("USR2", legate.pid()).await?;
+    let upgraded = legate
+        .wait_stderr("upgraded: the new process serves")
+        .await?;
+    generations.add(pid_in(&upgraded, "new_pid")?);
+    legate.wait_stderr("serving on for drain_delay").await?;
+
+    let renamed = fixed.replace("{ name: front,", "{ name: edge,");
+    legate.write_config(yaml(&renamed).set("APP", app.addr()).set("PG", app.addr()))?;
+    // The draining old process refuses it; the new one applies it.
+    legate.wait_stderr("draining: no config is applied").await?;
+    let reloaded = legate.wait_stderr("config reloaded").await?;
+    assert!(
+        !legate.stderr_text().contains("already in use"),
+        "{}",
+        legate.stderr_text()
+    );
+    assert!(reloaded.contains("version="), "{reloaded}");
+    let reply = client::get(format!("127.0.0.1:{port}").parse()?, "app.example.org", "/").await?;
+    assert_eq!(reply.status, StatusCode::OK);
+    Ok(())
+}

@@ -289,9 +289,8 @@ fn init_tracing(format: LogFormat) {
 const UPGRADE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn run(path: PathBuf, pid_file: Option<PathBuf>) -> ExitCode {
-    // What an upgrade starts again: this binary's path as started (not /proc/self/exe, which
-    // names the old file once it is replaced) and the same arguments.
-    let exe = std::env::current_exe().ok();
+    // What an upgrade starts again: this binary's path as started and the same arguments.
+    let exe = started_as();
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     match legate::resources::raise_open_file_limit() {
         Ok(Some(n)) => tracing::info!(open_files = n, "open-file limit"),
@@ -336,6 +335,25 @@ fn run(path: PathBuf, pid_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Signals are handled from here on: a SIGHUP or SIGUSR2 right after READY (or after an
+    // upgrade's handover) must not take the default action, which ends the process.
+    let _runtime_context = runtime.enter();
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined2()),
+    ) else {
+        error!("cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    let pid = std::process::id();
+    if let Some(file) = &pid_file {
+        if let Err(e) = legate::pidfile::write(file, pid) {
+            error!("cannot write the pid file {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    }
     match receiver {
         // The old process tells the service manager this one is the service now.
         Some(receiver) => {
@@ -351,26 +369,10 @@ fn run(path: PathBuf, pid_file: Option<PathBuf>) -> ExitCode {
         // Before the watch starts: a change it catches up on is a reload after READY=1.
         None => legate::notify::ready(&config::version_of(&text)),
     }
-    let pid = std::process::id();
-    if let Some(file) = &pid_file {
-        if let Err(e) = legate::pidfile::write(file, pid) {
-            error!("cannot write the pid file {}: {e}", file.display());
-            return ExitCode::FAILURE;
-        }
-    }
     app.watch_config(&path);
     let pid_file_in_loop = pid_file.clone();
     let code = runtime.block_on(async move {
         let pid_file = pid_file_in_loop;
-        let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-            signal(SignalKind::user_defined2()),
-        ) else {
-            error!("cannot install signal handlers");
-            return 1;
-        };
         loop {
             tokio::select! {
                 _ = term.recv() => {
@@ -413,6 +415,18 @@ fn run(path: PathBuf, pid_file: Option<PathBuf>) -> ExitCode {
     }
     info!(pid, code, "exiting");
     ExitCode::from(code)
+}
+
+/// The path this binary was started by: `argv[0]` made absolute against the working
+/// directory at start, without following symlinks, so that an upgrade starts what the path
+/// names now (a symlink moved to a new release, a file replaced). Without a `/` in `argv[0]`
+/// (found on `PATH`), the file the kernel ran.
+fn started_as() -> Option<PathBuf> {
+    let arg0 = PathBuf::from(std::env::args_os().next()?);
+    if arg0.components().count() > 1 || arg0.is_absolute() {
+        return std::env::current_dir().ok().map(|cwd| cwd.join(arg0));
+    }
+    std::env::current_exe().ok()
 }
 
 /// Starts the binary again with this process's sockets ([`upgrade::hand_over`]).

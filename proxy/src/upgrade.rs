@@ -27,14 +27,15 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 /// The environment variable naming the Unix socket a new process fetches its sockets from.
 pub const SOCKET_ENV: &str = "LEGATE_UPGRADE_SOCKET";
 
 /// Descriptors per message: the kernel's limit for one SCM_RIGHTS message.
 const FDS_PER_MESSAGE: usize = 253;
-/// The largest JSON header.
-const HEADER_MAX: usize = 512;
+/// The largest JSON header (listener names are in it).
+const HEADER_MAX: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
@@ -50,17 +51,20 @@ pub enum UpgradeError {
     Exited(std::process::ExitStatus),
     #[error("the new process did not serve within {0:?}")]
     TimedOut(Duration),
-    #[error("a process other than the new one (pid {pid}) connected to the upgrade socket")]
-    Stranger { pid: i32 },
     #[error("the upgrade socket failed: {0}")]
     Transfer(#[source] std::io::Error),
     #[error("bad upgrade message: {0}")]
     Protocol(String),
 }
 
+/// The protocol's version, in every message. Fields a later version adds are ignored, so an
+/// upgrade back to an older binary still works.
+const VERSION: u32 = 1;
+
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Header {
+    #[serde(default)]
+    v: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,6 +189,7 @@ impl Receiver {
         send(
             &self.conn,
             &Header {
+                v: VERSION,
                 name: None,
                 addr: None,
                 end: false,
@@ -283,10 +288,23 @@ fn exchange(
     };
     let conn = loop {
         match rustix::net::accept_with(listener, SocketFlags::CLOEXEC) {
-            Ok(conn) => break conn,
+            Ok(conn) => {
+                // The name is visible to every local process: anyone else is turned away
+                // (the connection closed, nothing sent) and the wait goes on.
+                let peer = rustix::net::sockopt::socket_peercred(&conn)
+                    .map_err(|e| UpgradeError::Transfer(e.into()))?;
+                let peer_pid = peer.pid.as_raw_nonzero().get();
+                if u32::try_from(peer_pid).ok() == Some(pid) {
+                    break conn;
+                }
+                warn!(
+                    pid = peer_pid,
+                    "a process other than the new one connected to the upgrade socket; ignored"
+                );
+            }
             Err(e) => {
                 let e = std::io::Error::from(e);
-                if waiting(&e) {
+                if waiting(&e) || e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
                 if e.kind() == std::io::ErrorKind::WouldBlock {
@@ -296,17 +314,12 @@ fn exchange(
             }
         }
     };
-    let peer = rustix::net::sockopt::socket_peercred(&conn)
-        .map_err(|e| UpgradeError::Transfer(e.into()))?;
-    let peer_pid = peer.pid.as_raw_nonzero().get();
-    if u32::try_from(peer_pid).ok() != Some(pid) {
-        return Err(UpgradeError::Stranger { pid: peer_pid });
-    }
     set_timeout(&conn).map_err(UpgradeError::Transfer)?;
     for group in sockets {
         let fds: Vec<BorrowedFd<'_>> = group.sockets.iter().map(AsFd::as_fd).collect();
         for chunk in fds.chunks(FDS_PER_MESSAGE) {
             let header = Header {
+                v: VERSION,
                 name: Some(group.name.clone()),
                 addr: Some(group.addr),
                 end: false,
@@ -316,6 +329,7 @@ fn exchange(
         }
     }
     let end = Header {
+        v: VERSION,
         name: None,
         addr: None,
         end: true,
@@ -327,7 +341,11 @@ fn exchange(
         match receive(&conn) {
             Ok((header, _)) if header.ready => return Ok(()),
             Ok(_) => return Err(UpgradeError::Protocol("expected ready".into())),
-            Err(UpgradeError::Transfer(e)) if waiting(&e) => continue,
+            Err(UpgradeError::Transfer(e))
+                if waiting(&e) || e.kind() == std::io::ErrorKind::Interrupted =>
+            {
+                continue
+            }
             Err(UpgradeError::Transfer(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 return Err(UpgradeError::TimedOut(limit))
             }
@@ -336,15 +354,18 @@ fn exchange(
     }
 }
 
-/// Blocking calls on `fd` return (`WouldBlock`) after this long without anything to do.
+/// Blocking receives on `fd` return (`WouldBlock`) after this long without anything to
+/// do, so the exchange can notice a give-up; a send that cannot go out within
+/// [`SEND_LIMIT`] fails.
 fn set_timeout(fd: &OwnedFd) -> std::io::Result<()> {
-    rustix::net::sockopt::set_socket_timeout(
-        fd,
-        rustix::net::sockopt::Timeout::Recv,
-        Some(Duration::from_millis(200)),
-    )
-    .map_err(Into::into)
+    use rustix::net::sockopt::{set_socket_timeout, Timeout};
+    set_socket_timeout(fd, Timeout::Recv, Some(Duration::from_millis(200)))?;
+    set_socket_timeout(fd, Timeout::Send, Some(SEND_LIMIT))?;
+    Ok(())
 }
+
+/// How long one message may take to go out (the new process reads them as they come).
+const SEND_LIMIT: Duration = Duration::from_secs(10);
 
 fn send(conn: impl AsFd, header: &Header, fds: &[BorrowedFd<'_>]) -> Result<(), UpgradeError> {
     let bytes = serde_json::to_vec(header).map_err(|e| UpgradeError::Protocol(e.to_string()))?;
@@ -356,27 +377,39 @@ fn send(conn: impl AsFd, header: &Header, fds: &[BorrowedFd<'_>]) -> Result<(), 
             fds.len()
         )));
     }
-    rustix::net::sendmsg(
-        conn,
-        &[IoSlice::new(&bytes)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )
-    .map_err(|e| UpgradeError::Transfer(e.into()))?;
-    Ok(())
+    loop {
+        match rustix::net::sendmsg(
+            &conn,
+            &[IoSlice::new(&bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(UpgradeError::Transfer(e.into())),
+        }
+    }
 }
 
 fn receive(conn: impl AsFd) -> Result<(Header, Vec<OwnedFd>), UpgradeError> {
-    let mut bytes = [0u8; HEADER_MAX];
+    let mut bytes = vec![0u8; HEADER_MAX];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let got = rustix::net::recvmsg(
-        conn,
-        &mut [IoSliceMut::new(&mut bytes)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )
-    .map_err(|e| UpgradeError::Transfer(e.into()))?;
+    let got = loop {
+        match rustix::net::recvmsg(
+            &conn,
+            &mut [IoSliceMut::new(&mut bytes)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(got) => break got,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(UpgradeError::Transfer(e.into())),
+        }
+    };
+    let truncated = got
+        .flags
+        .intersects(rustix::net::ReturnFlags::TRUNC | rustix::net::ReturnFlags::CTRUNC);
     let fds: Vec<OwnedFd> = control
         .drain()
         .filter_map(|m| match m {
@@ -385,6 +418,11 @@ fn receive(conn: impl AsFd) -> Result<(Header, Vec<OwnedFd>), UpgradeError> {
         })
         .flatten()
         .collect();
+    if truncated {
+        return Err(UpgradeError::Protocol(
+            "a message was cut short (too long, or out of descriptors)".into(),
+        ));
+    }
     if got.bytes == 0 {
         return Err(UpgradeError::Transfer(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,

@@ -48,6 +48,10 @@ pub enum ApplyError {
     },
     #[error("shutting down")]
     Stopped,
+    /// Draining (SIGTERM, or an upgrade's new process serves): the config in effect stays
+    /// to the end, so a change reaches only the process that goes on.
+    #[error("draining: no config is applied any more")]
+    Draining,
 }
 
 /// Applies configs one at a time; the only writer of the published snapshot.
@@ -117,6 +121,9 @@ impl Applier {
     /// the snapshot; a parsed config applied while control plane resources are held takes
     /// their label, as the combination serves what the control plane last sent.
     pub fn apply(&self, update: Update, version: String) -> Result<Applied, ApplyError> {
+        if self.state.is_draining() {
+            return Err(ApplyError::Draining);
+        }
         let mut inner = self.lock();
         if inner.plane.is_none() {
             return Err(ApplyError::Stopped);

@@ -2,6 +2,7 @@
 //! a second Legate (or anything else sharing SO_REUSEPORT) cannot quietly take half the
 //! connections.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 
@@ -19,8 +20,9 @@ pub struct Holder {
 /// socket of another process listens on `addr`. Port 0 is never held.
 ///
 /// The probe is a bind without SO_REUSEPORT: the kernel refuses it while any socket listens
-/// there, even one that would let a SO_REUSEPORT socket join. Listening sockets of this
-/// process (a listener being moved on reload) are not a conflict.
+/// there, even one that would let a SO_REUSEPORT socket join. Then `/proc` tells whose the
+/// listening sockets there are: those this process holds too (a listener moved on reload,
+/// or sockets shared with the process of an upgrade) are no conflict.
 pub fn check_unheld(addr: SocketAddr) -> io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
@@ -38,39 +40,37 @@ pub fn check_unheld(addr: SocketAddr) -> io::Result<()> {
     match probe.bind(&addr.into()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            let holders = holders(addr);
-            let own = std::process::id();
-            let other = holders
-                .iter()
-                .find(|h| u32::try_from(h.pid).ok() != Some(own));
-            match other {
-                None if !holders.is_empty() => Ok(()),
-                Some(h) => Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("{addr} is already in use by pid {} ({})", h.pid, h.name),
-                )),
-                None => Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("{addr} is already in use by another process"),
-                )),
+            // Only sockets this process does not hold conflict: after an upgrade the old
+            // process holds the very sockets this one does, and a listener moved on reload
+            // holds its old ones here.
+            let listening = listening_inodes(addr);
+            let own = own_socket_inodes();
+            let foreign: HashSet<u64> = listening.difference(&own).copied().collect();
+            if !listening.is_empty() && foreign.is_empty() {
+                return Ok(());
             }
+            let message = match holders_of(&foreign).first() {
+                Some(h) => format!("{addr} is already in use by pid {} ({})", h.pid, h.name),
+                None => format!("{addr} is already in use by another process"),
+            };
+            Err(io::Error::new(io::ErrorKind::AddrInUse, message))
         }
         Err(e) => Err(e),
     }
 }
 
-/// The processes with a listening TCP socket that covers `addr` (the same port, and the same
-/// address or a wildcard on either side), as far as `/proc` shows them.
-pub fn holders(addr: SocketAddr) -> Vec<Holder> {
+/// The inodes of the listening TCP sockets that cover `addr` (the same port, and the same
+/// address or a wildcard on either side), as `/proc/net/tcp{,6}` lists them.
+fn listening_inodes(addr: SocketAddr) -> HashSet<u64> {
     let table = if addr.is_ipv4() {
         procfs::net::tcp()
     } else {
         procfs::net::tcp6()
     };
     let Ok(table) = table else {
-        return Vec::new();
+        return HashSet::new();
     };
-    let inodes: std::collections::HashSet<u64> = table
+    table
         .iter()
         .filter(|e| e.state == procfs::net::TcpState::Listen)
         .filter(|e| e.local_address.port() == addr.port())
@@ -79,20 +79,47 @@ pub fn holders(addr: SocketAddr) -> Vec<Holder> {
             ip == addr.ip() || ip.is_unspecified() || addr.ip().is_unspecified()
         })
         .map(|e| e.inode)
-        .collect();
+        .collect()
+}
+
+/// The inodes of every socket this process has open.
+fn own_socket_inodes() -> HashSet<u64> {
+    procfs::process::Process::myself()
+        .and_then(|me| me.fd())
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| socket_inode(&fd.target))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn socket_inode(target: &procfs::process::FDTarget) -> Option<u64> {
+    match target {
+        procfs::process::FDTarget::Socket(inode) => Some(*inode),
+        _ => None,
+    }
+}
+
+/// The processes holding any of `inodes`, other than this one, as far as `/proc` shows.
+fn holders_of(inodes: &HashSet<u64>) -> Vec<Holder> {
     if inodes.is_empty() {
         return Vec::new();
     }
     let Ok(processes) = procfs::process::all_processes() else {
         return Vec::new();
     };
+    let own = std::process::id();
     let mut found = Vec::new();
     for process in processes.flatten() {
+        if u32::try_from(process.pid).ok() == Some(own) {
+            continue;
+        }
         // Processes that end meanwhile, or whose descriptors are not ours to read, are skipped.
         let Ok(fds) = process.fd() else { continue };
-        let holds = fds.flatten().any(|fd| {
-            matches!(fd.target, procfs::process::FDTarget::Socket(inode) if inodes.contains(&inode))
-        });
+        let holds = fds
+            .flatten()
+            .any(|fd| socket_inode(&fd.target).is_some_and(|i| inodes.contains(&i)));
         if holds {
             let name = process.stat().map(|s| s.comm).unwrap_or_default();
             found.push(Holder {
@@ -113,11 +140,12 @@ mod tests {
         let (addr, _sockets) =
             super::super::bind_group("127.0.0.1:0".parse().unwrap(), 16, 2).unwrap();
         check_unheld(addr).unwrap();
-        let own = holders(addr);
+        let listening = listening_inodes(addr);
+        assert_eq!(listening.len(), 2, "one socket per worker");
+        assert!(listening.is_subset(&own_socket_inodes()));
         assert!(
-            own.iter()
-                .any(|h| u32::try_from(h.pid).ok() == Some(std::process::id())),
-            "{own:?}"
+            holders_of(&listening).is_empty(),
+            "only this process holds them"
         );
         drop(_sockets);
         check_unheld(addr).unwrap();

@@ -67,7 +67,13 @@ impl FileSource {
 
     /// Like [`FileSource::reload_file`], also saying what the reload left out of effect.
     pub fn reload_file_applied(&self, path: &Path) -> Result<Reloaded, ReloadError> {
-        let result = self.load_and_apply(path);
+        // A draining process keeps its config to the end and tells the service manager
+        // nothing: after an upgrade, the new process reloads and notifies.
+        let result = if self.state.is_draining() {
+            Err(ApplyError::Draining.into())
+        } else {
+            self.load_and_apply(path)
+        };
         self.state.reloads.record(
             result
                 .as_ref()
