@@ -380,6 +380,44 @@ impl Legate {
         Ok(matching(&found))
     }
 
+    /// The end of a drain with one request held upstream: `front` stops accepting while
+    /// `in_flight` is still waiting; released (`held` opens its gate), it completes with
+    /// 200; the process then exits 0 within `limit`.
+    pub async fn drain_completes(
+        &mut self,
+        front: SocketAddr,
+        in_flight: tokio::task::JoinHandle<Result<client::Reply>>,
+        held: &crate::upstream::Upstream,
+        limit: Duration,
+    ) -> Result<()> {
+        crate::eventually(WAIT_LIMIT, || async {
+            anyhow::ensure!(
+                tokio::net::TcpStream::connect(front).await.is_err(),
+                "{front} still accepts"
+            );
+            Ok(())
+        })
+        .await?;
+        anyhow::ensure!(
+            !in_flight.is_finished(),
+            "the held request ended before its gate opened"
+        );
+        held.open_gate();
+        let reply = in_flight.await??;
+        anyhow::ensure!(
+            reply.status == http::StatusCode::OK,
+            "the request in flight got {}",
+            reply.status
+        );
+        let status = self.wait_exit(limit).await?;
+        anyhow::ensure!(
+            status.code() == Some(0),
+            "exit {status}; stderr:\n{}",
+            self.stderr_text()
+        );
+        Ok(())
+    }
+
     /// Waits for the process to exit, at most `limit`.
     pub async fn wait_exit(&mut self, limit: Duration) -> Result<ExitStatus> {
         tokio::time::timeout(limit, self.child.wait())

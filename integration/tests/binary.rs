@@ -87,28 +87,9 @@ async fn sigterm_with_drain_delay_serves_on_while_unready_then_drains() -> Resul
 
     // Then the drain: the listener stops accepting; the held request, released only now,
     // completes; the exit is clean.
-    eventually(Duration::from_secs(10), || async {
-        ensure!(
-            tokio::net::TcpStream::connect(front).await.is_err(),
-            "{front} still accepts"
-        );
-        Ok(())
-    })
-    .await?;
-    ensure!(
-        !in_flight.is_finished(),
-        "the held request ended before its gate opened"
-    );
-    app.open_gate();
-    let reply = in_flight.await??;
-    assert_eq!(
-        reply.status,
-        StatusCode::OK,
-        "the request in flight completes"
-    );
-    let status = legate.wait_exit(Duration::from_secs(10)).await?;
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", legate.stderr_text());
-    Ok(())
+    legate
+        .drain_completes(front, in_flight, &app, Duration::from_secs(10))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,12 +10,11 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{Context as _, Result};
 use http::StatusCode;
 use legate_integration::certs::{Ca, TlsClient};
 use legate_integration::client::{self, Http1};
 use legate_integration::container::{podman, Container, Image};
-use legate_integration::eventually;
 use legate_integration::process::{self, Legate};
 use legate_integration::proxy::yaml;
 use legate_integration::upstream::Upstream;
@@ -214,28 +213,9 @@ async fn the_image_runs_legate_unprivileged_serving_http_and_tls_and_drains_on_s
     app.wait_requests(3).await?;
     legate.signal("TERM").await?;
     legate.wait_stderr("SIGTERM: draining").await?;
-    eventually(Duration::from_secs(10), || async {
-        ensure!(
-            tokio::net::TcpStream::connect(front).await.is_err(),
-            "{front} still accepts"
-        );
-        Ok(())
-    })
-    .await?;
-    ensure!(
-        !in_flight.is_finished(),
-        "the held request ended before its gate opened"
-    );
-    app.open_gate();
-    let reply = in_flight.await??;
-    assert_eq!(
-        reply.status,
-        StatusCode::OK,
-        "the request in flight completes"
-    );
-    let status = legate.wait_exit(Duration::from_secs(20)).await?;
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", legate.stderr_text());
-    Ok(())
+    legate
+        .drain_completes(front, in_flight, &app, Duration::from_secs(20))
+        .await
 }
 
 /// The `Dockerfile`'s default version label is the workspace's version.

@@ -3,6 +3,7 @@
 //!
 //! Needs `cargo build -p legate --bin legate` first.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -49,6 +50,19 @@ fn value<'a>(lines: &'a [String], key: &str) -> Option<&'a str> {
         .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
 }
 
+/// `legate run` with `NOTIFY_SOCKET` set to `socket`.
+async fn start_notifying(config: legate_integration::proxy::Yaml, socket: &Path) -> Result<Legate> {
+    Legate::start_by(config, |config_path| {
+        let mut cmd = process::command();
+        cmd.env("NOTIFY_SOCKET", socket)
+            .arg("run")
+            .arg("--config")
+            .arg(config_path);
+        cmd
+    })
+    .await
+}
+
 async fn config_version(legate: &Legate) -> Result<String> {
     let config = legate.admin_json("/config").await?;
     config["version"]
@@ -65,15 +79,7 @@ async fn notify_socket_gets_ready_then_reloading_ready_around_reloads_then_stopp
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path)?;
     let config = |body: &str| yaml(CONFIG).set("APP", app.addr()).set("BODY", body);
-    let mut legate = Legate::start_by(config("one"), |config_path| {
-        let mut cmd = process::command();
-        cmd.env("NOTIFY_SOCKET", &socket_path)
-            .arg("run")
-            .arg("--config")
-            .arg(config_path);
-        cmd
-    })
-    .await?;
+    let mut legate = start_notifying(config("one"), &socket_path).await?;
 
     // READY=1 once the listeners are bound and the config is loaded.
     let ready = next(&socket).await?;
@@ -151,15 +157,7 @@ async fn an_upgrade_makes_the_new_process_the_main_pid() -> Result<()> {
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path)?;
     let config = |body: &str| yaml(CONFIG).set("APP", app.addr()).set("BODY", body);
-    let mut legate = Legate::start_by(config("one"), |config_path| {
-        let mut cmd = process::command();
-        cmd.env("NOTIFY_SOCKET", &socket_path)
-            .arg("run")
-            .arg("--config")
-            .arg(config_path);
-        cmd
-    })
-    .await?;
+    let mut legate = start_notifying(config("one"), &socket_path).await?;
     assert_eq!(value(&next(&socket).await?, "READY"), Some("1"));
 
     legate.signal("USR2").await?;
