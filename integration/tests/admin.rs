@@ -190,10 +190,21 @@ async fn metrics_count_responses_endpoints_and_reloads_in_prometheus_text() -> R
 
     let reply = client::get(proxy.admin(), "admin", "/metrics").await?;
     assert_eq!(reply.status, StatusCode::OK);
-    assert!(reply
-        .header("content-type")
-        .is_some_and(|t| t.starts_with("application/openmetrics-text")));
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8"),
+        "Prometheus text unless OpenMetrics is asked for"
+    );
     let text = reply.text();
+    ensure!(
+        !text.contains("# EOF"),
+        "no OpenMetrics end in the text form"
+    );
+    ensure!(
+        text.contains("# TYPE legate_upstream_requests_total counter"),
+        "counter families are named by their samples:\n{text}"
+    );
+    promtool_check_metrics(&text).await?;
     let line = |prefix: &str| -> Option<String> {
         text.lines()
             .find(|l| l.starts_with(prefix))
@@ -224,9 +235,54 @@ async fn metrics_count_responses_endpoints_and_reloads_in_prometheus_text() -> R
         .json()?;
     assert_eq!(config["build"]["version"], legate::VERSION);
     assert_eq!(config["build"]["revision"], legate::REVISION);
+    // OpenMetrics on request, as Prometheus asks for it.
+    let mut conn = Http1::connect(proxy.admin()).await?;
+    let mut req = request(Method::GET, "admin", "/metrics");
+    req.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        ),
+    );
+    let open = conn.request(req).await?;
+    assert!(open
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("application/openmetrics-text")));
+    let open = open.text();
     ensure!(
-        text.trim_end().ends_with("# EOF"),
+        open.trim_end().ends_with("# EOF"),
         "OpenMetrics text ends with # EOF"
+    );
+    ensure!(open.contains(&upstream), "the same samples:\n{open}");
+    Ok(())
+}
+
+/// `promtool check metrics` (Prometheus's own checker) finds nothing wrong with `text`.
+async fn promtool_check_metrics(text: &str) -> Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot run promtool ({e}): install prometheus (`apt-get install prometheus`, as .ci/run does)"
+            )
+        })?;
+    let mut stdin = child.stdin.take().context("promtool's stdin")?;
+    stdin.write_all(text.as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}\n--- scrape ---\n{text}"
     );
     Ok(())
 }

@@ -203,13 +203,28 @@ fn route(admin: &Admin, metrics: &Metrics, req: &Request<Incoming>) -> Response<
         "/ready" => ready(state),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/metrics" => {
-            let mut resp = Response::new(Full::new(Bytes::from(metrics.render())));
-            resp.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(
+            // Prometheus text unless the scraper asks for OpenMetrics (Prometheus does, when
+            // configured to; promtool and most other tools read the text format).
+            let openmetrics = req
+                .headers()
+                .get_all(http::header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("application/openmetrics-text"));
+            let (body, content_type) = if openmetrics {
+                (
+                    metrics.render(),
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
+                )
+            } else {
+                (
+                    metrics.render_prometheus_text(),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+            };
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
             resp
         }
         "/config" => {
