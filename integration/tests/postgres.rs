@@ -1305,3 +1305,63 @@ async fn a_tcp_session_fails_over_to_the_next_endpoint_when_a_connect_is_refused
     assert_eq!(count(&e, "total_sessions"), 0, "{e}");
     Ok(())
 }
+
+// === session log ===
+
+/// One access-log line per L4 session, at its end: a psql-like session (who closed it, the
+/// server it went to, the bytes each way) and one that found no server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_session_ends_with_an_access_log_line() -> Result<()> {
+    let pg = PgSet::start(0).await?;
+    let dead = legate_integration::upstream::closed_port();
+    let config = yaml(
+        r#"
+admin: { listen: "${ADMIN}" }
+access_log: { enabled: true, format: text }
+listeners:
+  - { name: pg, listen: 127.0.0.1:0, tcp: { cluster: db, protocol: postgres } }
+  - { name: gone, listen: 127.0.0.1:0, tcp: { cluster: nowhere, protocol: postgres, connect_attempts: 1 } }
+clusters:
+  - { name: db, endpoints: ["${PG}"] }
+  - { name: nowhere, endpoints: ["${DEAD}"] }
+"#,
+    )
+    .set("PG", pg.primary.addr())
+    .set("DEAD", dead);
+    let legate = Legate::start(config).await?;
+
+    let session = Session::connect(legate.addr("pg")).await?;
+    assert_eq!(session.value("SELECT 1").await?, "1");
+    drop(session);
+    let lines = legate.wait_stdout_lines(1).await?;
+    let line = &lines[0];
+    assert!(line.contains(" pg 127.0.0.1:"), "{line}");
+    assert!(line.contains(" \"postgres\" "), "{line}");
+    assert!(line.contains(" cluster=db "), "{line}");
+    assert!(
+        line.contains(&format!(" upstream={} ", pg.primary.addr())),
+        "{line}"
+    );
+    assert!(line.ends_with(" end=client-close"), "{line}");
+    let bytes = |key: &str| -> Result<u64> {
+        let rest = line
+            .split_once(&format!(" {key}="))
+            .with_context(|| format!("no {key} in {line}"))?
+            .1;
+        Ok(rest.split(' ').next().unwrap_or_default().parse()?)
+    };
+    assert!(
+        bytes("to_upstream")? > 0 && bytes("to_client")? > 0,
+        "{line}"
+    );
+
+    // No server to be had: the client is told so, and the line says why.
+    let refused = Session::connect(legate.addr("gone")).await;
+    assert!(refused.is_err(), "no database server is available");
+    let lines = legate.wait_stdout_lines(2).await?;
+    let line = &lines[1];
+    assert!(line.contains(" gone "), "{line}");
+    assert!(line.contains(" cluster=nowhere upstream=- "), "{line}");
+    assert!(line.ends_with(" end=connect-failure"), "{line}");
+    Ok(())
+}

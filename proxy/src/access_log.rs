@@ -1,4 +1,4 @@
-//! The access log: one line per request on stdout, text or JSON.
+//! The access log: one line per HTTP request, and one per L4 session, on stdout, text or JSON.
 //!
 //! Each worker formats into its own buffer and hands it, when it fills or on a short tick, to
 //! one writer thread through a bounded queue. A worker never waits for stdout: when the
@@ -150,6 +150,92 @@ impl AccessRecord {
             "request_id": self.request_id.as_ref().and_then(|h| h.to_str().ok()),
             "error": self.error,
             "complete": self.complete,
+        });
+        let _ = writeln!(out, "{v}");
+    }
+}
+
+/// Everything one access-log line says about an L4 (TCP, Postgres) session, at its end.
+#[derive(Debug)]
+pub struct SessionRecord {
+    pub format: AccessLogFormat,
+    pub time: SystemTime,
+    pub start: Instant,
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    pub cluster: Arc<str>,
+    /// The endpoint relayed to; none when no connection was made.
+    pub upstream: Option<SocketAddr>,
+    pub to_upstream: u64,
+    pub to_client: u64,
+    /// How it ended: `client-close`, `upstream-close`, `idle-timeout`, `drain-timeout`,
+    /// `connect-failure`, `overflow`, `error`, and for Postgres `cancel-routed`,
+    /// `not-postgres`.
+    pub end: &'static str,
+    pub postgres: bool,
+}
+
+impl SessionRecord {
+    /// Formats the line into this thread's buffer.
+    pub fn write(&self) {
+        BUFFER.with(|b| {
+            let Ok(mut buf) = b.try_borrow_mut() else {
+                return;
+            };
+            match self.format {
+                AccessLogFormat::Text => self.format_text(&mut buf),
+                AccessLogFormat::Json => self.format_json(&mut buf),
+            }
+            if buf.len() >= FLUSH_AT {
+                write_out(&mut buf);
+            }
+        });
+    }
+
+    fn protocol(&self) -> &'static str {
+        if self.postgres {
+            "postgres"
+        } else {
+            "tcp"
+        }
+    }
+
+    fn format_text(&self, out: &mut String) {
+        let _ = write!(out, "{} ", humantime::format_rfc3339_millis(self.time));
+        escaped(out, &self.listener);
+        let _ = write!(
+            out,
+            " {} \"{}\" {:.3}ms cluster=",
+            self.peer,
+            self.protocol(),
+            self.start.elapsed().as_secs_f64() * 1000.0,
+        );
+        escaped(out, &self.cluster);
+        match self.upstream {
+            Some(a) => {
+                let _ = write!(out, " upstream={a}");
+            }
+            None => out.push_str(" upstream=-"),
+        }
+        let _ = writeln!(
+            out,
+            " to_upstream={} to_client={} end={}",
+            self.to_upstream, self.to_client, self.end
+        );
+    }
+
+    fn format_json(&self, out: &mut String) {
+        let v = serde_json::json!({
+            "time": humantime::format_rfc3339_millis(self.time).to_string(),
+            "listener": &*self.listener,
+            "peer": self.peer.to_string(),
+            "protocol": self.protocol(),
+            "duration_ms": self.start.elapsed().as_secs_f64() * 1000.0,
+            "cluster": &*self.cluster,
+            "upstream": self.upstream.map(|a| a.to_string()),
+            "bytes_to_upstream": self.to_upstream,
+            "bytes_to_client": self.to_client,
+            "end": self.end,
         });
         let _ = writeln!(out, "{v}");
     }

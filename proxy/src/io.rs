@@ -18,6 +18,8 @@ pub struct Touching<T> {
     touched: Arc<AtomicBool>,
     /// Set if the first bytes read are the HTTP/2 connection preface; `None` once looked at.
     h2: Option<Arc<AtomicBool>>,
+    /// Set to the side's number when this side's input ends first (an L4 session's log).
+    eof: Option<(Arc<std::sync::atomic::AtomicU8>, u8)>,
 }
 
 /// How an HTTP/2 client's connection starts (RFC 9113 §3.4).
@@ -29,7 +31,14 @@ impl<T> Touching<T> {
             inner,
             touched,
             h2: None,
+            eof: None,
         }
+    }
+
+    /// Also records `side` in `first` if this stream's input ends before the other's does.
+    pub fn noting_eof(mut self, first: Arc<std::sync::atomic::AtomicU8>, side: u8) -> Self {
+        self.eof = Some((first, side));
+        self
     }
 
     /// Also sets `h2` if the connection turns out to speak HTTP/2 (its first read starts with
@@ -55,7 +64,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Touching<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if room && buf.filled().len() == before && matches!(res, Poll::Ready(Ok(()))) {
+            if let Some((first, side)) = &self.eof {
+                let _ = first.compare_exchange(0, *side, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        }
         if buf.filled().len() > before {
             self.touch();
             if let Some(h2) = self.h2.take() {

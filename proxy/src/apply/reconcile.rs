@@ -358,6 +358,11 @@ fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protoco
             idle_timeout: tcp_idle_timeout(tcp),
             connect_attempts: tcp.connect_attempts,
             drain_timeout,
+            access_log: snapshot
+                .config
+                .access_log
+                .enabled
+                .then_some(snapshot.config.access_log.format),
         })));
     }
     let http = l.http.as_ref()?;

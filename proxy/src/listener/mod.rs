@@ -69,6 +69,8 @@ pub struct TcpSettings {
     pub endpoint_drain_timeout: Option<Duration>,
     /// How long sessions may run on after the listener itself starts draining.
     pub drain_timeout: Duration,
+    /// One access-log line per session, in this format, when the log is on.
+    pub access_log: Option<AccessLogFormat>,
 }
 
 /// Everything an HTTP connection on this listener needs from the config.

@@ -5,7 +5,7 @@
 pub mod postgres;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,21 +33,26 @@ pub async fn serve(
     drain: drain::Watch,
     _guard: drain::Guard,
 ) {
+    let log = SessionLog::start(&listener, peer, &settings);
     let cluster = &settings.cluster;
     let opened = if settings.postgres {
         postgres_opening(&mut client, peer, &settings).await
     } else {
         connect(cluster, settings.connect_attempts)
             .await
-            .ok()
             .map(|(server, slot)| (server, slot, Vec::new(), false))
+            .map_err(Refused::end)
     };
-    let Some((server, (endpoint, _slot), first, sniff)) = opened else {
-        return;
+    let (server, (endpoint, _slot), first, sniff) = match opened {
+        Ok(opened) => opened,
+        Err(end) => {
+            log.end(None, (0, 0), end);
+            return;
+        }
     };
     let _session = ActiveSession::start(&endpoint.state);
     debug!(%peer, upstream = %endpoint.addr, "session started");
-    let (to_upstream, to_client) = relay(
+    let (to_upstream, to_client, end) = relay(
         client,
         server,
         (first, sniff),
@@ -65,7 +70,95 @@ pub async fn serve(
         .state
         .bytes_to_client
         .fetch_add(to_client, Ordering::Relaxed);
-    debug!(%peer, upstream = %endpoint.addr, to_upstream, to_client, "session ended");
+    debug!(%peer, upstream = %endpoint.addr, to_upstream, to_client, end = end.as_str(), "session ended");
+    log.end(Some(endpoint.addr), (to_upstream, to_client), end);
+}
+
+/// How an L4 session ended, as its access-log line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The client's side ended first (both then finished).
+    ClientClose,
+    /// The server's side ended first.
+    UpstreamClose,
+    /// A read or write failed (a reset, say).
+    Error,
+    /// Nothing moved for the listener's `idle_timeout`.
+    IdleTimeout,
+    /// A drain deadline (the endpoint's or the listener's) passed.
+    DrainTimeout,
+    /// No endpoint could be reached.
+    ConnectFailure,
+    /// The cluster had `max_connections` sessions open.
+    Overflow,
+    /// A Postgres CancelRequest, routed to the server that owns its session.
+    CancelRouted,
+    /// The first bytes were not a Postgres client's (or its encryption talk failed).
+    NotPostgres,
+}
+
+impl SessionEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEnd::ClientClose => "client-close",
+            SessionEnd::UpstreamClose => "upstream-close",
+            SessionEnd::Error => "error",
+            SessionEnd::IdleTimeout => "idle-timeout",
+            SessionEnd::DrainTimeout => "drain-timeout",
+            SessionEnd::ConnectFailure => "connect-failure",
+            SessionEnd::Overflow => "overflow",
+            SessionEnd::CancelRouted => "cancel-routed",
+            SessionEnd::NotPostgres => "not-postgres",
+        }
+    }
+}
+
+/// What a session's access-log line needs from its start.
+struct SessionLog {
+    format: Option<crate::config::model::AccessLogFormat>,
+    time: std::time::SystemTime,
+    start: std::time::Instant,
+    listener: Arc<str>,
+    peer: SocketAddr,
+    cluster: Arc<str>,
+    postgres: bool,
+}
+
+impl SessionLog {
+    fn start(listener: &Listener, peer: SocketAddr, settings: &TcpSettings) -> SessionLog {
+        SessionLog {
+            format: settings.access_log,
+            time: std::time::SystemTime::now(),
+            start: std::time::Instant::now(),
+            listener: listener.name.clone(),
+            peer,
+            cluster: settings.cluster.name.clone(),
+            postgres: settings.postgres,
+        }
+    }
+
+    fn end(
+        self,
+        upstream: Option<SocketAddr>,
+        (to_upstream, to_client): (u64, u64),
+        end: SessionEnd,
+    ) {
+        let Some(format) = self.format else { return };
+        crate::access_log::SessionRecord {
+            format,
+            time: self.time,
+            start: self.start,
+            listener: self.listener,
+            peer: self.peer,
+            cluster: self.cluster,
+            upstream,
+            to_upstream,
+            to_client,
+            end: end.as_str(),
+            postgres: self.postgres,
+        }
+        .write();
+    }
 }
 
 /// The start of a Postgres connection: a cancel is routed and ends here; a session gets its
@@ -77,23 +170,23 @@ async fn postgres_opening(
     client: &mut TcpStream,
     peer: SocketAddr,
     settings: &TcpSettings,
-) -> Option<(TcpStream, Slot, Vec<u8>, bool)> {
+) -> Result<(TcpStream, Slot, Vec<u8>, bool), SessionEnd> {
     let cluster = &settings.cluster;
     let mut server: Option<(TcpStream, Slot)> = None;
     loop {
         let raw = match postgres::read_first(client).await {
             Ok(postgres::First::Cancel { key, raw }) => {
                 postgres::route_cancel(cluster, key, &raw).await;
-                return None;
+                return Err(SessionEnd::CancelRouted);
             }
             Ok(postgres::First::Startup(raw)) => {
                 let (s, e) = server_for(client, server.take(), settings).await?;
-                return Some((s, e, raw, true));
+                return Ok((s, e, raw, true));
             }
             Ok(postgres::First::Encrypted(raw)) => raw,
             Err(e) => {
                 debug!(%peer, error = %e, "not a postgres client");
-                return None;
+                return Err(SessionEnd::NotPostgres);
             }
         };
         let (mut s, e) = server_for(client, server.take(), settings).await?;
@@ -108,14 +201,14 @@ async fn postgres_opening(
             // Declined: still plaintext, so classify the client's next message.
             Ok(Ok(b'N')) => server = Some((s, e)),
             // Accepted (or an old server's error): the rest is relayed as it is.
-            Ok(Ok(_)) => return Some((s, e, Vec::new(), false)),
+            Ok(Ok(_)) => return Ok((s, e, Vec::new(), false)),
             Ok(Err(err)) => {
                 debug!(%peer, error = %err, "encryption negotiation failed");
-                return None;
+                return Err(SessionEnd::NotPostgres);
             }
             Err(_) => {
                 debug!(%peer, "encryption negotiation timed out");
-                return None;
+                return Err(SessionEnd::NotPostgres);
             }
         }
     }
@@ -127,20 +220,20 @@ async fn server_for(
     client: &mut TcpStream,
     chosen: Option<(TcpStream, Slot)>,
     settings: &TcpSettings,
-) -> Option<(TcpStream, Slot)> {
-    if chosen.is_some() {
-        return chosen;
+) -> Result<(TcpStream, Slot), SessionEnd> {
+    if let Some(chosen) = chosen {
+        return Ok(chosen);
     }
     match connect(&settings.cluster, settings.connect_attempts).await {
-        Ok(connected) => Some(connected),
+        Ok(connected) => Ok(connected),
         Err(Refused::Overflow) => {
             let message = "too many connections to the database cluster";
             postgres::refuse_with(client, postgres::TOO_MANY_CONNECTIONS, message).await;
-            None
+            Err(SessionEnd::Overflow)
         }
         Err(Refused::NoServer) => {
             postgres::refuse(client, "no database server is available").await;
-            None
+            Err(SessionEnd::ConnectFailure)
         }
     }
 }
@@ -155,6 +248,15 @@ enum Refused {
     Overflow,
     /// No endpoint could be reached (or none is usable).
     NoServer,
+}
+
+impl Refused {
+    fn end(self) -> SessionEnd {
+        match self {
+            Refused::Overflow => SessionEnd::Overflow,
+            Refused::NoServer => SessionEnd::ConnectFailure,
+        }
+    }
 }
 
 /// Connects to an endpoint, trying others when a connect fails or is refused, once the
@@ -211,17 +313,25 @@ async fn relay(
     settings: &TcpSettings,
     endpoint: &Picked,
     mut drain: drain::Watch,
-) -> (u64, u64) {
+) -> (u64, u64, SessionEnd) {
     let touched = Arc::new(AtomicBool::new(false));
-    let mut client = Touching::new(client, touched.clone());
+    // Which side's input ended first: 1 the client's, 2 the server's.
+    let first_eof = Arc::new(AtomicU8::new(0));
+    let mut client = Touching::new(client, touched.clone()).noting_eof(first_eof.clone(), 1);
     let registration =
         sniff.then(|| postgres::Registration::new(settings.cluster.state.clone(), endpoint.addr));
-    let mut server =
-        postgres::KeySniffer::new(Touching::new(server, touched.clone()), registration);
+    let mut server = postgres::KeySniffer::new(
+        Touching::new(server, touched.clone()).noting_eof(first_eof.clone(), 2),
+        registration,
+    );
     if !first.is_empty() {
         if let Err(e) = server.write_all(&first).await {
             debug!(error = %e, "upstream closed before the first bytes");
-            return (server.to_upstream, server.to_client);
+            return (
+                server.to_upstream,
+                server.to_client,
+                SessionEnd::UpstreamClose,
+            );
         }
     }
     let ended = copy_until_done(
@@ -234,12 +344,28 @@ async fn relay(
         &mut drain,
     )
     .await;
-    if !ended {
-        // A session cut short still tells both sides it is gone.
-        let _ = server.shutdown().await;
-        let _ = client.shutdown().await;
-    }
-    (server.to_upstream, server.to_client)
+    let end = match ended {
+        Ended::Copied(Ok(())) => match first_eof.load(Ordering::Relaxed) {
+            2 => SessionEnd::UpstreamClose,
+            _ => SessionEnd::ClientClose,
+        },
+        Ended::Copied(Err(_)) => SessionEnd::Error,
+        Ended::Cut(end) => {
+            // A session cut short still tells both sides it is gone.
+            let _ = server.shutdown().await;
+            let _ = client.shutdown().await;
+            end
+        }
+    };
+    (server.to_upstream, server.to_client, end)
+}
+
+/// How the copy of a session stopped.
+enum Ended {
+    /// Both directions finished (or one failed).
+    Copied(std::io::Result<()>),
+    /// Legate cut it: an idle or drain timeout.
+    Cut(SessionEnd),
 }
 
 /// The drain timeout for sessions of a draining endpoint: the listener's current setting
@@ -251,7 +377,7 @@ fn current_drain_timeout(listener: &Listener, started: &TcpSettings) -> Option<D
     }
 }
 
-/// Copies both ways; returns whether the copy ended by itself (rather than by a timeout).
+/// Copies both ways until the copy ends by itself or a timeout cuts it.
 async fn copy_until_done<C, S>(
     client: &mut C,
     server: &mut S,
@@ -260,7 +386,7 @@ async fn copy_until_done<C, S>(
     settings: &TcpSettings,
     endpoint: &Picked,
     drain: &mut drain::Watch,
-) -> bool
+) -> Ended
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -302,10 +428,10 @@ where
         }
         tokio::select! {
             res = copy.as_mut() => {
-                if let Err(e) = res {
+                if let Err(e) = &res {
                     debug!(upstream = %endpoint.addr, error = %e, "session ended with error");
                 }
-                return true;
+                return Ended::Copied(res.map(|_| ()));
             }
             _ = drain.signaled(), if listener_deadline.is_none() => {
                 listener_deadline = Some(tokio::time::Instant::now() + settings.drain_timeout);
@@ -313,7 +439,7 @@ where
             _ = &mut drain_changed => {}
             _ = &mut deadline => {
                 info!(upstream = %endpoint.addr, "drain deadline reached; closing session");
-                return false;
+                return Ended::Cut(SessionEnd::DrainTimeout);
             }
             _ = tick.tick(), if idle.is_some() => {
                 if touched.swap(false, Ordering::Relaxed) {
@@ -322,7 +448,7 @@ where
                     quiet += 1;
                     if quiet >= 4 {
                         debug!(upstream = %endpoint.addr, "idle timeout; closing session");
-                        return false;
+                        return Ended::Cut(SessionEnd::IdleTimeout);
                     }
                 }
             }
