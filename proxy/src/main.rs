@@ -348,7 +348,9 @@ fn run(path: PathBuf, pid_file: Option<PathBuf>) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let pid = std::process::id();
-    if let Some(file) = &pid_file {
+    // After an upgrade the old process writes this pid, once the handover has succeeded:
+    // `legate upgrade` must never see a pid that could still be given up.
+    if let (Some(file), None) = (&pid_file, &receiver) {
         if let Err(e) = legate::pidfile::write(file, pid) {
             error!("cannot write the pid file {}: {e}", file.display());
             return ExitCode::FAILURE;
@@ -391,9 +393,14 @@ fn run(path: PathBuf, pid_file: Option<PathBuf>) -> ExitCode {
                 _ = usr2.recv() => {
                     info!("SIGUSR2: upgrading");
                     match upgrade(&app, exe.as_deref(), &args).await {
-                        Ok(pid) => {
-                            info!(new_pid = pid, "upgraded: the new process serves; draining this one");
-                            legate::notify::handed_over(pid);
+                        Ok(new_pid) => {
+                            info!(new_pid, "upgraded: the new process serves; draining this one");
+                            if let Some(file) = &pid_file {
+                                if let Err(e) = legate::pidfile::write(file, new_pid) {
+                                    error!("cannot write the new pid to {}: {e}", file.display());
+                                }
+                            }
+                            legate::notify::handed_over(new_pid);
                             app.stop_admin();
                             return drain(app, &mut int).await;
                         }

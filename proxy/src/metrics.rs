@@ -67,6 +67,8 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            // The text format has no `unknown`; its name for it is `untyped`.
+            let kind = if kind == "unknown" { "untyped" } else { kind };
             let name = if kind == "counter" && !name.ends_with("_total") {
                 format!("{name}_total")
             } else {

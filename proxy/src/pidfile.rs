@@ -29,9 +29,12 @@ pub enum PidFileError {
     },
 }
 
-/// Writes `pid` to `path` atomically (a file beside it, renamed over it).
+/// Writes `pid` to `path` atomically (a file beside it, named for the writer, renamed over
+/// it).
 pub fn write(path: &Path, pid: u32) -> io::Result<()> {
-    let tmp = path.with_extension("pid.tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
     std::fs::write(&tmp, format!("{pid}\n"))?;
     std::fs::rename(&tmp, path)
 }
@@ -59,10 +62,7 @@ pub fn read(path: &Path) -> Result<u32, PidFileError> {
 /// live process has written its pid there. Returns the old and the new pid. The old process
 /// writes the file again, with its own pid, when the upgrade fails: that ends the wait too.
 pub fn upgrade(path: &Path, limit: Duration) -> Result<(u32, u32), PidFileError> {
-    use std::os::unix::fs::MetadataExt as _;
-    let inode = |path: &Path| std::fs::metadata(path).map(|m| m.ino()).ok();
-    let before = inode(path);
-    let old = read(path)?;
+    let (old, before) = read_stamped(path)?;
     let signal_error = |source: io::Error| PidFileError::Signal { pid: old, source };
     let target = i32::try_from(old)
         .ok()
@@ -72,9 +72,9 @@ pub fn upgrade(path: &Path, limit: Duration) -> Result<(u32, u32), PidFileError>
     let deadline = Instant::now() + limit;
     let shown = path.display().to_string();
     loop {
-        match read(path) {
-            Ok(new) if new != old && alive(new) => return Ok((old, new)),
-            Ok(same) if same == old && inode(path) != before => {
+        match read_stamped(path) {
+            Ok((new, _)) if new != old && alive(new) => return Ok((old, new)),
+            Ok((same, stamp)) if same == old && stamp != before => {
                 return Err(PidFileError::Failed { old })
             }
             _ => {}
@@ -95,6 +95,29 @@ pub fn upgrade(path: &Path, limit: Duration) -> Result<(u32, u32), PidFileError>
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Which file this is: its inode and change time, from the open file itself, so the pid
+/// and the stamp belong to one and the same file even while it is being replaced.
+type Stamp = (u64, i64, i64);
+
+/// The pid in `path` and the stamp of the file it was read from.
+fn read_stamped(path: &Path) -> Result<(u32, Stamp), PidFileError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let failed = |source| PidFileError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(failed)?;
+    let meta = file.metadata().map_err(failed)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(failed)?;
+    let pid = text.trim().parse().map_err(|_| PidFileError::NotAPid {
+        path: path.display().to_string(),
+        text: text.trim().to_owned(),
+    })?;
+    Ok((pid, (meta.ino(), meta.ctime(), meta.ctime_nsec())))
 }
 
 fn alive(pid: u32) -> bool {

@@ -184,6 +184,11 @@ async fn postgres_opening(
                 return Ok((s, e, raw, true));
             }
             Ok(postgres::First::Encrypted(raw)) => raw,
+            // After a declined SSL request, a client that required it hangs up.
+            Err(e) if server.is_some() => {
+                debug!(%peer, error = %e, "client left after encryption was declined");
+                return Err(SessionEnd::ClientClose);
+            }
             Err(e) => {
                 debug!(%peer, error = %e, "not a postgres client");
                 return Err(SessionEnd::NotPostgres);
@@ -202,13 +207,15 @@ async fn postgres_opening(
             Ok(Ok(b'N')) => server = Some((s, e)),
             // Accepted (or an old server's error): the rest is relayed as it is.
             Ok(Ok(_)) => return Ok((s, e, Vec::new(), false)),
+            // The server failed or went silent during the negotiation: its fault, not the
+            // client's.
             Ok(Err(err)) => {
                 debug!(%peer, error = %err, "encryption negotiation failed");
-                return Err(SessionEnd::NotPostgres);
+                return Err(SessionEnd::Error);
             }
             Err(_) => {
                 debug!(%peer, "encryption negotiation timed out");
-                return Err(SessionEnd::NotPostgres);
+                return Err(SessionEnd::Error);
             }
         }
     }
