@@ -64,17 +64,9 @@ pub struct AccessRecord {
 impl AccessRecord {
     /// Formats the line into this thread's buffer.
     pub fn write(&self) {
-        BUFFER.with(|b| {
-            let Ok(mut buf) = b.try_borrow_mut() else {
-                return;
-            };
-            match self.format {
-                AccessLogFormat::Text => self.format_text(&mut buf),
-                AccessLogFormat::Json => self.format_json(&mut buf),
-            }
-            if buf.len() >= FLUSH_AT {
-                write_out(&mut buf);
-            }
+        buffer_line(|buf| match self.format {
+            AccessLogFormat::Text => self.format_text(buf),
+            AccessLogFormat::Json => self.format_json(buf),
         });
     }
 
@@ -178,17 +170,9 @@ pub struct SessionRecord {
 impl SessionRecord {
     /// Formats the line into this thread's buffer.
     pub fn write(&self) {
-        BUFFER.with(|b| {
-            let Ok(mut buf) = b.try_borrow_mut() else {
-                return;
-            };
-            match self.format {
-                AccessLogFormat::Text => self.format_text(&mut buf),
-                AccessLogFormat::Json => self.format_json(&mut buf),
-            }
-            if buf.len() >= FLUSH_AT {
-                write_out(&mut buf);
-            }
+        buffer_line(|buf| match self.format {
+            AccessLogFormat::Text => self.format_text(buf),
+            AccessLogFormat::Json => self.format_json(buf),
         });
     }
 
@@ -239,6 +223,19 @@ impl SessionRecord {
         });
         let _ = writeln!(out, "{v}");
     }
+}
+
+/// Formats one line into this thread's buffer, handing the buffer to the writer once full.
+fn buffer_line(format: impl FnOnce(&mut String)) {
+    BUFFER.with(|b| {
+        let Ok(mut buf) = b.try_borrow_mut() else {
+            return;
+        };
+        format(&mut buf);
+        if buf.len() >= FLUSH_AT {
+            write_out(&mut buf);
+        }
+    });
 }
 
 /// Appends `text` so that it cannot end the line or the quoted request: `"` and `\` are
