@@ -6,6 +6,7 @@
 //! - [`process`]: the `legate` binary as a subprocess, with signals and its output;
 //! - [`postgres`]: real PostgreSQL servers (a primary and streaming replicas) and clients;
 //! - [`dns`]: a name server whose answers a test sets;
+//! - [`prometheus`]: `promtool check metrics` on a scrape;
 //! - [`container`]: the container image built and run under podman;
 //! - [`client`]: HTTP/1.1 and HTTP/2 client connections, and `curl`;
 //! - [`body`]: request/response bodies, including streamed ones;
@@ -37,6 +38,7 @@ pub mod container;
 pub mod dns;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod upstream;
 

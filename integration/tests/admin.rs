@@ -204,7 +204,7 @@ async fn metrics_count_responses_endpoints_and_reloads_in_prometheus_text() -> R
         text.contains("# TYPE legate_upstream_requests_total counter"),
         "counter families are named by their samples:\n{text}"
     );
-    promtool_check_metrics(&text).await?;
+    legate_integration::prometheus::check_metrics(&text).await?;
     let line = |prefix: &str| -> Option<String> {
         text.lines()
             .find(|l| l.starts_with(prefix))
@@ -254,35 +254,5 @@ async fn metrics_count_responses_endpoints_and_reloads_in_prometheus_text() -> R
         "OpenMetrics text ends with # EOF"
     );
     ensure!(open.contains(&upstream), "the same samples:\n{open}");
-    Ok(())
-}
-
-/// `promtool check metrics` (Prometheus's own checker) finds nothing wrong with `text`.
-async fn promtool_check_metrics(text: &str) -> Result<()> {
-    use tokio::io::AsyncWriteExt as _;
-    let mut child = tokio::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot run promtool ({e}): install prometheus (`apt-get install prometheus`, as .ci/run does)"
-            )
-        })?;
-    let mut stdin = child.stdin.take().context("promtool's stdin")?;
-    stdin.write_all(text.as_bytes()).await?;
-    drop(stdin);
-    let out = child.wait_with_output().await?;
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics:\n{report}\n--- scrape ---\n{text}"
-    );
     Ok(())
 }

@@ -789,6 +789,75 @@ async fn a_bootstrap_reload_is_checked_with_the_control_planes_resources() -> Re
 
 /// R10, R11: an invalid update is NACKed with the resource and the field path, changes
 /// nothing on the proxy, and is never sent again; a later valid version is.
+/// `GET /metrics` on the control plane: proxies connected and in sync by group, the versions
+/// each group serves, and the updates sent and acknowledged; Prometheus text that promtool
+/// accepts, or OpenMetrics when asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_counts_proxies_versions_and_acks_in_metrics() -> Result<()> {
+    let tiles = Upstream::echo("tiles").await?;
+    let files = Files::new()?;
+    files.group("maps", "tiles", &clusters(&[("tiles", &[&tiles])]))?;
+    let server = files.serve(any_port()).await?;
+    let xds_addr = server.local_addr();
+    let proxy = start_proxy("p1", "maps", xds_addr).await?;
+    assert_eq!(served_by(proxy.addr("front")).await?, "tiles");
+    let versions = group_status(xds_addr, "maps").await?["versions"].clone();
+
+    // Every update the ready proxy was sent has been acknowledged once it is in sync.
+    let text = eventually(PUSH, || async {
+        let reply = client::get(xds_addr, "xds", "/metrics").await?;
+        ensure!(reply.status == StatusCode::OK, "{}", reply.status);
+        let text = reply.text();
+        ensure!(
+            text.contains("legate_xds_proxies_in_sync{group=\"maps\"} 1"),
+            "not in sync yet:\n{text}"
+        );
+        Ok(text)
+    })
+    .await?;
+    legate_integration::prometheus::check_metrics(&text).await?;
+    assert!(
+        text.contains("legate_xds_proxies_connected{group=\"maps\"} 1"),
+        "{text}"
+    );
+    let clusters_version = versions["clusters"]
+        .as_str()
+        .context("a clusters version")?;
+    assert!(
+        text.contains(&format!(
+            "legate_xds_group_version_info{{group=\"maps\",type=\"clusters\",version=\"{clusters_version}\"}} 1"
+        )),
+        "{text}"
+    );
+    let counter = |name: &str| -> Result<u64> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .with_context(|| format!("no {name} in:\n{text}"))?;
+        Ok(line.rsplit(' ').next().unwrap_or_default().parse()?)
+    };
+    let (sent, acks) = (
+        counter("legate_xds_updates_sent_total")?,
+        counter("legate_xds_acks_total")?,
+    );
+    assert!(
+        sent >= 4,
+        "clusters, endpoints, route tables, listeners: {sent}"
+    );
+    assert_eq!(acks, sent, "every update sent was acknowledged");
+    assert_eq!(counter("legate_xds_nacks_total")?, 0);
+
+    let mut conn = client::Http1::connect(xds_addr).await?;
+    let mut req = client::request(Method::GET, "xds", "/metrics");
+    req.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("application/openmetrics-text"),
+    );
+    let open = conn.request(req).await?.text();
+    assert!(open.trim_end().ends_with("# EOF"), "{open}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_update_is_nacked_and_never_resent() -> Result<()> {
     let tiles = Upstream::echo("tiles").await?;

@@ -205,7 +205,7 @@ fn route(admin: &Admin, metrics: &Metrics, req: &Request<Incoming>) -> Response<
         "/metrics" => {
             // Prometheus text unless the scraper asks for OpenMetrics (Prometheus does, when
             // configured to; promtool and most other tools read the text format).
-            let openmetrics = prefers_openmetrics(req.headers());
+            let openmetrics = legate_xds::exposition::prefers_openmetrics(req.headers());
             let (body, content_type) = if openmetrics {
                 (
                     metrics.render(),
@@ -252,31 +252,6 @@ fn route(admin: &Admin, metrics: &Metrics, req: &Request<Incoming>) -> Response<
     }
 }
 
-/// Whether `Accept` ranks OpenMetrics above the Prometheus text format: its best `q` for
-/// `application/openmetrics-text` is above zero and not below that of `text/plain` (or
-/// `*/*`). Media types compare case-insensitively.
-fn prefers_openmetrics(headers: &http::HeaderMap) -> bool {
-    let mut open = 0.0f32;
-    let mut text = 0.0f32;
-    for value in headers.get_all(http::header::ACCEPT) {
-        let Ok(value) = value.to_str() else { continue };
-        for range in value.split(',') {
-            let mut parts = range.split(';');
-            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .find_map(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
-            match media.as_str() {
-                "application/openmetrics-text" => open = open.max(q),
-                "text/plain" | "text/*" | "*/*" => text = text.max(q),
-                _ => {}
-            }
-        }
-    }
-    open > 0.0 && open >= text
-}
-
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
@@ -293,29 +268,4 @@ fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn openmetrics_only_when_accept_ranks_it_first() {
-        let accept = |v: &str| {
-            let mut h = http::HeaderMap::new();
-            h.insert(
-                http::header::ACCEPT,
-                http::HeaderValue::from_str(v).unwrap(),
-            );
-            prefers_openmetrics(&h)
-        };
-        // Prometheus's own header, and a bare request for it, in any case.
-        assert!(accept("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"));
-        assert!(accept("Application/OpenMetrics-Text"));
-        // Refused, ranked below text, or not asked for.
-        assert!(!accept("application/openmetrics-text;q=0"));
-        assert!(!accept("text/plain;q=1,application/openmetrics-text;q=0.5"));
-        assert!(!accept("*/*"));
-        assert!(!prefers_openmetrics(&http::HeaderMap::new()));
-    }
 }

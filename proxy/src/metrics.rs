@@ -40,62 +40,11 @@ impl Metrics {
         out
     }
 
-    /// The same in the Prometheus text format (0.0.4), which Prometheus scrapes by default
-    /// and `promtool check metrics` checks ([`to_prometheus_text`]).
+    /// The same in the Prometheus text format (0.0.4), which `promtool check metrics`
+    /// checks ([`legate_xds::exposition::to_prometheus_text`]).
     pub fn render_prometheus_text(&self) -> String {
-        to_prometheus_text(&self.render())
+        legate_xds::exposition::to_prometheus_text(&self.render())
     }
-}
-
-/// OpenMetrics text as Prometheus text: a counter family's `HELP` and `TYPE` name its
-/// samples (`x_total`, not `x`), and the `UNIT` and `# EOF` lines go. Samples and labels are
-/// written alike in both.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
-    let mut out = String::with_capacity(openmetrics.len());
-    let mut help: Option<&str> = None;
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        if line.starts_with("# HELP ") {
-            // Held until the TYPE line says whether the family is a counter.
-            if let Some(held) = help.replace(line) {
-                out.push_str(held);
-                out.push('\n');
-            }
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
-            // The text format has no `unknown`; its name for it is `untyped`.
-            let kind = if kind == "unknown" { "untyped" } else { kind };
-            let name = if kind == "counter" && !name.ends_with("_total") {
-                format!("{name}_total")
-            } else {
-                name.to_owned()
-            };
-            if let Some(held) = help.take() {
-                let text = held
-                    .strip_prefix("# HELP ")
-                    .and_then(|h| h.split_once(' '))
-                    .map_or("", |(_, text)| text);
-                out.push_str(&format!("# HELP {name} {text}\n"));
-            }
-            out.push_str(&format!("# TYPE {name} {kind}\n"));
-            continue;
-        }
-        if let Some(held) = help.take() {
-            out.push_str(held);
-            out.push('\n');
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    if let Some(held) = help {
-        out.push_str(held);
-        out.push('\n');
-    }
-    out
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -384,22 +333,5 @@ impl Collector for StateCollector {
         overflows.counters(&mut e)?;
         cancels.counters(&mut e)?;
         panic.gauges(&mut e)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prometheus_text_names_counter_families_by_their_samples() {
-        let open =
-            "# HELP legate_x Things done\n# TYPE legate_x counter\nlegate_x_total{a=\"b\"} 3\n\
-                    # HELP legate_g Now\n# TYPE legate_g gauge\nlegate_g 1\n# EOF\n";
-        assert_eq!(
-            to_prometheus_text(open),
-            "# HELP legate_x_total Things done\n# TYPE legate_x_total counter\n\
-             legate_x_total{a=\"b\"} 3\n# HELP legate_g Now\n# TYPE legate_g gauge\nlegate_g 1\n"
-        );
     }
 }

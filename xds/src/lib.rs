@@ -11,6 +11,8 @@
 //! - [`cli`]: the `legate-xds` command line.
 
 pub mod cli;
+pub mod exposition;
+pub mod metrics;
 pub mod pem;
 pub mod protocol;
 pub mod server;

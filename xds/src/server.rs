@@ -6,6 +6,7 @@
 //! - `POST /v1/endpoints/{set-weight,pool,depool,reset}`: operator overrides, persisted to the
 //!   state file before they are acknowledged (R14) and pushed at once.
 //! - `GET /v1/status`: connected proxies, overrides in force, each group's versions.
+//! - `GET /metrics`: the same counted, for Prometheus (see [`crate::metrics`]).
 //!
 //! The resource directory is watched; a change is loaded after 100 ms of quiet and only what
 //! changed is pushed.
@@ -127,6 +128,10 @@ struct Shared {
     snapshots: watch::Sender<Arc<Snapshots>>,
     sessions: Mutex<BTreeMap<u64, SessionEntry>>,
     next_session: AtomicU64,
+    /// Resource updates sent, and the ACKs and NACKs received, over all sessions.
+    updates_sent: AtomicU64,
+    acks: AtomicU64,
+    nacks: AtomicU64,
     /// Start time, in nonces, so nonces differ across restarts too.
     boot: u64,
     shutdown: watch::Receiver<bool>,
@@ -172,6 +177,9 @@ pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
         snapshots: watch::channel(snapshots).0,
         sessions: Mutex::new(BTreeMap::new()),
         next_session: AtomicU64::new(1),
+        updates_sent: AtomicU64::new(0),
+        acks: AtomicU64::new(0),
+        nacks: AtomicU64::new(0),
         boot: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -471,6 +479,23 @@ async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -
         }
         return json_response(StatusCode::OK, &status(&shared).await);
     }
+    if path == "/metrics" {
+        if method != Method::GET {
+            return error_response(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+        }
+        let openmetrics = crate::exposition::prefers_openmetrics(req.headers());
+        let body = crate::metrics::render(reading(&shared), openmetrics);
+        let mut resp = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(if openmetrics {
+                "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            } else {
+                "text/plain; version=0.0.4; charset=utf-8"
+            }),
+        );
+        return resp;
+    }
     if let Some(operation) = path.strip_prefix("/v1/endpoints/") {
         if !matches!(operation, "set-weight" | "pool" | "depool" | "reset") {
             return error_response(
@@ -567,6 +592,45 @@ async fn operate(
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// What `/metrics` reports now: sessions by group (and whether each holds what its group
+/// serves), the served versions, and the update counters.
+fn reading(shared: &Shared) -> crate::metrics::Reading {
+    let snapshots = shared.snapshots.borrow().clone();
+    let mut reading = crate::metrics::Reading {
+        updates_sent: shared.updates_sent.load(Ordering::Relaxed),
+        acks: shared.acks.load(Ordering::Relaxed),
+        nacks: shared.nacks.load(Ordering::Relaxed),
+        ..Default::default()
+    };
+    for (group, snapshot) in &snapshots.groups {
+        for (kind, version) in snapshot.versions() {
+            reading
+                .versions
+                .push((group.clone(), kind.as_str().to_owned(), version));
+        }
+    }
+    let sessions: Vec<Arc<Mutex<Session>>> = lock_registry(shared)
+        .values()
+        .filter_map(|e| e.session.clone())
+        .collect();
+    for session in sessions {
+        let st = lock(&session).status();
+        let group = st.node.cluster.clone();
+        let served = snapshots.groups.get(&group).map(|s| s.versions());
+        let in_sync = served.is_some_and(|served| {
+            served
+                .iter()
+                .all(|(kind, v)| st.versions.get(kind).and_then(|s| s.acked.as_ref()) == Some(v))
+        });
+        *reading.connected.entry(group.clone()).or_default() += 1;
+        let synced = reading.in_sync.entry(group).or_default();
+        if in_sync {
+            *synced += 1;
+        }
+    }
+    reading
 }
 
 async fn status(shared: &Shared) -> Value {
@@ -754,6 +818,9 @@ impl Stream<'_> {
     async fn send(&mut self, messages: Vec<Message>) -> Result<(), StreamError> {
         for m in messages {
             debug!(peer = %self.peer, session = self.id, kind = kind(&m), "send");
+            if matches!(m, Message::Response { .. } | Message::Delta { .. }) {
+                self.shared.updates_sent.fetch_add(1, Ordering::Relaxed);
+            }
             let line = Bytes::from(m.encode());
             match tokio::time::timeout(DEAD_AFTER, self.tx.send(line)).await {
                 Ok(Ok(())) => self.last_sent = Instant::now(),
@@ -824,6 +891,11 @@ impl Stream<'_> {
                     };
                     debug!(peer = %self.peer, session = self.id, kind = kind(&m), "received");
                     self.last_received = Instant::now();
+                    match m {
+                        Message::Ack { .. } => self.shared.acks.fetch_add(1, Ordering::Relaxed),
+                        Message::Nack { .. } => self.shared.nacks.fetch_add(1, Ordering::Relaxed),
+                        _ => 0,
+                    };
                     let replies = lock(&session).receive(m)?;
                     self.send(replies).await?;
                 }

@@ -1,0 +1,33 @@
+//! Prometheus's own tools on what Legate exports: `promtool check metrics` on a scrape.
+
+use anyhow::{ensure, Context as _, Result};
+
+/// `promtool check metrics` (Prometheus's own checker) finds nothing wrong with `text`.
+pub async fn check_metrics(text: &str) -> Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot run promtool ({e}): install prometheus (`apt-get install prometheus`, as .ci/run does)"
+            )
+        })?;
+    let mut stdin = child.stdin.take().context("promtool's stdin")?;
+    stdin.write_all(text.as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}\n--- scrape ---\n{text}"
+    );
+    Ok(())
+}
