@@ -200,6 +200,14 @@ fn route(admin: &Admin, metrics: &Metrics, req: &Request<Incoming>) -> Response<
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     match req.uri().path() {
+        "/" => {
+            let mut resp = Response::new(Full::new(Bytes::from(crate::status_page::render(state))));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp
+        }
         "/ready" => ready(state),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/metrics" => {
