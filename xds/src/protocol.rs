@@ -160,10 +160,16 @@ impl Message {
     }
 }
 
-/// Splits a byte stream into lines (R1).
+/// Splits a byte stream into lines (R1). Each byte is looked at once on its way to a
+/// newline, however many pieces a long line arrives in.
 #[derive(Debug, Default)]
 pub struct LineDecoder {
     buf: BytesMut,
+    /// Bytes at the start of `buf` already searched: none of them is a newline.
+    scanned: usize,
+    /// Bytes searched in all, for the test that each is searched once.
+    #[cfg(test)]
+    searched: usize,
 }
 
 impl LineDecoder {
@@ -174,15 +180,23 @@ impl LineDecoder {
     /// The next complete message, if one has arrived. Blank lines are skipped.
     pub fn next_message(&mut self) -> Option<Result<Message, DecodeError>> {
         loop {
-            let Some(end) = self.buf.iter().position(|b| *b == b'\n') else {
+            let found = self.buf[self.scanned..].iter().position(|b| *b == b'\n');
+            #[cfg(test)]
+            {
+                self.searched += found.map_or(self.buf.len() - self.scanned, |i| i + 1);
+            }
+            let Some(end) = found.map(|i| self.scanned + i) else {
+                self.scanned = self.buf.len();
                 if self.buf.len() > MAX_LINE {
                     self.buf.clear();
+                    self.scanned = 0;
                     return Some(Err(DecodeError::TooLong));
                 }
                 return None;
             };
             let line = self.buf.split_to(end);
             self.buf.advance(1);
+            self.scanned = 0;
             let trimmed = line.strip_suffix(b"\r").unwrap_or(&line);
             if trimmed.iter().all(u8::is_ascii_whitespace) {
                 continue;
@@ -298,5 +312,29 @@ mod tests {
         let mut d = LineDecoder::default();
         d.push(b"\n\r\n{\"type\":\"ping\"}\r\n");
         assert_eq!(d.next_message().unwrap().unwrap(), Message::Ping);
+    }
+
+    #[test]
+    fn a_long_line_in_many_pieces_is_searched_once() {
+        let line = Message::Ping.encode();
+        let (head, tail) = line.split_at(line.len() - 1);
+        let mut d = LineDecoder::default();
+        for byte in head {
+            d.push(std::slice::from_ref(byte));
+            assert!(d.next_message().is_none());
+            // What was searched is not searched again.
+            assert_eq!(d.scanned, d.buf.len());
+        }
+        d.push(tail);
+        assert_eq!(d.next_message().unwrap().unwrap(), Message::Ping);
+        assert_eq!((d.buf.len(), d.scanned), (0, 0));
+        assert_eq!(d.searched, line.len(), "each byte searched once");
+        d.push(b"\n\n");
+        d.push(&line);
+        assert_eq!(
+            d.next_message().unwrap().unwrap(),
+            Message::Ping,
+            "blank lines skipped"
+        );
     }
 }
