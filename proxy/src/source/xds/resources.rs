@@ -152,6 +152,9 @@ pub fn decode(held: &Held) -> Result<Resources, Vec<Problem>> {
                         )),
                     }
                 }
+                if let Some(problem) = local_secret_file(&c) {
+                    errors.push(problem);
+                }
                 out.clusters.push(c);
             }
             Err(e) => {
@@ -166,6 +169,25 @@ pub fn decode(held: &Held) -> Result<Resources, Vec<Problem>> {
     } else {
         Err(errors)
     }
+}
+
+/// A pushed cluster may not name a local file whose contents Legate would send to the
+/// endpoints the push chose: a Postgres health check's `password_file` goes, in clear, to
+/// whatever address the control plane put in the cluster. Such checks belong in the
+/// bootstrap, which the operator of this host writes.
+fn local_secret_file(c: &model::Cluster) -> Option<Problem> {
+    let postgres = c.health_check.as_ref()?.postgres.as_ref()?;
+    postgres.password_file.as_ref()?;
+    Some(Problem::new(
+        format!("clusters[{}]", c.name),
+        format!(
+            "clusters[{}].health_check.postgres.password_file: not accepted from the control \
+             plane (the file's contents would be sent to the endpoints it chose); give this \
+             cluster's check in the bootstrap config",
+            c.name
+        ),
+        Some(c.name.clone()),
+    ))
 }
 
 /// Names a problem of the assembled config by the resource it is in (`clusters[tiles]`),
@@ -353,5 +375,31 @@ pub(crate) mod tests {
             problems[0].for_type(ResourceType::Clusters).name,
             "endpoints[tiles]"
         );
+    }
+
+    #[test]
+    fn a_pushed_cluster_may_not_name_a_password_file() {
+        let mut held = full();
+        held.sotw.insert(
+            ResourceType::Clusters,
+            (
+                "c3".into(),
+                vec![serde_json::json!({
+                    "name": "tiles",
+                    "health_check": { "postgres": { "user": "maps", "password_file": "/etc/legate/pg-password" } }
+                })],
+            ),
+        );
+        let problems = decode(&held).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].detail.name, "clusters[tiles]");
+        assert!(
+            problems[0]
+                .detail
+                .error
+                .starts_with("clusters[tiles].health_check.postgres.password_file: not accepted"),
+            "{problems:?}"
+        );
+        assert_eq!(problems[0].cluster.as_deref(), Some("tiles"));
     }
 }
