@@ -122,6 +122,7 @@ impl Files {
             listen,
             state: self.state(),
             tls: None,
+            limits: legate_xds::server::Limits::default(),
         })
         .await
         .context("starting legate-xds in process")
@@ -1628,6 +1629,7 @@ async fn the_stream_runs_over_mtls() -> Result<()> {
             key: server_key,
             client_ca: Some(ca_file.clone()),
         }),
+        limits: legate_xds::server::Limits::default(),
     })
     .await?;
     let xds_addr = server.local_addr();

@@ -221,6 +221,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     listen,
                     state,
                     tls,
+                    limits: crate::server::Limits::default(),
                 })
                 .await?;
                 wait_for_signal().await;

@@ -71,6 +71,29 @@ pub struct ServeConfig {
     pub state: PathBuf,
     /// Serve TLS (and, with a client CA, require client certificates); plaintext when `None`.
     pub tls: Option<ServerTlsFiles>,
+    pub limits: Limits,
+}
+
+/// Bounds on what clients may hold open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once; past it a new connection is closed at accept.
+    pub max_connections: usize,
+    /// Time a new connection has to send its first bytes (the TLS handshake, or the first
+    /// HTTP bytes) and, on HTTP/1.1, each request head.
+    pub first_bytes_timeout: Duration,
+    /// Streams open at once on one HTTP/2 connection.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 10_000,
+            first_bytes_timeout: HANDSHAKE_TIMEOUT,
+            max_streams_per_connection: 100,
+        }
+    }
 }
 
 /// Why the server could not start.
@@ -195,7 +218,7 @@ pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
         Some(_) => "on, client certificates required",
     };
     info!(%addr, dir = %config.dir.display(), state = %config.state.display(), tls, "legate-xds serving");
-    let task = tokio::spawn(accept_loop(shared, listener, acceptor));
+    let task = tokio::spawn(accept_loop(shared, listener, acceptor, config.limits));
     Ok(ServerHandle {
         addr,
         shutdown: shutdown_tx,
@@ -317,8 +340,22 @@ async fn reload(shared: &Arc<Shared>) {
     publish(shared, &store);
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, acceptor: Option<TlsAcceptor>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    limits: Limits,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.first_bytes_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams_per_connection);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -332,15 +369,22 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, acceptor: Optio
                         continue;
                     }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    warn!(%peer, max = limits.max_connections, "at the connection limit; closing a new connection");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let conn = Connection {
                     builder: builder.clone(),
                     watcher: graceful.watcher(),
                     shared: shared.clone(),
                     peer,
+                    _slot: slot,
+                    first_bytes_timeout: limits.first_bytes_timeout,
                 };
                 match &acceptor {
-                    None => tokio::spawn(conn.serve(stream)),
+                    None => tokio::spawn(conn.serve_plain(stream)),
                     Some(acceptor) => tokio::spawn(conn.serve_tls(acceptor.clone(), stream)),
                 };
             }
@@ -363,9 +407,27 @@ struct Connection {
     watcher: Watcher,
     shared: Arc<Shared>,
     peer: SocketAddr,
+    /// This connection's place under [`Limits::max_connections`], for its life.
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    first_bytes_timeout: Duration,
 }
 
 impl Connection {
+    /// A plaintext connection: served once its first bytes arrive; one silent for
+    /// [`Limits::first_bytes_timeout`] is closed (the version detection would wait for ever).
+    async fn serve_plain(self, stream: TcpStream) {
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(self.first_bytes_timeout, stream.peek(&mut first)).await {
+            Ok(Ok(_)) => self.serve(stream).await,
+            Ok(Err(e)) => {
+                debug!(peer = %self.peer, error = %e, "connection failed before its first bytes")
+            }
+            Err(_) => {
+                debug!(peer = %self.peer, "nothing sent within {:?}; closing", self.first_bytes_timeout)
+            }
+        }
+    }
+
     /// The TLS handshake, then [`Connection::serve`]. It runs in the connection's own task, so
     /// a slow or failed handshake never holds up the accept loop; one that fails, takes longer
     /// than [`HANDSHAKE_TIMEOUT`] or is under way at shutdown just closes the connection.
@@ -373,14 +435,14 @@ impl Connection {
         let peer = self.peer;
         let mut shutdown = self.shared.shutdown.clone();
         let stream = tokio::select! {
-            r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => match r {
+            r = tokio::time::timeout(self.first_bytes_timeout, acceptor.accept(stream)) => match r {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    debug!(%peer, "TLS handshake not done after {HANDSHAKE_TIMEOUT:?}");
+                    debug!(%peer, "TLS handshake not done after {:?}", self.first_bytes_timeout);
                     return;
                 }
             },
@@ -398,11 +460,14 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // `_slot` lives to the end of the connection.
         let Connection {
             builder,
             watcher,
             shared,
             peer,
+            _slot,
+            first_bytes_timeout: _,
         } = self;
         let service = hyper::service::service_fn(move |req| {
             let shared = shared.clone();

@@ -165,6 +165,7 @@ async fn start(dir: &Path, state: &Path) -> ServerHandle {
         listen: "127.0.0.1:0".parse().unwrap(),
         state: state.to_path_buf(),
         tls: None,
+        limits: legate_xds::server::Limits::default(),
     })
     .await
     .unwrap()
@@ -468,5 +469,84 @@ async fn unknown_group_gets_empty_resources_and_nack_is_not_resent() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert!(v["error"].as_str().unwrap().contains("/v1/nope"));
+    handle.shutdown().await;
+}
+
+/// The server with `limits`, over an empty resource directory.
+async fn start_limited(dir: &Path, limits: legate_xds::server::Limits) -> ServerHandle {
+    serve(ServeConfig {
+        dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state: dir.join("state.json"),
+        tls: None,
+        limits,
+    })
+    .await
+    .unwrap()
+}
+
+/// Whether the server closed `conn` (it reads end of stream) within 10 s.
+async fn closed_by_server(conn: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(10 * SEC, conn.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = legate_xds::server::Limits {
+        first_bytes_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let handle = start_limited(dir.path(), limits).await;
+    let mut silent = tokio::net::TcpStream::connect(handle.local_addr())
+        .await
+        .unwrap();
+    assert!(
+        closed_by_server(&mut silent).await,
+        "a silent client holds no connection"
+    );
+    // A client that speaks is served as before.
+    request(&server(&handle), Method::GET, "/v1/status", None)
+        .await
+        .unwrap();
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = legate_xds::server::Limits {
+        max_connections: 2,
+        ..Default::default()
+    };
+    let handle = start_limited(dir.path(), limits).await;
+    let addr = handle.local_addr();
+    let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(
+        closed_by_server(&mut third).await,
+        "the third connection is refused"
+    );
+
+    // The first two were kept: once one ends, a new connection is served.
+    drop(first);
+    let mut served = false;
+    for _ in 0..50 {
+        if request(&server(&handle), Method::GET, "/v1/status", None)
+            .await
+            .is_ok()
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "a place freed by a closed connection is used again");
     handle.shutdown().await;
 }

@@ -305,6 +305,7 @@ async fn start(tmp: &Path, tls: ServerTlsFiles) -> ServerHandle {
         listen: "127.0.0.1:0".parse().unwrap(),
         state: tmp.join("state.json"),
         tls: Some(tls),
+        limits: legate_xds::server::Limits::default(),
     })
     .await
     .unwrap()
@@ -523,6 +524,7 @@ async fn bad_tls_files_stop_the_start_and_name_the_file() {
         listen: "127.0.0.1:0".parse().unwrap(),
         state: tmp.path().join("state.json"),
         tls: Some(files),
+        limits: legate_xds::server::Limits::default(),
     })
     .await
     else {
@@ -539,6 +541,7 @@ async fn bad_tls_files_stop_the_start_and_name_the_file() {
         listen: "127.0.0.1:0".parse().unwrap(),
         state: tmp.path().join("state.json"),
         tls: Some(files),
+        limits: legate_xds::server::Limits::default(),
     })
     .await
     else {
@@ -554,6 +557,7 @@ async fn bad_tls_files_stop_the_start_and_name_the_file() {
         listen: "127.0.0.1:0".parse().unwrap(),
         state: tmp.path().join("state.json"),
         tls: Some(files),
+        limits: legate_xds::server::Limits::default(),
     })
     .await
     else {
