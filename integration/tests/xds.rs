@@ -788,8 +788,6 @@ async fn a_bootstrap_reload_is_checked_with_the_control_planes_resources() -> Re
     Ok(())
 }
 
-/// R10, R11: an invalid update is NACKed with the resource and the field path, changes
-/// nothing on the proxy, and is never sent again; a later valid version is.
 /// `GET /metrics` on the control plane: proxies connected and in sync by group, the versions
 /// each group serves, and the updates sent and acknowledged; Prometheus text that promtool
 /// accepts, or OpenMetrics when asked.
@@ -859,6 +857,8 @@ async fn the_control_plane_counts_proxies_versions_and_acks_in_metrics() -> Resu
     Ok(())
 }
 
+/// R10, R11: an invalid update is NACKed with the resource and the field path, changes
+/// nothing on the proxy, and is never sent again; a later valid version is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_update_is_nacked_and_never_resent() -> Result<()> {
     let tiles = Upstream::echo("tiles").await?;
