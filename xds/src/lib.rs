@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod exposition;
+pub mod limits;
 pub mod metrics;
 pub mod pem;
 pub mod protocol;

@@ -57,8 +57,8 @@ const MAX_OPERATOR_BODY: usize = 64 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Messages queued towards one proxy before sending waits.
 const SEND_QUEUE: usize = 64;
-/// How long a client may take to complete the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub use crate::limits::{Limits, HANDSHAKE_TIMEOUT};
 
 /// Where to read resources, listen, and keep operator state.
 #[derive(Debug, Clone)]
@@ -72,28 +72,6 @@ pub struct ServeConfig {
     /// Serve TLS (and, with a client CA, require client certificates); plaintext when `None`.
     pub tls: Option<ServerTlsFiles>,
     pub limits: Limits,
-}
-
-/// Bounds on what clients may hold open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Connections open at once; past it a new connection is closed at accept.
-    pub max_connections: usize,
-    /// Time a new connection has to send its first bytes (the TLS handshake, or the first
-    /// HTTP bytes) and, on HTTP/1.1, each request head.
-    pub first_bytes_timeout: Duration,
-    /// Streams open at once on one HTTP/2 connection.
-    pub max_streams_per_connection: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_connections: 10_000,
-            first_bytes_timeout: HANDSHAKE_TIMEOUT,
-            max_streams_per_connection: 100,
-        }
-    }
 }
 
 /// Why the server could not start.
