@@ -141,13 +141,7 @@ impl Receiver {
     }
 
     fn connect(name: &[u8]) -> Result<(Receiver, Inherited), UpgradeError> {
-        let conn = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| UpgradeError::Socket(e.into()))?;
+        let conn = seqpacket()?;
         let addr =
             SocketAddrUnix::new_abstract_name(name).map_err(|e| UpgradeError::Socket(e.into()))?;
         rustix::net::connect(&conn, &addr).map_err(|e| UpgradeError::Transfer(e.into()))?;
@@ -209,13 +203,7 @@ pub async fn hand_over(
     sockets: Vec<Group>,
     limit: Duration,
 ) -> Result<u32, UpgradeError> {
-    let listener = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(|e| UpgradeError::Socket(e.into()))?;
+    let listener = seqpacket()?;
     let name = format!(
         "legate-upgrade-{}-{:016x}",
         std::process::id(),
@@ -366,6 +354,17 @@ fn set_timeout(fd: &OwnedFd) -> std::io::Result<()> {
 
 /// How long one message may take to go out (the new process reads them as they come).
 const SEND_LIMIT: Duration = Duration::from_secs(10);
+
+/// A Unix SEQPACKET socket, closed on exec.
+fn seqpacket() -> Result<OwnedFd, UpgradeError> {
+    rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| UpgradeError::Socket(e.into()))
+}
 
 fn send(conn: impl AsFd, header: &Header, fds: &[BorrowedFd<'_>]) -> Result<(), UpgradeError> {
     let bytes = serde_json::to_vec(header).map_err(|e| UpgradeError::Protocol(e.to_string()))?;

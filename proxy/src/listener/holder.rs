@@ -6,8 +6,6 @@ use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 
-use socket2::{Domain, Socket, Type};
-
 /// A process holding a listening socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
@@ -27,16 +25,8 @@ pub fn check_unheld(addr: SocketAddr) -> io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let probe = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    // As the real sockets do: connections of an earlier process in TIME_WAIT are no conflict.
-    probe.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        probe.set_only_v6(true)?;
-    }
+    // As the real sockets are, but without SO_REUSEPORT.
+    let probe = super::unbound(addr)?;
     match probe.bind(&addr.into()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {

@@ -117,20 +117,27 @@ pub fn bind_group(
     Ok((bound, sockets))
 }
 
-/// One listening socket: SO_REUSEADDR (restart without TIME_WAIT trouble), SO_REUSEPORT (one
-/// socket per worker), TCP_NODELAY inherited by accepted sockets, IPv6 sockets v6-only so
-/// `[::]:p` and `0.0.0.0:p` can be separate listeners.
-pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+/// A TCP socket for `addr`, not yet bound: SO_REUSEADDR (connections of an earlier process
+/// in TIME_WAIT are no conflict), and v6-only for an IPv6 address.
+pub(crate) fn unbound(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    Ok(socket)
+}
+
+/// One listening socket: SO_REUSEADDR (restart without TIME_WAIT trouble), SO_REUSEPORT (one
+/// socket per worker), TCP_NODELAY inherited by accepted sockets, IPv6 sockets v6-only so
+/// `[::]:p` and `0.0.0.0:p` can be separate listeners.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let socket = unbound(addr)?;
+    socket.set_reuse_port(true)?;
     socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
