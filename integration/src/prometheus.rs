@@ -31,3 +31,18 @@ pub async fn check_metrics(text: &str) -> Result<()> {
     );
     Ok(())
 }
+
+/// The value of sample `name` in a Prometheus text scrape whose labels include every pair
+/// of `labels`; `None` when no sample matches. Samples whose label values contain `,` or
+/// `}` are not read correctly (Legate's tests use none).
+pub fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (set, value) = match rest.strip_prefix('{') {
+            Some(r) => r.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        let has = |(k, v): &(&str, &str)| set.split(',').any(|p| p == format!("{k}=\"{v}\""));
+        labels.iter().all(has).then(|| value.trim().parse().ok())?
+    })
+}

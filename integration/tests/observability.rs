@@ -6,13 +6,18 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{Context as _, Result};
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _, Result};
 use legate_integration::client;
 use legate_integration::container::repo_root;
+use legate_integration::eventually;
 use legate_integration::proxy::{yaml, Proxy};
 use legate_integration::upstream::{closed_port, Upstream};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-/// An HTTP listener, a TCP listener, and clusters whose endpoints are checked.
+/// An HTTP listener with a route to a cluster that cannot be reached, a TCP listener, and
+/// clusters whose endpoints are checked.
 const CONFIG: &str = r#"
 admin: { listen: 127.0.0.1:0 }
 access_log: { enabled: false }
@@ -23,11 +28,14 @@ route_tables:
   main:
     virtual_hosts:
       - hosts: ["*"]
-        routes: [{ match: { prefix: / }, cluster: app }]
+        routes:
+          - { match: { prefix: /gone }, cluster: gone }
+          - { match: { prefix: / }, cluster: app }
 clusters:
   - name: app
     health_check: { tcp: {}, interval: 1s, timeout: 1s }
     endpoints: ["${APP}"]
+  - { name: gone, endpoints: ["${GONE}"] }
 "#;
 
 /// The `legate_…` names in `text`.
@@ -45,14 +53,19 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// The metric names a scrape declares (`# TYPE name kind`).
+/// The metric names a scrape declares (`# TYPE name kind`), with a histogram's series.
 fn exported(scrape: &str) -> BTreeSet<String> {
-    scrape
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split(' ').next())
-        .map(str::to_owned)
-        .collect()
+    let mut names = BTreeSet::new();
+    for declared in scrape.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = declared.split_once(' ').unwrap_or((declared, ""));
+        if kind == "histogram" {
+            for series in ["bucket", "sum", "count"] {
+                names.insert(format!("{name}_{series}"));
+            }
+        }
+        names.insert(name.to_owned());
+    }
+    names
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,12 +91,33 @@ async fn alert_rules_and_dashboard_use_only_metrics_legate_exports() -> Result<(
     // A scrape from a proxy with traffic, and one following a control plane (for the
     // connection gauge, exported only then).
     let app = Upstream::echo("app").await?;
-    let proxy = Proxy::start(yaml(CONFIG).set("APP", app.addr()))?;
+    let proxy = Proxy::start(
+        yaml(CONFIG)
+            .set("APP", app.addr())
+            .set("GONE", closed_port()),
+    )?;
     proxy.wait_ready().await?;
     client::get(proxy.addr("front"), "example.org", "/").await?;
-    let mut scrape = client::get(proxy.admin(), "admin", "/metrics")
-        .await?
-        .text();
+    let failed = client::get(proxy.addr("front"), "example.org", "/gone").await?;
+    assert_eq!(failed.legate_error(), Some("connect-failure"));
+    // One TCP session, over once the server has answered and closed it.
+    let mut session = tokio::net::TcpStream::connect(proxy.addr("raw")).await?;
+    session
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+        .await?;
+    session.read_to_end(&mut Vec::new()).await?;
+    drop(session);
+    let mut scrape = eventually(Duration::from_secs(10), || async {
+        let text = client::get(proxy.admin(), "admin", "/metrics")
+            .await?
+            .text();
+        ensure!(
+            text.contains("legate_tcp_session_duration_seconds_count"),
+            "the session is not over yet"
+        );
+        Ok(text)
+    })
+    .await?;
     let follower = Proxy::start(yaml(&format!(
         "xds: {{ server: \"{}\" }}\nnode: {{ id: a, cluster: g }}\nadmin: {{ listen: 127.0.0.1:0 }}\naccess_log: {{ enabled: false }}\n",
         closed_port()

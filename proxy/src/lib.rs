@@ -34,6 +34,7 @@ pub mod serve;
 pub mod snapshot;
 pub mod source;
 pub mod state;
+pub mod stats;
 pub mod status_page;
 pub mod tcp;
 pub mod tls;

@@ -9,14 +9,16 @@ use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::cluster::Health;
+use crate::http::error::REASONS;
 use crate::state::State;
+use crate::stats::{ListenerStats, Merged, PerWorker, CLASSES};
 
 /// The exposition of one proxy's state.
 #[derive(Debug)]
@@ -72,6 +74,42 @@ struct ListenerLabels {
 struct ResponseLabels {
     listener: String,
     code_class: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteClassLabels {
+    listener: String,
+    route: String,
+    code_class: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TargetLabels {
+    listener: String,
+    route: String,
+    cluster: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TargetClassLabels {
+    listener: String,
+    route: String,
+    cluster: String,
+    code_class: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TargetReasonLabels {
+    listener: String,
+    route: String,
+    cluster: String,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SessionLabels {
+    listener: String,
+    cluster: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -149,7 +187,52 @@ impl<L: EncodeLabelSet> Family<L> {
     }
 }
 
-const CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
+/// One histogram family in seconds: its series that have observations.
+struct Histograms<L> {
+    name: &'static str,
+    help: &'static str,
+    samples: Vec<(L, Merged)>,
+}
+
+impl<L: EncodeLabelSet> Histograms<L> {
+    fn new(name: &'static str, help: &'static str) -> Self {
+        Histograms {
+            name,
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, labels: L, observed: Merged) {
+        if observed.count() > 0 {
+            self.samples.push((labels, observed));
+        }
+    }
+
+    fn encode(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        if self.samples.is_empty() {
+            return Ok(());
+        }
+        let unit = Unit::Seconds;
+        let mut family =
+            e.encode_descriptor(self.name, self.help, Some(&unit), MetricType::Histogram)?;
+        for (labels, m) in &self.samples {
+            family
+                .encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(m.sum_seconds(), m.count(), &m.buckets(), None)?;
+        }
+        Ok(())
+    }
+}
+
+/// A per-worker histogram summed over workers.
+fn merged(h: &PerWorker<crate::stats::Histogram>) -> Merged {
+    let mut m = Merged::default();
+    for cell in h.each() {
+        cell.add_to(&mut m);
+    }
+    m
+}
 
 impl Collector for StateCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
@@ -232,6 +315,7 @@ impl Collector for StateCollector {
         responses.counters(&mut e)?;
         connections.gauges(&mut e)?;
         refused.counters(&mut e)?;
+        encode_traffic(state, &mut e)?;
 
         let mut rq_total = Family::new("upstream_requests", "Requests sent to an endpoint");
         let mut rq_active = Family::new(
@@ -267,6 +351,10 @@ impl Collector for StateCollector {
             "cluster_panic",
             "1 while the cluster balances in panic mode",
         );
+        let mut connect = Histograms::new(
+            "upstream_connect_duration",
+            "Time to establish a new upstream connection (TCP, and TLS when configured)",
+        );
         for cluster in snapshot.clusters.values() {
             let name = || cluster.name.to_string();
             let c = &cluster.state;
@@ -284,7 +372,15 @@ impl Collector for StateCollector {
                 };
                 cancels.add(labels, n.load(Ordering::Relaxed));
             }
+            connect.add(
+                ClusterLabels { cluster: name() },
+                merged(&c.connect_duration),
+            );
             let membership = c.membership.load();
+            connect.add(
+                ClusterLabels { cluster: name() },
+                merged(&c.connect_duration),
+            );
             panic.add(
                 ClusterLabels { cluster: name() },
                 i64::from(membership.panic),
@@ -332,6 +428,115 @@ impl Collector for StateCollector {
         pooled.gauges(&mut e)?;
         overflows.counters(&mut e)?;
         cancels.counters(&mut e)?;
+        connect.encode(&mut e)?;
         panic.gauges(&mut e)
     }
+}
+
+/// The per-route, per-target and per-session families, from each listener's current settings.
+fn encode_traffic(state: &State, e: &mut DescriptorEncoder) -> fmt::Result {
+    let mut downstream = Histograms::new(
+        "downstream_request_duration",
+        "Time from a request's arrival to the end of its response, by listener, route and status class",
+    );
+    let mut head = Histograms::new(
+        "upstream_response_head_duration",
+        "Time from forwarding a request to its response head, by route and target cluster",
+    );
+    let mut end = Histograms::new(
+        "upstream_request_duration",
+        "Time from forwarding a request to the end of its response body, by route and target cluster",
+    );
+    let mut responses = Family::new(
+        "route_target_responses",
+        "Responses to requests a route sent to a cluster, by status class",
+    );
+    let mut retries = Family::new(
+        "route_target_retries",
+        "Tries after the first for requests a route sent to a cluster",
+    );
+    let mut timeouts = Family::new(
+        "route_target_timeouts",
+        "Tries and requests cut by the route's timeout or per-try timeout",
+    );
+    let mut errors = Family::new(
+        "route_target_errors",
+        "Answers Legate gave itself (legate-error) for requests a route sent to a cluster",
+    );
+    let mut sessions = Histograms::new(
+        "tcp_session_duration",
+        "How long TCP sessions that reached a server lasted",
+    );
+    for l in state.listeners.load().iter() {
+        match &l.stats {
+            ListenerStats::Routes(routes) => {
+                for route in routes.iter() {
+                    let name = || route.route.to_string();
+                    let listener = || route.listener.to_string();
+                    for (class, m) in CLASSES.iter().zip(route.downstream()) {
+                        let labels = RouteClassLabels {
+                            listener: listener(),
+                            route: name(),
+                            code_class: class,
+                        };
+                        downstream.add(labels, m);
+                    }
+                    for target in route.targets.iter() {
+                        let r = target.read();
+                        if r.requests() == 0 {
+                            continue;
+                        }
+                        let labels = || TargetLabels {
+                            listener: listener(),
+                            route: name(),
+                            cluster: target.cluster.to_string(),
+                        };
+                        head.add(labels(), r.head);
+                        end.add(labels(), r.end);
+                        retries.add(labels(), r.retries);
+                        timeouts.add(labels(), r.timeouts);
+                        for (class, n) in CLASSES.iter().zip(r.responses) {
+                            if n > 0 {
+                                let t = labels();
+                                let labels = TargetClassLabels {
+                                    listener: t.listener,
+                                    route: t.route,
+                                    cluster: t.cluster,
+                                    code_class: class,
+                                };
+                                responses.add(labels, n);
+                            }
+                        }
+                        for (reason, n) in REASONS.iter().zip(r.errors) {
+                            if n > 0 {
+                                let t = labels();
+                                let labels = TargetReasonLabels {
+                                    listener: t.listener,
+                                    route: t.route,
+                                    cluster: t.cluster,
+                                    reason,
+                                };
+                                errors.add(labels, n);
+                            }
+                        }
+                    }
+                }
+            }
+            ListenerStats::Sessions(stats) => {
+                let labels = SessionLabels {
+                    listener: stats.listener.to_string(),
+                    cluster: stats.cluster.to_string(),
+                };
+                sessions.add(labels, merged(&stats.duration));
+            }
+        }
+    }
+    downstream.encode(e)?;
+    head.encode(e)?;
+    end.encode(e)?;
+    responses.counters(e)?;
+    retries.counters(e)?;
+    timeouts.counters(e)?;
+    errors.counters(e)?;
+    sessions.encode(e)
 }

@@ -30,8 +30,12 @@ pub struct VirtualHost {
 
 #[derive(Debug)]
 pub struct Route {
-    /// `virtual_hosts[i].routes[j]` within its table, for logs.
-    pub id: Arc<str>,
+    /// The route's `name`, or where it is (`route_tables.T.virtual_hosts[i].routes[j]`): for
+    /// logs and the `route` label.
+    pub name: Arc<str>,
+    /// Its place among all routes of its table, in order ([`RouteTable::routes`]); set by
+    /// [`RouteTable::new`].
+    pub index: usize,
     pub path: PathMatch,
     pub headers: Vec<HeaderMatch>,
     pub action: Action,
@@ -146,16 +150,21 @@ const MAX_HOST_LEN: usize = 255;
 
 impl RouteTable {
     /// The shortest `stream_idle_timeout` any route sets, which the idle checks must resolve.
+    /// Every route, in [`Route::index`] order.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.vhosts.iter().flat_map(|v| v.routes.iter())
+    }
+
     pub fn shortest_stream_idle_timeout(&self) -> Option<Duration> {
-        self.vhosts
-            .iter()
-            .flat_map(|v| v.routes.iter())
-            .filter_map(|r| r.stream_idle_timeout)
-            .min()
+        self.routes().filter_map(|r| r.stream_idle_timeout).min()
     }
 
     /// Builds a table from compiled virtual hosts and their host patterns (already validated).
-    pub fn new(name: &str, vhosts: Vec<(Vec<String>, VirtualHost)>) -> Self {
+    pub fn new(name: &str, mut vhosts: Vec<(Vec<String>, VirtualHost)>) -> Self {
+        let routes = vhosts.iter_mut().flat_map(|(_, v)| v.routes.iter_mut());
+        for (index, route) in routes.enumerate() {
+            route.index = index;
+        }
         let mut table = RouteTable {
             name: name.into(),
             vhosts: Vec::with_capacity(vhosts.len()),
@@ -235,6 +244,16 @@ fn strip_port(host: &str) -> &str {
 // === impl Route ===
 
 impl Route {
+    /// The clusters the route sends to, in target order: none for a redirect or a fixed
+    /// answer.
+    pub fn clusters(&self) -> Vec<&str> {
+        match &self.action {
+            Action::Cluster(c) => vec![&*c.name],
+            Action::Split(split) => split.targets.iter().map(|(c, _)| &*c.name).collect(),
+            Action::Redirect(_) | Action::Respond(_) => Vec::new(),
+        }
+    }
+
     /// Whether every protocol an `Upgrade` header offers is one this route tunnels.
     pub fn allows_upgrade(&self, offered: &str) -> bool {
         let mut any = false;
@@ -289,14 +308,15 @@ impl Split {
         }
     }
 
-    /// Picks a cluster with probability proportional to its weight.
-    pub fn pick(&self) -> Option<&Arc<Cluster>> {
+    /// Picks a cluster with probability proportional to its weight: its index among the
+    /// targets, and the cluster.
+    pub fn pick(&self) -> Option<(usize, &Arc<Cluster>)> {
         if self.total == 0 {
             return None;
         }
         let r = fastrand::u32(..self.total);
         let i = self.cumulative.partition_point(|c| *c <= r);
-        self.targets.get(i).map(|(c, _)| c)
+        self.targets.get(i).map(|(c, _)| (i, c))
     }
 }
 
@@ -308,7 +328,8 @@ mod tests {
 
     fn respond_route(path: PathMatch, status: u16) -> Route {
         Route {
-            id: "r".into(),
+            name: "r".into(),
+            index: 0,
             path,
             headers: Vec::new(),
             action: Action::Respond(Respond {

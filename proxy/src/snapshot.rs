@@ -11,6 +11,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 
 use crate::cluster::{dns, Cluster, Registry};
 use crate::config::checked::{ActionValues, EndpointAddress, RouteValues};
+use crate::config::validate::default_route_name;
 use crate::config::{model, Checked, Config};
 use crate::router::{
     Action, Redirect, Respond, RetryConditions, RetryPolicy, Route, RouteTable, Split, VirtualHost,
@@ -174,8 +175,9 @@ fn compile_table(
         }
         let mut compiled = Vec::with_capacity(routes.len());
         for ((ri, r), values) in vh.routes.iter().enumerate().zip(routes) {
-            let id = format!("{base}.routes[{ri}]");
-            compiled.push(compile_route(&id, r, values, clusters).ok_or_else(|| unmatched(id))?);
+            let at = default_route_name(name, vi, ri);
+            let name = r.name.as_deref().unwrap_or(&at);
+            compiled.push(compile_route(name, r, values, clusters).ok_or_else(|| unmatched(at))?);
         }
         vhosts.push((vh.hosts.clone(), VirtualHost { routes: compiled }));
     }
@@ -184,7 +186,7 @@ fn compile_table(
 
 /// A route; `None` when its action does not match its checked values (a cluster missing).
 fn compile_route(
-    id: &str,
+    name: &str,
     r: &model::Route,
     values: RouteValues,
     clusters: &HashMap<String, Arc<Cluster>>,
@@ -231,7 +233,8 @@ fn compile_route(
         }
     };
     Some(Route {
-        id: id.into(),
+        name: name.into(),
+        index: 0,
         path: values.path,
         headers: values.headers,
         action,

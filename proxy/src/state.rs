@@ -1,10 +1,10 @@
 //! The read model: what admin and metrics show, written by the applier and the config sources.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -12,6 +12,9 @@ use serde::Serialize;
 use crate::drain;
 use crate::listener::ListenerCounters;
 use crate::snapshot::Snapshot;
+use crate::stats::route::TargetReading;
+use crate::stats::window::{Recent, TargetKey, Window};
+use crate::stats::ListenerStats;
 
 /// Everything outside the request path reads about the running proxy.
 #[derive(Debug)]
@@ -24,6 +27,8 @@ pub struct State {
     pub listeners: ArcSwap<Vec<ListenerView>>,
     pub reloads: Reloads,
     pub xds: XdsState,
+    /// Readings of every route target over the last minute, for the status page.
+    pub traffic: Mutex<Window>,
 }
 
 impl State {
@@ -34,7 +39,44 @@ impl State {
             listeners: ArcSwap::from_pointee(Vec::new()),
             reloads: Reloads::default(),
             xds: XdsState::default(),
+            traffic: Mutex::default(),
         }
+    }
+
+    /// Every route target's counters now, summed over workers.
+    pub fn target_readings(&self) -> HashMap<TargetKey, TargetReading> {
+        let mut out = HashMap::new();
+        for view in self.listeners.load().iter() {
+            let ListenerStats::Routes(routes) = &view.stats else {
+                continue;
+            };
+            for route in routes.iter() {
+                for target in route.targets.iter() {
+                    let key = (
+                        route.listener.clone(),
+                        route.route.clone(),
+                        target.cluster.clone(),
+                    );
+                    out.insert(key, target.read());
+                }
+            }
+        }
+        out
+    }
+
+    /// Takes the readings [`State::traffic`] keeps; run every
+    /// [`EVERY`](crate::stats::window::EVERY).
+    pub fn sample_traffic(&self) {
+        let readings = self.target_readings();
+        let mut window = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
+        window.sample(Instant::now(), readings);
+    }
+
+    /// What each route target did over about the last minute.
+    pub fn recent_traffic(&self) -> HashMap<TargetKey, Recent> {
+        let current = self.target_readings();
+        let window = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
+        window.recent(Instant::now(), &current)
     }
 
     /// The bound address of each listener, by name.
@@ -63,6 +105,8 @@ pub struct ListenerView {
     pub addr: SocketAddr,
     pub counters: Arc<ListenerCounters>,
     pub connections: drain::Watch,
+    /// What its current settings record into.
+    pub stats: crate::stats::ListenerStats,
 }
 
 /// Config file reloads: the latest attempt and the count of each outcome.

@@ -30,6 +30,7 @@ impl Workers {
     pub fn start(count: usize) -> io::Result<Workers> {
         let mut senders = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
+        crate::stats::per_worker::set_workers(count);
         for i in 0..count.max(1) {
             let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -38,6 +39,7 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("legate-worker-{i}"))
                 .spawn(move || {
+                    crate::stats::per_worker::enter_worker(i);
                     runtime.block_on(async move {
                         tokio::spawn(housekeeping());
                         while let Some(job) = rx.recv().await {

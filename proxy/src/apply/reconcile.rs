@@ -20,6 +20,7 @@ use crate::resources;
 use crate::serve;
 use crate::snapshot::Snapshot;
 use crate::state::ListenerView;
+use crate::stats;
 use crate::worker::Workers;
 use crate::WATCH_DEBOUNCE;
 
@@ -30,6 +31,8 @@ pub struct DataPlane {
     /// Spawns onto the control thread (cluster upkeep, TLS watches).
     control: tokio::runtime::Handle,
     registry: Arc<Registry>,
+    /// Route and session stats, kept across reloads like `registry`'s cluster state.
+    stats: stats::Registry,
     running: HashMap<String, Running>,
     /// Listeners removed or moved by a reload, still draining their connections.
     retired: Vec<drain::Trigger>,
@@ -63,6 +66,7 @@ impl DataPlane {
             workers,
             control,
             registry,
+            stats: stats::Registry::default(),
             running: HashMap::new(),
             retired: Vec::new(),
             managers: Vec::new(),
@@ -167,7 +171,7 @@ impl DataPlane {
             match op {
                 diff::Op::Keep(name) => {
                     if let (Some(running), Some(l)) = (self.running.get(&name), spec(&name)) {
-                        if let Some(settings) = listener_settings(l, new) {
+                        if let Some(settings) = listener_settings(l, new, &self.stats) {
                             running.ctx.settings.store(Arc::new(settings));
                         }
                         running
@@ -181,7 +185,7 @@ impl DataPlane {
                     else {
                         continue;
                     };
-                    let Some(settings) = listener_settings(l, new) else {
+                    let Some(settings) = listener_settings(l, new, &self.stats) else {
                         continue;
                     };
                     let running = start_listener(
@@ -225,6 +229,10 @@ impl DataPlane {
                 addr: r.ctx.addr,
                 counters: r.ctx.counters.clone(),
                 connections: r.watch.clone(),
+                stats: match &**r.ctx.settings.load() {
+                    Protocol::Http(h) => stats::ListenerStats::Routes(h.route_stats.clone()),
+                    Protocol::Tcp(t) => stats::ListenerStats::Sessions(t.sessions.clone()),
+                },
             })
             .collect())
     }
@@ -344,7 +352,11 @@ fn tcp_idle_timeout(tcp: &model::TcpListener) -> Option<std::time::Duration> {
     }
 }
 
-fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protocol> {
+fn listener_settings(
+    l: &model::Listener,
+    snapshot: &Snapshot,
+    stats: &stats::Registry,
+) -> Option<Protocol> {
     let drain_timeout = snapshot.config.runtime.drain_timeout.get();
     if let Some(tcp) = &l.tcp {
         let cluster = snapshot.clusters.get(&tcp.cluster)?.clone();
@@ -353,7 +365,6 @@ fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protoco
                 .drain_timeout
                 .or(cluster.spec.drain_timeout)
                 .map(|d| d.get()),
-            cluster,
             postgres: tcp.protocol == Some(model::TcpProtocol::Postgres),
             idle_timeout: tcp_idle_timeout(tcp),
             connect_attempts: tcp.connect_attempts,
@@ -363,6 +374,8 @@ fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protoco
                 .access_log
                 .enabled
                 .then_some(snapshot.config.access_log.format),
+            sessions: stats.sessions(&l.name, &cluster.name),
+            cluster,
         })));
     }
     let http = l.http.as_ref()?;
@@ -373,8 +386,13 @@ fn listener_settings(l: &model::Listener, snapshot: &Snapshot) -> Option<Protoco
         .shortest_stream_idle_timeout()
         .map_or(stream_idle_timeout, |r| r.min(stream_idle_timeout));
     let tick = crate::http::idle::tick(http.idle_timeout.get(), shortest);
+    let route_stats = route_table
+        .routes()
+        .map(|r| stats.route(&l.name, &route_table.name, &r.name, &r.clusters()))
+        .collect();
     Some(Protocol::Http(Arc::new(HttpSettings {
         route_table,
+        route_stats,
         header_read_timeout: http.header_read_timeout.get(),
         idle_timeout: http.idle_timeout.get(),
         max_header_size: http.max_header_size,

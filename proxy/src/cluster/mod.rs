@@ -26,6 +26,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::config::model::{self, CircuitBreakers, LbPolicy, UpstreamProtocol};
+use crate::stats::{Histogram, PerWorker};
 use membership::Membership;
 
 /// A cluster as configured in one snapshot.
@@ -246,6 +247,8 @@ pub struct ClusterState {
     /// Cancels for keys Legate has not seen (e.g. sessions with TLS end to end), sent to every
     /// pooled endpoint.
     pub cancels_broadcast: AtomicU64,
+    /// How long new upstream connections took to establish (TCP, and TLS when configured).
+    pub connect_duration: PerWorker<Histogram>,
 }
 
 /// The latest DNS answers for a cluster's named endpoints.
@@ -275,6 +278,7 @@ impl ClusterState {
             cancel_keys: Mutex::new(HashMap::new()),
             cancels_routed: AtomicU64::new(0),
             cancels_broadcast: AtomicU64::new(0),
+            connect_duration: PerWorker::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -16,6 +17,8 @@ use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
 use crate::cluster::{ActiveRequest, Admitted};
+use crate::listener::HttpSettings;
+use crate::stats::route::{Outcome, TargetOutcome};
 
 use super::conn::InFlight;
 use super::error::{BoxError, ProxyError, LEGATE_ERROR};
@@ -39,6 +42,7 @@ enum Inner {
 #[derive(Default)]
 pub struct RequestEnd {
     pub log: Option<AccessRecord>,
+    pub stats: Option<StatsEnd>,
     pub endpoint: Option<ActiveRequest>,
     pub cluster_slot: Option<Admitted>,
     pub pooled: Option<Pooled>,
@@ -46,8 +50,47 @@ pub struct RequestEnd {
     pub bytes_sent: u64,
 }
 
+/// What a routed request's stats need when its response ends.
+pub struct StatsEnd {
+    /// The settings it was routed with, which hold its route's stats.
+    pub settings: Arc<HttpSettings>,
+    /// Its route's [`Route::index`](crate::router::Route::index).
+    pub route: usize,
+    pub status: u16,
+    pub start: Instant,
+    /// When forwarding began, if it was forwarded.
+    pub upstream_start: Option<Instant>,
+    pub target: Option<TargetOutcome>,
+}
+
+impl StatsEnd {
+    fn record(self) {
+        let now = Instant::now();
+        let target = self.target.map(|mut t| {
+            // A body's end is timed only for a response the upstream sent.
+            if t.head.is_some() {
+                t.end = self
+                    .upstream_start
+                    .map(|s| now.saturating_duration_since(s));
+            }
+            t
+        });
+        let outcome = Outcome {
+            status: self.status,
+            elapsed: now.saturating_duration_since(self.start),
+            target,
+        };
+        if let Some(stats) = self.settings.route_stats.get(self.route) {
+            stats.record(&outcome);
+        }
+    }
+}
+
 impl RequestEnd {
     fn finish(mut self, complete: bool) {
+        if let Some(stats) = self.stats.take() {
+            stats.record();
+        }
         if let Some(pooled) = self.pooled.take() {
             // A connection whose response was not read to the end cannot carry another request.
             if complete {

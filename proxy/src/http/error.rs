@@ -64,6 +64,26 @@ pub enum ProxyError {
     },
 }
 
+/// Every `legate-error` value, numbered by [`ProxyError::reason_index`].
+pub const REASONS: [&str; 13] = [
+    "no-route",
+    "missing-host",
+    "bad-request",
+    "uri-too-long",
+    "no-endpoint",
+    "overflow",
+    "local-exhaustion",
+    "connect-failure",
+    "connect-timeout",
+    "upstream-tls",
+    "upstream-reset",
+    "timeout",
+    "per-try-timeout",
+];
+
+// Per-reason counters have a slot for every reason.
+const _: () = assert!(REASONS.len() <= crate::stats::route::MAX_REASONS);
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -83,20 +103,25 @@ impl ProxyError {
 
     /// The `legate-error` header value: a stable, machine-readable reason.
     pub fn reason(&self) -> &'static str {
+        REASONS[self.reason_index()]
+    }
+
+    /// The place of [`reason`](Self::reason) in [`REASONS`], for per-reason counters.
+    pub fn reason_index(&self) -> usize {
         match self {
-            ProxyError::NoRoute { .. } => "no-route",
-            ProxyError::MissingHost => "missing-host",
-            ProxyError::BadRequest(_) => "bad-request",
-            ProxyError::UriTooLong { .. } => "uri-too-long",
-            ProxyError::NoEndpoint { .. } => "no-endpoint",
-            ProxyError::Overflow { .. } => "overflow",
-            ProxyError::LocalExhaustion { .. } => "local-exhaustion",
-            ProxyError::ConnectFailed { .. } => "connect-failure",
-            ProxyError::ConnectTimeout { .. } => "connect-timeout",
-            ProxyError::UpstreamTls { .. } => "upstream-tls",
-            ProxyError::UpstreamReset { .. } => "upstream-reset",
-            ProxyError::Timeout => "timeout",
-            ProxyError::PerTryTimeout => "per-try-timeout",
+            ProxyError::NoRoute { .. } => 0,
+            ProxyError::MissingHost => 1,
+            ProxyError::BadRequest(_) => 2,
+            ProxyError::UriTooLong { .. } => 3,
+            ProxyError::NoEndpoint { .. } => 4,
+            ProxyError::Overflow { .. } => 5,
+            ProxyError::LocalExhaustion { .. } => 6,
+            ProxyError::ConnectFailed { .. } => 7,
+            ProxyError::ConnectTimeout { .. } => 8,
+            ProxyError::UpstreamTls { .. } => 9,
+            ProxyError::UpstreamReset { .. } => 10,
+            ProxyError::Timeout => 11,
+            ProxyError::PerTryTimeout => 12,
         }
     }
 

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, debug_span, Instrument};
 
-use super::body::{ProxyBody, RequestEnd};
+use super::body::{ProxyBody, RequestEnd, StatsEnd};
 use super::conn::{ConnCtx, InFlight};
 use super::error::ProxyError;
 use super::headers;
@@ -28,11 +28,18 @@ use crate::io::Touching;
 use crate::listener::{HttpSettings, Protocol};
 use crate::path;
 use crate::router::{Action, PathMatch, Redirect, Respond, Route};
+use crate::stats::route::TargetOutcome;
 
 /// What the access log and the end-of-request work learn while a request is handled.
 #[derive(Default)]
 struct Trace {
     route: Option<Arc<str>>,
+    /// The route's [`Route::index`], for its stats.
+    route_index: Option<usize>,
+    /// Which of the route's clusters the request went to, and what came of it upstream.
+    target: Option<TargetOutcome>,
+    /// When forwarding began.
+    upstream_start: Option<Instant>,
     cluster: Option<Arc<str>>,
     upstream: Option<SocketAddr>,
     attempts: u32,
@@ -54,11 +61,12 @@ pub async fn handle(
         Protocol::Http(current) => current.clone(),
         Protocol::Tcp(_) => ctx.settings.clone(),
     };
+    let start = Instant::now();
     let request_id = headers::ensure_request_id(req.headers_mut());
     let record = settings.access_log.map(|format| AccessRecord {
         format,
         time: SystemTime::now(),
-        start: Instant::now(),
+        start,
         listener: ctx.listener.name.clone(),
         peer: ctx.peer,
         method: req.method().clone(),
@@ -89,6 +97,9 @@ pub async fn handle(
         Err(e) => {
             debug!(listener = %ctx.listener.name, route = ?trace.route, cluster = ?trace.cluster,
                    upstream = ?trace.upstream, error = %e, "request failed");
+            if let Some(t) = &mut trace.target {
+                t.error = Some(e.reason_index());
+            }
             (e.to_response(), Some(e.reason()))
         }
     };
@@ -114,8 +125,20 @@ pub async fn handle(
         r.error = error;
         r
     });
+    let stats = trace.route_index.map(|route| StatsEnd {
+        settings,
+        route,
+        status: resp.status().as_u16(),
+        start,
+        upstream_start: trace.upstream_start,
+        target: trace.target.map(|mut t| {
+            t.retries = trace.attempts.saturating_sub(1);
+            t
+        }),
+    });
     resp.body_mut().on_end(RequestEnd {
         log,
+        stats,
         endpoint: trace.endpoint,
         cluster_slot: trace.cluster_slot,
         pooled: trace.pooled,
@@ -208,15 +231,23 @@ async fn route(
             path: req.uri().path().to_owned(),
         });
     };
-    trace.route = Some(route.id.clone());
+    trace.route = Some(route.name.clone());
+    trace.route_index = Some(route.index);
     let mut resp = match &route.action {
         Action::Respond(r) => respond(r),
         Action::Redirect(r) => redirect(r, &req, ctx.scheme),
-        Action::Cluster(cluster) => forward(ctx, settings, route, cluster, req, trace).await?,
+        Action::Cluster(cluster) => {
+            trace.target = Some(TargetOutcome::default());
+            forward(ctx, settings, route, cluster, req, trace).await?
+        }
         Action::Split(split) => {
-            let cluster = split.pick().ok_or_else(|| ProxyError::NoEndpoint {
-                cluster: route.id.clone(),
+            let (index, cluster) = split.pick().ok_or_else(|| ProxyError::NoEndpoint {
+                cluster: route.name.clone(),
             })?;
+            trace.target = Some(TargetOutcome {
+                index,
+                ..TargetOutcome::default()
+            });
             forward(ctx, settings, route, cluster, req, trace).await?
         }
     };
@@ -393,13 +424,23 @@ async fn forward(
     let first = Request::from_parts(parts, body);
 
     let deadline = tokio::time::Instant::now() + route.timeout;
+    let upstream_start = Instant::now();
+    trace.upstream_start = Some(upstream_start);
     let attempt_loop = send_with_retries(
         cluster, route, first, template, attempts, upgrade, hash, trace,
     );
     let mut resp = match tokio::time::timeout_at(deadline, attempt_loop).await {
         Ok(result) => result?,
-        Err(_) => return Err(ProxyError::Timeout),
+        Err(_) => {
+            if let Some(t) = &mut trace.target {
+                t.timeouts += 1;
+            }
+            return Err(ProxyError::Timeout);
+        }
     };
+    if let Some(t) = &mut trace.target {
+        t.head = Some(upstream_start.elapsed());
+    }
 
     if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The upstream connection now belongs to the tunnel.
@@ -557,6 +598,11 @@ async fn send_with_retries(
         )
         .await;
         report_outcome(cluster, &endpoint, &result);
+        if let (Err(f), Some(t)) = (&result, &mut trace.target) {
+            if matches!(f.error, ProxyError::PerTryTimeout) {
+                t.timeouts += 1;
+            }
+        }
         match result {
             Ok((resp, pooled)) => {
                 let retry_status = policy.is_some_and(|p| p.on.retries_status(resp.status()));

@@ -307,6 +307,7 @@ async fn connect(
     force_h1: bool,
 ) -> Result<Sender, ProxyError> {
     let addr = endpoint.addr;
+    let started = Instant::now();
     let established = tokio::time::timeout(cluster.connect_timeout, async {
         let tcp = TcpStream::connect(addr).await.map_err(|source| {
             // Out of descriptors here is no fault of the endpoint.
@@ -351,6 +352,8 @@ async fn connect(
             return Err(ProxyError::ConnectTimeout { addr });
         }
     };
+    let connect = &cluster.state.connect_duration;
+    connect.local().record(started.elapsed());
     slot.pending = None;
     let open = slot.open;
     let io = TokioIo::new(io);

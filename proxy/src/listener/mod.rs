@@ -71,12 +71,18 @@ pub struct TcpSettings {
     pub drain_timeout: Duration,
     /// One access-log line per session, in this format, when the log is on.
     pub access_log: Option<AccessLogFormat>,
+    /// Session durations of this listener.
+    pub sessions: Arc<crate::stats::SessionStats>,
 }
 
 /// Everything an HTTP connection on this listener needs from the config.
 #[derive(Debug)]
 pub struct HttpSettings {
     pub route_table: Arc<RouteTable>,
+    /// The stats of each route of `route_table` on this listener, by [`Route::index`].
+    ///
+    /// [`Route::index`]: crate::router::Route::index
+    pub route_stats: Arc<[Arc<crate::stats::RouteStats>]>,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_size: usize,

@@ -122,6 +122,7 @@ struct SessionLog {
     peer: SocketAddr,
     cluster: Arc<str>,
     postgres: bool,
+    stats: Arc<crate::stats::SessionStats>,
 }
 
 impl SessionLog {
@@ -134,6 +135,7 @@ impl SessionLog {
             peer,
             cluster: settings.cluster.name.clone(),
             postgres: settings.postgres,
+            stats: settings.sessions.clone(),
         }
     }
 
@@ -143,6 +145,10 @@ impl SessionLog {
         (to_upstream, to_client): (u64, u64),
         end: SessionEnd,
     ) {
+        // Only sessions that reached a server have a duration worth a histogram.
+        if upstream.is_some() {
+            self.stats.duration.local().record(self.start.elapsed());
+        }
         let Some(format) = self.format else { return };
         crate::access_log::SessionRecord {
             format,
@@ -287,10 +293,13 @@ async fn connect(cluster: &Cluster, attempts: u32) -> Result<(TcpStream, Slot), 
             return Err(Refused::NoServer);
         };
         previous = Some(endpoint.addr);
+        let started = std::time::Instant::now();
         let attempt =
             tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(endpoint.addr));
         match attempt.await {
             Ok(Ok(stream)) => {
+                let connect = &cluster.state.connect_duration;
+                connect.local().record(started.elapsed());
                 let _ = stream.set_nodelay(true);
                 return Ok((stream, (endpoint, slot)));
             }

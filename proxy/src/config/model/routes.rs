@@ -22,6 +22,10 @@ pub struct VirtualHost {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
+    /// What logs and metrics call the route (`route` label). Unique within its route table.
+    /// Default: where it is, `route_tables.<table>.virtual_hosts[i].routes[j]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(rename = "match")]
     pub matcher: RouteMatch,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,6 +3,7 @@
 mod clusters;
 mod dns;
 mod listeners;
+mod route_names;
 mod routes;
 mod runtime;
 mod tls;
@@ -14,6 +15,7 @@ use super::{Config, ConfigError, Duration, Entry, ErrorKind, FieldPath, Values};
 
 pub use crate::config::checked::EndpointAddress;
 pub use clusters::parse_endpoint_address;
+pub use route_names::default_route_name;
 pub use routes::full_match_regex;
 
 /// Upper bound of `weight` for split targets and endpoints.

@@ -95,6 +95,7 @@ impl Validator<'_> {
             );
         }
         self.values.routes.insert(name.to_owned(), values);
+        self.route_names(name, table);
     }
 
     fn route(&mut self, base: &FieldPath, route: &Route) -> RouteValues {
