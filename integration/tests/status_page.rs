@@ -1,7 +1,8 @@
 //! The admin status page (`GET /`), loaded by headless Chromium from a running Legate with a
 //! 90/10 split over two clusters, one with an endpoint that fails its health checks, and a
 //! listener whose name is markup. The DOM Chromium builds must show both split targets with
-//! their weights, the unhealthy endpoint marked as such, and the markup as text. A screenshot
+//! their weights, the last minute's requests and 5xx ratio of each side, the unhealthy
+//! endpoint marked as such, and the markup as text. A screenshot
 //! is saved as `target/test-artifacts/status-page.png`.
 //!
 //! Needs Chromium (Debian's `chromium`, which `.ci/run` installs); run as root with the
@@ -86,6 +87,22 @@ async fn the_status_page_shows_split_weights_unhealthy_endpoints_and_escapes_nam
     })
     .await?;
 
+    // Traffic over the split until both sides have had some: metal answers, k8s cannot.
+    let front = proxy.addr("<script>document.title='pwned'</script>");
+    let (mut to_metal, mut to_k8s) = (0u32, 0u32);
+    while to_metal == 0 || to_k8s == 0 {
+        ensure!(
+            to_metal + to_k8s < 2000,
+            "the split never picked both sides"
+        );
+        let reply = client::get(front, "maps.example.org", "/").await?;
+        match (reply.status.as_u16(), reply.upstream()) {
+            (200, Some("metal")) => to_metal += 1,
+            (502..=504, None) => to_k8s += 1,
+            other => anyhow::bail!("answered {other:?}"),
+        }
+    }
+
     let url = format!("http://{admin}/");
     let profile = tempfile::tempdir()?;
     let mut dump = chromium(profile.path());
@@ -104,6 +121,30 @@ async fn the_status_page_shows_split_weights_unhealthy_endpoints_and_escapes_nam
         assert!(dom.contains(&target), "no split target {target} in:\n{dom}");
     }
     assert!(dom.contains("weight 90 (90 %)"), "{dom}");
+    // The last minute, by split target and by cluster: each side's requests, and its 5xx.
+    let route = "route_tables.maps.virtual_hosts[0].routes[0]";
+    for (cluster, requests, errors) in [
+        ("kartotherian-metal", to_metal, "0.0 %"),
+        ("kartotherian-k8s", to_k8s, "100.0 %"),
+    ] {
+        let cells = [
+            format!("<td class=\"requests\">{requests}</td>"),
+            format!("<td class=\"errors\">{errors}</td>"),
+        ];
+        let target = row(
+            &dom,
+            &format!("data-route=\"{route}\" data-cluster=\"{cluster}\">"),
+        );
+        let total = row(
+            &dom,
+            &format!("class=\"cluster-traffic\" data-cluster=\"{cluster}\">"),
+        );
+        for row in [target, total] {
+            for cell in &cells {
+                assert!(row.contains(cell), "no {cell} in {row:?} of:\n{dom}");
+            }
+        }
+    }
     let unhealthy = format!("<tr class=\"endpoint unhealthy\" data-address=\"{k8s}\">");
     assert!(dom.contains(&unhealthy), "no {unhealthy} in:\n{dom}");
     let healthy = format!(
@@ -136,4 +177,14 @@ async fn the_status_page_shows_split_weights_unhealthy_endpoints_and_escapes_nam
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
+}
+
+/// The rest of the table row of `dom` that `marker` starts, up to its `</tr>` (empty when
+/// there is none).
+fn row<'a>(dom: &'a str, marker: &str) -> &'a str {
+    let Some(at) = dom.find(marker) else {
+        return "";
+    };
+    let rest = &dom[at..];
+    &rest[..rest.find("</tr>").unwrap_or(rest.len())]
 }

@@ -105,6 +105,16 @@ pub fn build_with(
     let applier = Arc::new(applier);
     applier.start()?;
     let file = Arc::new(FileSource::new(applier.clone(), state.clone(), version));
+    control.spawn({
+        let state = state.clone();
+        async move {
+            let mut every = tokio::time::interval(crate::stats::window::EVERY);
+            loop {
+                every.tick().await;
+                state.sample_traffic();
+            }
+        }
+    });
     match xds {
         // Follow the control plane the bootstrap names; ready once its first config is applied.
         Some((xds, node)) => {

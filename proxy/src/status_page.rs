@@ -1,12 +1,14 @@
 //! The admin listener's `GET /`: one HTML page of what this proxy runs, rendered on the
 //! server from [`State`], with no script and no external asset.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use crate::cluster::{ClusterStatus, Health};
 use crate::config::model::{Route, RouteTable};
 use crate::state::State;
+use crate::stats::window::Recent;
 
 /// Seconds between the page's own refreshes.
 const REFRESH_SECS: u32 = 5;
@@ -55,6 +57,7 @@ pub fn render(state: &State) -> String {
     for (name, table) in &snapshot.config.route_tables {
         route_table(&mut out, name, table);
     }
+    traffic(&mut out, state);
     out.push_str("<h2>Clusters</h2>\n");
     let mut clusters: Vec<ClusterStatus> = snapshot.clusters.values().map(|c| c.status()).collect();
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
@@ -186,6 +189,79 @@ fn action(route: &Route) -> String {
         return format!("respond {}", r.status);
     }
     String::new()
+}
+
+/// The last minute by route target and by cluster: request rate, 5xx ratio, p99.
+fn traffic(out: &mut String, state: &State) {
+    let recent = state.recent_traffic();
+    let mut targets: Vec<_> = recent.iter().collect();
+    targets.sort_by(|a, b| a.0.cmp(b.0));
+    let mut clusters: BTreeMap<&str, Recent> = BTreeMap::new();
+    for ((_, _, cluster), r) in &targets {
+        let sum = clusters.entry(cluster).or_insert(Recent {
+            reading: Default::default(),
+            span: r.span,
+        });
+        sum.reading.add(&r.reading);
+        sum.span = sum.span.max(r.span);
+    }
+    let span = targets.iter().map(|t| t.1.span).max().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "<h2>Traffic, last {:.1} s</h2>\n<table id=\"traffic\"><tr><th>listener</th><th>route</th>\
+         <th>cluster</th>{TRAFFIC_HEAD}</tr>",
+        span.as_secs_f64()
+    );
+    for ((listener, route, cluster), r) in &targets {
+        let _ = writeln!(
+            out,
+            "<tr class=\"target\" data-listener=\"{}\" data-route=\"{}\" data-cluster=\"{}\">\
+             <td>{}</td><td>{}</td><td>{}</td>{}</tr>",
+            esc(listener),
+            esc(route),
+            esc(cluster),
+            esc(listener),
+            esc(route),
+            esc(cluster),
+            traffic_cells(r),
+        );
+    }
+    out.push_str("</table>\n<table id=\"cluster-traffic\"><tr><th>cluster</th>");
+    let _ = writeln!(out, "{TRAFFIC_HEAD}</tr>");
+    for (cluster, r) in &clusters {
+        let _ = writeln!(
+            out,
+            "<tr class=\"cluster-traffic\" data-cluster=\"{}\"><td>{}</td>{}</tr>",
+            esc(cluster),
+            esc(cluster),
+            traffic_cells(r),
+        );
+    }
+    out.push_str("</table>\n");
+}
+
+const TRAFFIC_HEAD: &str = "<th>requests</th><th>per second</th><th>5xx</th><th>p99</th>";
+
+fn traffic_cells(r: &Recent) -> String {
+    let errors = r
+        .error_ratio()
+        .map_or_else(|| "-".to_owned(), |e| format!("{:.1} %", e * 100.0));
+    let p99 = r.p99().map_or_else(|| "-".to_owned(), format_seconds);
+    format!(
+        "<td class=\"requests\">{}</td><td class=\"rate\">{:.2}</td><td class=\"errors\">{errors}</td>\
+         <td class=\"p99\">{p99}</td>",
+        r.reading.requests(),
+        r.per_second(),
+    )
+}
+
+/// `0.0042` → `4.2 ms`.
+fn format_seconds(s: f64) -> String {
+    if s < 1.0 {
+        format!("{:.1} ms", s * 1000.0)
+    } else {
+        format!("{s:.2} s")
+    }
 }
 
 fn cluster(out: &mut String, c: &ClusterStatus) {
