@@ -789,8 +789,9 @@ async fn a_bootstrap_reload_is_checked_with_the_control_planes_resources() -> Re
 }
 
 /// `GET /metrics` on the control plane: proxies connected and in sync by group, the versions
-/// each group serves, and the updates sent and acknowledged; Prometheus text that promtool
-/// accepts, or OpenMetrics when asked.
+/// each group serves, the updates sent and acknowledged, and how long an operator change took
+/// to reach the group's proxies; Prometheus text that promtool accepts, or OpenMetrics when
+/// asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_counts_proxies_versions_and_acks_in_metrics() -> Result<()> {
     let tiles = Upstream::echo("tiles").await?;
@@ -845,6 +846,32 @@ async fn the_control_plane_counts_proxies_versions_and_acks_in_metrics() -> Resu
     );
     assert_eq!(acks, sent, "every update sent was acknowledged");
     assert_eq!(counter("legate_xds_nacks_total")?, 0);
+    // Nothing changed while the proxy was connected: no change has been timed.
+    assert!(!text.contains("legate_xds_change_propagation"), "{text}");
+
+    // An operator change reaches the one proxy; its ACK times it.
+    let answer = legate_xds::cli::request(
+        &url(xds_addr),
+        Method::POST,
+        "/v1/endpoints/set-weight",
+        Some(json!({"cluster": "tiles", "address": tiles.addr().to_string(), "weight": 3})),
+    )
+    .await?;
+    assert_eq!(answer["result"], "ok", "{answer:#}");
+    let text = eventually(PUSH, || async {
+        let text = client::get(xds_addr, "xds", "/metrics").await?.text();
+        ensure!(
+            text.contains("legate_xds_change_propagation_seconds_count{group=\"maps\"} 1"),
+            "the change is not timed yet:\n{text}"
+        );
+        Ok(text)
+    })
+    .await?;
+    assert!(
+        text.contains("legate_xds_last_change_propagation_seconds{group=\"maps\"}"),
+        "{text}"
+    );
+    legate_integration::prometheus::check_metrics(&text).await?;
 
     let mut conn = client::Http1::connect(xds_addr).await?;
     let mut req = client::request(Method::GET, "xds", "/metrics");

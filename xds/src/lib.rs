@@ -5,16 +5,22 @@
 //! - [`store`]: node groups from a directory of YAML files, operator overrides, versions.
 //! - [`session`]: one proxy session as a state machine: what to send, given ACKs and NACKs.
 //! - [`server`]: the stream and the operator API on one port; [`server::serve`].
+//! - [`channel_body`]: the stream's body, fed by a channel.
+//! - [`limits`]: connection caps and timeouts of the server.
+//! - [`metrics`] and [`propagation`]: `/metrics`, and how long changes take to reach proxies.
+//! - [`exposition`]: Prometheus text or OpenMetrics; shared with the proxy.
 //! - [`tls`]: TLS and mTLS for the server and the operator CLI (rustls, `ring`).
 //! - [`pem`]: reading certificate chains, keys and CA bundles; shared with the proxy.
 //! - [`watch`]: debounced change notices for files and directories; shared with the proxy.
 //! - [`cli`]: the `legate-xds` command line.
 
+pub mod channel_body;
 pub mod cli;
 pub mod exposition;
 pub mod limits;
 pub mod metrics;
 pub mod pem;
+pub mod propagation;
 pub mod protocol;
 pub mod server;
 pub mod session;

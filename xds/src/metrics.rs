@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 /// What one scrape reports, read from the server's state.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +24,8 @@ pub struct Reading {
     pub updates_sent: u64,
     pub acks: u64,
     pub nacks: u64,
+    /// How long changes took to reach every connected proxy, by node group.
+    pub propagation: BTreeMap<String, crate::propagation::Timings>,
 }
 
 /// The exposition of `reading`: OpenMetrics, or the Prometheus text form.
@@ -92,6 +94,32 @@ impl Collector for ReadingCollector {
             let family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(value).encode(family)?;
         }
+        if r.propagation.is_empty() {
+            return Ok(());
+        }
+        let mut family = e.encode_descriptor(
+            "change_propagation",
+            "From publishing a group's new versions to the ACK that left every connected proxy of the group holding them",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (group, t) in &r.propagation {
+            let labels = [("group", group.as_str())];
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(t.sum, t.count(), &t.buckets(), None)?;
+        }
+        let mut family = e.encode_descriptor(
+            "last_change_propagation",
+            "How long the latest timed change of a group took to reach every connected proxy",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for (group, t) in &r.propagation {
+            let labels = [("group", group.as_str())];
+            let secs = t.last.map_or(0.0, |d| d.as_secs_f64());
+            ConstGauge::new(secs).encode(family.encode_family(&labels)?)?;
+        }
         Ok(())
     }
 }
@@ -109,8 +137,22 @@ mod tests {
             updates_sent: 7,
             acks: 6,
             nacks: 1,
+            propagation: BTreeMap::from([(
+                "maps".to_owned(),
+                crate::propagation::Timings {
+                    counts: [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    sum: 0.08,
+                    last: Some(std::time::Duration::from_millis(80)),
+                },
+            )]),
         };
         let text = render(reading.clone(), false);
+        let bucket = "legate_xds_change_propagation_seconds_bucket{le=\"0.1\",group=\"maps\"} 1";
+        assert!(text.contains(bucket), "{text}");
+        assert!(
+            text.contains("legate_xds_last_change_propagation_seconds{group=\"maps\"} 0.08"),
+            "{text}"
+        );
         assert!(
             text.contains("legate_xds_proxies_connected{group=\"maps\"} 2"),
             "{text}"

@@ -15,15 +15,13 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -38,6 +36,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::propagation::{holds, Propagation};
 use crate::protocol::{
     DecodeError, LineDecoder, Message, CONTENT_TYPE, DEAD_AFTER, PING_EVERY, STREAM_PATH,
 };
@@ -58,6 +57,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Messages queued towards one proxy before sending waits.
 const SEND_QUEUE: usize = 64;
 
+pub use crate::channel_body::ChannelBody;
 pub use crate::limits::{Limits, HANDSHAKE_TIMEOUT};
 
 /// Where to read resources, listen, and keep operator state.
@@ -133,6 +133,8 @@ struct Shared {
     updates_sent: AtomicU64,
     acks: AtomicU64,
     nacks: AtomicU64,
+    /// How long changes take to reach each group's proxies.
+    propagation: Propagation,
     /// Start time, in nonces, so nonces differ across restarts too.
     boot: u64,
     shutdown: watch::Receiver<bool>,
@@ -181,6 +183,7 @@ pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
         updates_sent: AtomicU64::new(0),
         acks: AtomicU64::new(0),
         nacks: AtomicU64::new(0),
+        propagation: Propagation::default(),
         boot: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -262,14 +265,34 @@ fn log_events(events: Vec<GroupEvent>) {
 /// Replaces the published snapshots if any group's content changed (no push otherwise).
 fn publish(shared: &Shared, store: &Store) {
     let next = store.snapshots();
+    let mut changed = Vec::new();
     shared.snapshots.send_if_modified(|current| {
         if current.same_as(&next) {
-            false
-        } else {
-            *current = Arc::new(next);
-            true
+            return false;
         }
+        for (group, snapshot) in &next.groups {
+            let before = current.groups.get(group).map(|s| s.versions());
+            if before.as_ref() != Some(&snapshot.versions()) {
+                changed.push(group.clone());
+            }
+        }
+        *current = Arc::new(next);
+        true
     });
+    let now = Instant::now().into_std();
+    for group in changed {
+        let connected = sessions(shared).iter().any(|st| st.node.cluster == group);
+        shared.propagation.published(&group, connected, now);
+    }
+}
+
+/// The status of each connected proxy (after its hello).
+fn sessions(shared: &Shared) -> Vec<crate::session::SessionStatus> {
+    let sessions: Vec<Arc<Mutex<Session>>> = lock_registry(shared)
+        .values()
+        .filter_map(|e| e.session.clone())
+        .collect();
+    sessions.iter().map(|s| lock(s).status()).collect()
 }
 
 /// Watches the directory and reloads it on changes, until shutdown; a warning if it cannot be
@@ -462,35 +485,6 @@ impl Connection {
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-/// A response body fed by a channel: the stream towards a proxy. Public so clients (and
-/// tests) can stream a request body the same way.
-#[derive(Debug)]
-pub struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl ChannelBody {
-    /// A body and the sender that feeds it; the body ends when the sender is dropped.
-    pub fn channel(capacity: usize) -> (mpsc::Sender<Bytes>, ChannelBody) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (tx, ChannelBody { rx })
-    }
-}
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
-    }
-}
-
 fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
     body.push(b'\n');
@@ -645,6 +639,7 @@ fn reading(shared: &Shared) -> crate::metrics::Reading {
         updates_sent: shared.updates_sent.load(Ordering::Relaxed),
         acks: shared.acks.load(Ordering::Relaxed),
         nacks: shared.nacks.load(Ordering::Relaxed),
+        propagation: shared.propagation.reading(),
         ..Default::default()
     };
     for (group, snapshot) in &snapshots.groups {
@@ -654,19 +649,10 @@ fn reading(shared: &Shared) -> crate::metrics::Reading {
                 .push((group.clone(), kind.as_str().to_owned(), version));
         }
     }
-    let sessions: Vec<Arc<Mutex<Session>>> = lock_registry(shared)
-        .values()
-        .filter_map(|e| e.session.clone())
-        .collect();
-    for session in sessions {
-        let st = lock(&session).status();
+    for st in sessions(shared) {
         let group = st.node.cluster.clone();
         let served = snapshots.groups.get(&group).map(|s| s.versions());
-        let in_sync = served.is_some_and(|served| {
-            served
-                .iter()
-                .all(|(kind, v)| st.versions.get(kind).and_then(|s| s.acked.as_ref()) == Some(v))
-        });
+        let in_sync = served.is_some_and(|served| holds(&st, &served));
         *reading.connected.entry(group.clone()).or_default() += 1;
         let synced = reading.in_sync.entry(group).or_default();
         if in_sync {
@@ -874,6 +860,23 @@ impl Stream<'_> {
         Ok(())
     }
 
+    /// Times the change `group` waits for if this ACK left every proxy of it in sync.
+    fn check_reached(&self, group: &str) {
+        let served = self
+            .shared
+            .snapshots
+            .borrow()
+            .groups
+            .get(group)
+            .map(|s| s.versions());
+        let Some(served) = served else { return };
+        let mut of_group = sessions(self.shared).into_iter();
+        if of_group.all(|st| st.node.cluster != group || holds(&st, &served)) {
+            let now = Instant::now().into_std();
+            self.shared.propagation.reached(group, now);
+        }
+    }
+
     /// Runs the session; `Ok` with why it ended normally.
     async fn run(&mut self) -> Result<&'static str, StreamError> {
         let mut shutdown = self.shared.shutdown.clone();
@@ -939,7 +942,11 @@ impl Stream<'_> {
                         Message::Nack { .. } => self.shared.nacks.fetch_add(1, Ordering::Relaxed),
                         _ => 0,
                     };
+                    let ack = matches!(m, Message::Ack { .. });
                     let replies = lock(&session).receive(m)?;
+                    if ack && self.shared.propagation.waiting(&group) {
+                        self.check_reached(&group);
+                    }
                     self.send(replies).await?;
                 }
                 changed = snapshots.changed() => {
