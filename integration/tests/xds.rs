@@ -1753,3 +1753,132 @@ async fn a_reload_while_the_control_plane_is_unreachable_applies_the_file_and_na
     );
     Ok(())
 }
+
+/// Route table `main`: everything to a split named `kartotherian`, all of it to `metal`.
+const SPLIT_ROUTES: &str = r#"
+route_tables:
+  main:
+    virtual_hosts:
+      - hosts: ["*"]
+        routes:
+          - name: kartotherian
+            match: { prefix: / }
+            split: [{ cluster: metal, weight: 100 }, { cluster: k8s, weight: 0 }]
+"#;
+
+/// `legate-xds route set-split`, `step` and `route reset-split` move a split in one group,
+/// wait for both proxies' ACKs, persist the weights, show them in `status`, and refuse what
+/// the group does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_weights_move_from_the_cli_and_are_acknowledged() -> Result<()> {
+    let metal = Upstream::echo("metal").await?;
+    let k8s = Upstream::echo("k8s").await?;
+    let files = Files::new()?;
+    files.write("maps", "listeners.yaml", LISTENERS)?;
+    files.write("maps", "routes.yaml", SPLIT_ROUTES)?;
+    let list = clusters(&[("metal", &[&metal]), ("k8s", &[&k8s])]);
+    files.write("maps", "clusters.yaml", &list)?;
+    let server = files.serve(any_port()).await?;
+    let xds_addr = server.local_addr();
+    let server_url = url(xds_addr);
+    let p1 = start_proxy("p1", "maps", xds_addr).await?;
+    let p2 = start_proxy("p2", "maps", xds_addr).await?;
+    for p in [&p1, &p2] {
+        assert_eq!(tally(p.addr("front"), 4).await?, counts(&[("metal", 4)]));
+    }
+    let route = [
+        "--group",
+        "maps",
+        "--route-table",
+        "main",
+        "--route",
+        "kartotherian",
+        "--server",
+        &server_url,
+    ];
+    let with = |head: &[&'static str], tail: &[&str]| -> Vec<String> {
+        head.iter()
+            .chain(&route)
+            .chain(tail)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |args: Vec<String>| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        operator_ok(&refs).await
+    };
+
+    // The whole split to k8s; the command returns once both proxies hold it.
+    let out = run(with(&["route", "set-split"], &["metal=0", "k8s=100"])).await?;
+    assert!(
+        out.contains("ok: set-split maps main kartotherian: metal=0 k8s=100"),
+        "{out}"
+    );
+    assert!(
+        out.contains("acknowledged by 2 of 2 connected proxies of group maps"),
+        "{out}"
+    );
+    for p in [&p1, &p2] {
+        assert_eq!(tally(p.addr("front"), 4).await?, counts(&[("k8s", 4)]));
+    }
+    let state = std::fs::read_to_string(files.state())?;
+    assert!(
+        state.contains("\"splits\"") && state.contains("kartotherian"),
+        "{state}"
+    );
+
+    // A step of 100 points back to metal.
+    let out = run(with(&["step"], &["--to", "metal", "--points", "100"])).await?;
+    assert!(out.contains("kartotherian: metal=100 k8s=0"), "{out}");
+    assert!(out.contains("acknowledged by 2 of 2"), "{out}");
+    for p in [&p1, &p2] {
+        assert_eq!(tally(p.addr("front"), 4).await?, counts(&[("metal", 4)]));
+    }
+    let status = operator_ok(&["status", "--server", &server_url]).await?;
+    assert!(status.contains("kartotherian  metal=100 k8s=0"), "{status}");
+
+    // Refused, and nothing changes: a cluster the group lacks, a route it lacks, a zero split.
+    for (args, says) in [
+        (
+            with(&["route", "set-split"], &["metal=1", "gone=1"]),
+            "\"gone\" is not a cluster",
+        ),
+        (
+            with(&["route", "set-split"], &["metal=0"]),
+            "sum to more than 0",
+        ),
+        (
+            with(&["step"], &["--to", "gone", "--points", "5"]),
+            "\"gone\" is not a cluster",
+        ),
+    ] {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = xds_cli(&refs).await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let mut other = route.map(str::to_owned).to_vec();
+    other[5] = "nope".into();
+    let args: Vec<&str> = ["route", "reset-split"]
+        .into_iter()
+        .chain(other.iter().map(String::as_str))
+        .collect();
+    let out = xds_cli(&args).await?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no route named \"nope\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Reset: the files' split (all to metal) again, and no override left.
+    let out = run(with(&["route", "reset-split"], &[])).await?;
+    assert!(out.contains("kartotherian: the files' split"), "{out}");
+    let status = get_json(xds_addr, "/v1/status").await?;
+    assert_eq!(status["splits"], json!({}), "{status:#}");
+    for p in [&p1, &p2] {
+        assert_eq!(tally(p.addr("front"), 4).await?, counts(&[("metal", 4)]));
+    }
+    Ok(())
+}

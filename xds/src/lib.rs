@@ -3,8 +3,11 @@
 //!
 //! - [`protocol`]: the messages and their framing, shared with the proxy's client.
 //! - [`store`]: node groups from a directory of YAML files, operator overrides, versions.
+//! - [`splits`]: split weights operators set per group and route.
 //! - [`session`]: one proxy session as a state machine: what to send, given ACKs and NACKs.
 //! - [`server`]: the stream and the operator API on one port; [`server::serve`].
+//! - [`operator`]: the operator API: overrides, split weights, status.
+//! - [`shared`]: what the server's connections, streams and operator API share.
 //! - [`channel_body`]: the stream's body, fed by a channel.
 //! - [`limits`]: connection caps and timeouts of the server.
 //! - [`metrics`] and [`propagation`]: `/metrics`, and how long changes take to reach proxies.
@@ -19,11 +22,14 @@ pub mod cli;
 pub mod exposition;
 pub mod limits;
 pub mod metrics;
+pub mod operator;
 pub mod pem;
 pub mod propagation;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod shared;
+pub mod splits;
 pub mod store;
 pub mod tls;
 pub mod watch;

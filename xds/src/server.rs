@@ -22,13 +22,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use serde_json::{json, Value};
+
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -36,22 +35,20 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::operator::{error_response, json_response, operate, operate_route, status};
 use crate::propagation::{holds, Propagation};
 use crate::protocol::{
     DecodeError, LineDecoder, Message, CONTENT_TYPE, DEAD_AFTER, PING_EVERY, STREAM_PATH,
 };
 use crate::session::{kind, Session, SessionError};
-use crate::store::{
-    load_dir, GroupEvent, GroupLookup, OperatorError, OperatorRequest, Overrides, Snapshots, Store,
-};
+use crate::shared::{lock, lock_registry, publish, sessions, Body, SessionEntry, Shared};
+use crate::store::{load_dir, GroupEvent, GroupLookup, OperatorError, Overrides, Store};
 use crate::tls::{server_config, ServerTlsFiles, TlsError};
 use crate::watch::{Changes, RecursiveMode};
 use tokio_rustls::TlsAcceptor;
 
 /// Directory events closer together than this are one change.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
-/// Largest operator request body.
-const MAX_OPERATOR_BODY: usize = 64 * 1024;
 /// How long shutdown waits for connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Messages queued towards one proxy before sending waits.
@@ -119,32 +116,6 @@ impl ServerHandle {
             error!(error = %e, "server task failed");
         }
     }
-}
-
-/// Everything the connections and tasks share.
-struct Shared {
-    dir: PathBuf,
-    state_path: PathBuf,
-    store: tokio::sync::Mutex<Store>,
-    snapshots: watch::Sender<Arc<Snapshots>>,
-    sessions: Mutex<BTreeMap<u64, SessionEntry>>,
-    next_session: AtomicU64,
-    /// Resource updates sent, and the ACKs and NACKs received, over all sessions.
-    updates_sent: AtomicU64,
-    acks: AtomicU64,
-    nacks: AtomicU64,
-    /// How long changes take to reach each group's proxies.
-    propagation: Propagation,
-    /// Start time, in nonces, so nonces differ across restarts too.
-    boot: u64,
-    shutdown: watch::Receiver<bool>,
-}
-
-struct SessionEntry {
-    peer: SocketAddr,
-    connected_since: SystemTime,
-    /// Set once the hello has arrived.
-    session: Option<Arc<Mutex<Session>>>,
 }
 
 /// Starts the control plane: loads the state file and the directory, binds, and serves until
@@ -226,26 +197,6 @@ fn load_state(path: &Path) -> Result<Overrides, ServeError> {
     }
 }
 
-/// Writes the state file atomically: a temporary file, flushed, renamed over it (R14).
-fn write_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    // Make the rename itself durable; not every platform lets a directory be opened.
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
 fn log_events(events: Vec<GroupEvent>) {
     for event in events {
         match event {
@@ -260,39 +211,6 @@ fn log_events(events: Vec<GroupEvent>) {
             }
         }
     }
-}
-
-/// Replaces the published snapshots if any group's content changed (no push otherwise).
-fn publish(shared: &Shared, store: &Store) {
-    let next = store.snapshots();
-    let mut changed = Vec::new();
-    shared.snapshots.send_if_modified(|current| {
-        if current.same_as(&next) {
-            return false;
-        }
-        for (group, snapshot) in &next.groups {
-            let before = current.groups.get(group).map(|s| s.versions());
-            if before.as_ref() != Some(&snapshot.versions()) {
-                changed.push(group.clone());
-            }
-        }
-        *current = Arc::new(next);
-        true
-    });
-    let now = Instant::now().into_std();
-    for group in changed {
-        let connected = sessions(shared).iter().any(|st| st.node.cluster == group);
-        shared.propagation.published(&group, connected, now);
-    }
-}
-
-/// The status of each connected proxy (after its hello).
-fn sessions(shared: &Shared) -> Vec<crate::session::SessionStatus> {
-    let sessions: Vec<Arc<Mutex<Session>>> = lock_registry(shared)
-        .values()
-        .filter_map(|e| e.session.clone())
-        .collect();
-    sessions.iter().map(|s| lock(s).status()).collect()
 }
 
 /// Watches the directory and reloads it on changes, until shutdown; a warning if it cannot be
@@ -483,24 +401,6 @@ impl Connection {
     }
 }
 
-type Body = UnsyncBoxBody<Bytes, Infallible>;
-
-fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    body.push(b'\n');
-    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-fn error_response(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> {
-    json_response(status, &json!({ "error": message.to_string() }))
-}
-
 async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -545,90 +445,19 @@ async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -
         }
         return operate(&shared, peer, operation, req.into_body()).await;
     }
-    error_response(StatusCode::NOT_FOUND, format!("no such path: {path}"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Operator API
-
-async fn operate(
-    shared: &Shared,
-    peer: SocketAddr,
-    operation: &str,
-    body: Incoming,
-) -> Response<Body> {
-    let bytes = match Limited::new(body, MAX_OPERATOR_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the request body (at most {MAX_OPERATOR_BODY} bytes): {e}"),
-            )
-        }
-    };
-    let request = match OperatorRequest::parse(operation, &bytes) {
-        Ok(r) => r,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
-    };
-    let mut store = shared.store.lock().await;
-    if let Err(e) = store.check(&request) {
-        let status = match e {
-            OperatorError::UnknownCluster(_) | OperatorError::UnknownEndpoint { .. } => {
-                StatusCode::NOT_FOUND
-            }
-            OperatorError::NoOverride { .. } => StatusCode::CONFLICT,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        return error_response(status, e);
-    }
-    let next = store.overrides().with(&request);
-    let path = shared.state_path.clone();
-    let state = next.to_state_json();
-    let written = tokio::task::spawn_blocking(move || write_state(&path, &state)).await;
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            error!(path = %shared.state_path.display(), error = %e, "cannot persist operator change");
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "cannot write state file {}: {e}; nothing changed",
-                    shared.state_path.display()
-                ),
+    if let Some(operation) = path.strip_prefix("/v1/routes/") {
+        if !matches!(operation, "set-split" | "step" | "reset-split") {
+            let unknown = format!(
+                "unknown operation {operation:?} (expected set-split, step or reset-split)"
             );
+            return error_response(StatusCode::NOT_FOUND, unknown);
         }
-        Err(e) => {
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("state write failed: {e}; nothing changed"),
-            )
+        if method != Method::POST {
+            return error_response(StatusCode::METHOD_NOT_ALLOWED, "use POST");
         }
+        return operate_route(&shared, peer, operation, req.into_body()).await;
     }
-    store.set_overrides(next);
-    publish(shared, &store);
-    let groups = store.groups_with_cluster(&request.cluster);
-    let current = store
-        .overrides()
-        .get(&request.cluster, &request.address)
-        .cloned();
-    drop(store);
-    info!(%peer, operation = request.operation.name(), cluster = %request.cluster,
-        address = %request.address, ?current, "operator change applied");
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "result": "ok",
-            "operation": request.operation.name(),
-            "cluster": request.cluster,
-            "address": request.address,
-            "override": current,
-            "groups": groups,
-        }),
-    )
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    error_response(StatusCode::NOT_FOUND, format!("no such path: {path}"))
 }
 
 /// What `/metrics` reports now: sessions by group (and whether each holds what its group
@@ -660,67 +489,6 @@ fn reading(shared: &Shared) -> crate::metrics::Reading {
         }
     }
     reading
-}
-
-async fn status(shared: &Shared) -> Value {
-    let sessions: Vec<(u64, SocketAddr, SystemTime, Arc<Mutex<Session>>)> = {
-        let registry = shared
-            .sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        registry
-            .iter()
-            .filter_map(|(id, e)| {
-                e.session
-                    .as_ref()
-                    .map(|s| (*id, e.peer, e.connected_since, s.clone()))
-            })
-            .collect()
-    };
-    let snapshots = shared.snapshots.borrow().clone();
-    let proxies: Vec<Value> = sessions
-        .into_iter()
-        .map(|(id, peer, since, session)| {
-            let st = session
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .status();
-            let group = match snapshots.lookup(&st.node.cluster) {
-                GroupLookup::Known(_) => "known",
-                GroupLookup::Unknown(_) => "unknown",
-                GroupLookup::Failing => "failing",
-            };
-            json!({
-                "session": id,
-                "node": st.node,
-                "group": group,
-                "peer": peer.to_string(),
-                "connected_since": rfc3339(since),
-                "versions": st.versions,
-                "endpoints": st.endpoints,
-                "last_nack": st.last_nack,
-            })
-        })
-        .collect();
-    let store = shared.store.lock().await;
-    let groups: serde_json::Map<String, Value> = store
-        .groups()
-        .iter()
-        .map(|(name, state)| {
-            let served = snapshots.groups.get(name);
-            let value = json!({
-                "versions": served.map(|s| s.versions()),
-                "endpoints": served.map(|s| s.endpoints.iter().map(|(n, r)| (n.clone(), r.version.clone())).collect::<BTreeMap<_, _>>()),
-                "errors": state.errors,
-            });
-            (name.clone(), value)
-        })
-        .collect();
-    json!({
-        "proxies": proxies,
-        "overrides": store.overrides().clusters,
-        "groups": groups,
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -966,22 +734,11 @@ impl Stream<'_> {
     }
 }
 
-fn lock(session: &Mutex<Session>) -> std::sync::MutexGuard<'_, Session> {
-    session
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn lock_registry(shared: &Shared) -> std::sync::MutexGuard<'_, BTreeMap<u64, SessionEntry>> {
-    shared
-        .sessions
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::write_state;
+    use crate::store::OperatorRequest;
 
     #[test]
     fn state_file_is_written_atomically_and_read_back() {

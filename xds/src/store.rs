@@ -16,9 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::protocol::{content_version, EndpointsResource, ResourceType};
-
-/// The largest endpoint weight (`docs/config.md`, Endpoints).
-pub const MAX_WEIGHT: u32 = 10_000;
+pub use crate::splits::MAX_WEIGHT;
+use crate::splits::{self, RouteRequest, SplitError, SplitOverrides, SplitTarget};
 
 /// Why a group's files were rejected. The group keeps serving its last good resources.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -382,6 +381,9 @@ pub struct EndpointOverride {
 pub struct Overrides {
     #[serde(default)]
     pub clusters: BTreeMap<String, BTreeMap<String, EndpointOverride>>,
+    /// Split weights by group, route table and route ([`crate::splits`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub splits: SplitOverrides,
 }
 
 impl Overrides {
@@ -416,7 +418,40 @@ impl Overrides {
                 }
             }
         }
-        Overrides { clusters: next }
+        Overrides {
+            clusters: next,
+            splits: self.splits.clone(),
+        }
+    }
+
+    /// These overrides with the split of a route set (`Some`) or dropped (`None`).
+    pub fn with_split(
+        &self,
+        request: &RouteRequest,
+        targets: Option<Vec<SplitTarget>>,
+    ) -> Overrides {
+        let mut next = self.clone();
+        let group = next.splits.entry(request.group.clone()).or_default();
+        let table = group.entry(request.route_table.clone()).or_default();
+        match targets {
+            Some(t) => {
+                table.insert(request.route.clone(), t);
+            }
+            None => {
+                table.remove(&request.route);
+            }
+        }
+        next.splits.retain(|_, tables| {
+            tables.retain(|_, routes| !routes.is_empty());
+            !tables.is_empty()
+        });
+        next
+    }
+
+    /// The split override of a route, if any.
+    pub fn split(&self, request: &RouteRequest) -> Option<&[SplitTarget]> {
+        let routes = self.splits.get(&request.group)?.get(&request.route_table)?;
+        routes.get(&request.route).map(Vec::as_slice)
     }
 
     /// The state file's contents.
@@ -511,6 +546,10 @@ pub enum OperatorError {
     UnknownEndpoint { cluster: String, address: String },
     #[error("cluster {cluster:?} endpoint {address:?} has no override to reset")]
     NoOverride { cluster: String, address: String },
+    #[error("unknown node group {0:?}, or it has never loaded")]
+    UnknownGroup(String),
+    #[error(transparent)]
+    Split(#[from] SplitError),
 }
 
 #[derive(Deserialize)]
@@ -864,6 +903,21 @@ impl Store {
         }
     }
 
+    /// The split a route request leaves the route with (`None`: the files' again), checked
+    /// against the group's files.
+    pub fn resolve_route(
+        &self,
+        request: &RouteRequest,
+    ) -> Result<Option<Vec<SplitTarget>>, OperatorError> {
+        let source = self
+            .groups
+            .get(&request.group)
+            .and_then(|g| g.good.as_ref())
+            .ok_or_else(|| OperatorError::UnknownGroup(request.group.clone()))?;
+        let current = self.overrides.split(request);
+        Ok(request.resolve(&source.route_tables, &source.clusters, current)?)
+    }
+
     /// The groups that have the cluster.
     pub fn groups_with_cluster(&self, cluster: &str) -> Vec<String> {
         self.groups
@@ -884,10 +938,15 @@ impl Store {
         for (name, state) in &self.groups {
             match &state.good {
                 Some(source) => {
-                    groups.insert(
-                        name.clone(),
-                        Arc::new(GroupSnapshot::build(source, &self.overrides)),
-                    );
+                    let snapshot = match self.overrides.splits.get(name) {
+                        Some(splits) => {
+                            let mut split = source.clone();
+                            split.route_tables = splits::apply(&source.route_tables, Some(splits));
+                            GroupSnapshot::build(&split, &self.overrides)
+                        }
+                        None => GroupSnapshot::build(source, &self.overrides),
+                    };
+                    groups.insert(name.clone(), Arc::new(snapshot));
                 }
                 None => {
                     failing.insert(name.clone());

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+
+mod route;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -62,6 +64,14 @@ pub enum Command {
         #[command(subcommand)]
         action: EndpointAction,
     },
+    /// Change a route's split weights in one node group.
+    Route {
+        #[command(subcommand)]
+        action: route::RouteAction,
+    },
+    /// Move a route's split by some percentage points towards one target, and wait for the
+    /// proxies' ACKs.
+    Step(route::StepArgs),
     /// Show connected proxies, their versions, overrides and groups.
     Status {
         #[command(flatten)]
@@ -165,6 +175,15 @@ pub enum CliError {
     Timeout { server: String },
     #[error("server answered {status}: {message}")]
     Server { status: StatusCode, message: String },
+    #[error("{0:?}: expected CLUSTER=WEIGHT")]
+    BadTarget(String),
+    #[error("only {acked} of {total} connected proxies of group {group} acknowledged the change within {waited:?}; see `legate-xds status`")]
+    NotAcknowledged {
+        group: String,
+        acked: usize,
+        total: usize,
+        waited: Duration,
+    },
 }
 
 /// The `legate-xds` program: parses the command line, logs to stderr (`RUST_LOG`, default
@@ -268,6 +287,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("{}", describe_change(&answer));
             Ok(())
         }
+        Command::Route { action } => route::run(action),
+        Command::Step(args) => route::step(args),
         Command::Status { server, json } => {
             let answer = block_on(request_with(
                 &server.server,
@@ -663,6 +684,26 @@ pub fn render_status(status: &Value) -> String {
     }
     out.push_str(&table(&["CLUSTER", "ADDRESS", "WEIGHT", "POOLED"], &rows));
 
+    out.push_str("\nSPLITS (set by operators)\n");
+    let mut rows = Vec::new();
+    for (group, tables) in status["splits"].as_object().into_iter().flatten() {
+        for (table_name, routes) in tables.as_object().into_iter().flatten() {
+            for (route, targets) in routes.as_object().into_iter().flatten() {
+                let split =
+                    targets.as_array().unwrap_or(&empty).iter().map(|t| {
+                        format!("{}={}", t["cluster"].as_str().unwrap_or("?"), t["weight"])
+                    });
+                rows.push(vec![
+                    group.clone(),
+                    table_name.clone(),
+                    route.clone(),
+                    split.collect::<Vec<_>>().join(" "),
+                ]);
+            }
+        }
+    }
+    out.push_str(&table(&["GROUP", "ROUTE TABLE", "ROUTE", "SPLIT"], &rows));
+
     out.push_str("\nGROUPS\n");
     let mut rows = Vec::new();
     let mut errors = String::new();
@@ -862,6 +903,7 @@ mod tests {
                     "error_detail": [{"name": "maps", "error": "route_tables.maps: bad"}]}
             }],
             "overrides": {"tegola": {"10.0.0.1:80": {"weight": 5}}},
+            "splits": {"maps": {"t": {"kartotherian": [{"cluster": "metal", "weight": 80}, {"cluster": "k8s", "weight": 20}]}}},
             "groups": {"maps": {"versions": {"listeners": "aaaaaaaa", "route_tables": "bbbbbbbb", "clusters": "cccccccc", "endpoints": "dddddddd"}, "errors": []}}
         });
         let text = render_status(&status);
@@ -869,6 +911,10 @@ mod tests {
         assert!(text.contains("->bbbbbbbb"), "{text}");
         assert!(text.contains("route_tables.maps: bad"), "{text}");
         assert!(text.contains("tegola   10.0.0.1:80  5       -"), "{text}");
+        assert!(
+            text.contains("maps   t            kartotherian  metal=80 k8s=20"),
+            "{text}"
+        );
         assert!(text.contains("maps   aaaaaaaa"), "{text}");
     }
 }

@@ -1,0 +1,116 @@
+//! What the server's connections, proxy streams and operator API share: the store, the
+//! published snapshots, the sessions, and publishing a change.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::propagation::Propagation;
+use crate::session::Session;
+use crate::store::{Snapshots, Store};
+
+/// A response body of the server.
+pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Everything the connections and tasks share.
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) state_path: PathBuf,
+    pub(crate) store: tokio::sync::Mutex<Store>,
+    pub(crate) snapshots: watch::Sender<Arc<Snapshots>>,
+    pub(crate) sessions: Mutex<BTreeMap<u64, SessionEntry>>,
+    pub(crate) next_session: AtomicU64,
+    /// Resource updates sent, and the ACKs and NACKs received, over all sessions.
+    pub(crate) updates_sent: AtomicU64,
+    pub(crate) acks: AtomicU64,
+    pub(crate) nacks: AtomicU64,
+    /// How long changes take to reach each group's proxies.
+    pub(crate) propagation: Propagation,
+    /// Start time, in nonces, so nonces differ across restarts too.
+    pub(crate) boot: u64,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+pub(crate) struct SessionEntry {
+    pub(crate) peer: SocketAddr,
+    pub(crate) connected_since: SystemTime,
+    /// Set once the hello has arrived.
+    pub(crate) session: Option<Arc<Mutex<Session>>>,
+}
+
+/// Writes the state file atomically: a temporary file, flushed, renamed over it (R14).
+pub(crate) fn write_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    // Make the rename itself durable; not every platform lets a directory be opened.
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the published snapshots if any group's content changed (no push otherwise).
+pub(crate) fn publish(shared: &Shared, store: &Store) {
+    let next = store.snapshots();
+    let mut changed = Vec::new();
+    shared.snapshots.send_if_modified(|current| {
+        if current.same_as(&next) {
+            return false;
+        }
+        for (group, snapshot) in &next.groups {
+            let before = current.groups.get(group).map(|s| s.versions());
+            if before.as_ref() != Some(&snapshot.versions()) {
+                changed.push(group.clone());
+            }
+        }
+        *current = Arc::new(next);
+        true
+    });
+    let now = Instant::now().into_std();
+    for group in changed {
+        let connected = sessions(shared).iter().any(|st| st.node.cluster == group);
+        shared.propagation.published(&group, connected, now);
+    }
+}
+
+/// The status of each connected proxy (after its hello).
+pub(crate) fn sessions(shared: &Shared) -> Vec<crate::session::SessionStatus> {
+    let sessions: Vec<Arc<Mutex<Session>>> = lock_registry(shared)
+        .values()
+        .filter_map(|e| e.session.clone())
+        .collect();
+    sessions.iter().map(|s| lock(s).status()).collect()
+}
+
+pub(crate) fn lock(session: &Mutex<Session>) -> std::sync::MutexGuard<'_, Session> {
+    session
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(crate) fn lock_registry(
+    shared: &Shared,
+) -> std::sync::MutexGuard<'_, BTreeMap<u64, SessionEntry>> {
+    shared
+        .sessions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
