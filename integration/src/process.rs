@@ -43,6 +43,19 @@ pub fn binary() -> PathBuf {
     path
 }
 
+/// The path of the built `legate-xds` binary, next to `legate`; panics with instructions if
+/// it is missing.
+pub fn xds_binary() -> PathBuf {
+    let path = binary().with_file_name(format!("legate-xds{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "the legate-xds binary is missing at {}; build it first with \
+         `cargo build -p legate-xds --bin legate-xds`",
+        path.display()
+    );
+    path
+}
+
 /// A `legate` command with Legate's own log at `info`, whatever the caller's environment.
 pub fn command() -> Command {
     let mut cmd = Command::new(binary());

@@ -122,6 +122,8 @@ impl Files {
             listen,
             state: self.state(),
             tls: None,
+            roles: None,
+            audit: None,
             limits: legate_xds::server::Limits::default(),
         })
         .await
@@ -140,24 +142,11 @@ fn url(addr: SocketAddr) -> String {
 // ---------------------------------------------------------------------------------------------
 // The legate-xds binary
 
-/// The built `legate-xds` binary, next to `legate`.
-fn xds_binary() -> PathBuf {
-    let path =
-        process::binary().with_file_name(format!("legate-xds{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "the legate-xds binary is missing at {}; build it first with \
-         `cargo build -p legate-xds --bin legate-xds`",
-        path.display()
-    );
-    path
-}
-
 /// Runs `legate-xds ARGS…` (an operator command) to completion.
 async fn xds_cli(args: &[&str]) -> Result<Output> {
     tokio::time::timeout(
         Duration::from_secs(15),
-        Command::new(xds_binary())
+        Command::new(process::xds_binary())
             .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -191,7 +180,7 @@ struct XdsProcess {
 impl XdsProcess {
     /// Starts `legate-xds serve --dir --listen --state` and waits until `/v1/status` answers.
     async fn start(files: &Files, listen: SocketAddr) -> Result<XdsProcess> {
-        let mut child = Command::new(xds_binary())
+        let mut child = Command::new(process::xds_binary())
             .arg("serve")
             .arg("--dir")
             .arg(files.groups())
@@ -1318,6 +1307,15 @@ async fn the_proxy_survives_a_control_plane_restart_and_resyncs() -> Result<()> 
     files.group("maps", "a", &clusters(&[("a", &[&a]), ("b", &[&b])]))?;
     let xds_addr = SocketAddr::from(([127, 0, 0, 1], process::free_port()));
     let mut xds = XdsProcess::start(&files, xds_addr).await?;
+    eventually(PUSH, || async {
+        let stderr = xds.stderr_text();
+        ensure!(
+            stderr.contains("operator changes are accepted from loopback only"),
+            "without client certificates the start warns: {stderr}"
+        );
+        Ok(())
+    })
+    .await?;
 
     // The real proxy binary this time.
     let legate = Legate::start(
@@ -1645,7 +1643,7 @@ async fn the_stream_runs_over_mtls() -> Result<()> {
     let ca_file = ca.write(pki.path(), "ca.pem")?;
     let (server_cert, server_key) = ca.server(&["127.0.0.1"])?.write(pki.path(), "xds")?;
     let (client_cert, client_key) = ca
-        .client("p1", &["spiffe://mesh/ns/maps/sa/p1"])?
+        .client("p1", &["spiffe://mesh/proxy/maps"])?
         .write(pki.path(), "p1")?;
     let server = serve(ServeConfig {
         dir: files.groups(),
@@ -1656,6 +1654,8 @@ async fn the_stream_runs_over_mtls() -> Result<()> {
             key: server_key,
             client_ca: Some(ca_file.clone()),
         }),
+        roles: None,
+        audit: None,
         limits: legate_xds::server::Limits::default(),
     })
     .await?;
@@ -1880,5 +1880,36 @@ async fn split_weights_move_from_the_cli_and_are_acknowledged() -> Result<()> {
     for p in [&p1, &p2] {
         assert_eq!(tally(p.addr("front"), 4).await?, counts(&[("metal", 4)]));
     }
+
+    // The audit log has the three changes, each with the split before and after, made from
+    // loopback (no client certificates here); the refused ones are not in it.
+    let audit = operator_ok(&["audit", "--json", "--server", &server_url]).await?;
+    let audit: Value = serde_json::from_str(&audit)?;
+    let entries = audit["entries"].as_array().context("entries")?;
+    let ops: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["operation"].as_str())
+        .collect();
+    assert_eq!(ops, ["set-split", "step", "reset-split"], "{audit:#}");
+    let split = |metal: u32, k8s: u32| json!([{"cluster": "metal", "weight": metal}, {"cluster": "k8s", "weight": k8s}]);
+    assert_eq!(
+        entries[0]["before"],
+        split(100, 0),
+        "the files' split: {audit:#}"
+    );
+    assert_eq!(entries[0]["after"], split(0, 100), "{audit:#}");
+    assert_eq!(entries[1]["after"], split(100, 0), "{audit:#}");
+    assert_eq!(entries[2]["before"], split(100, 0), "{audit:#}");
+    assert_eq!(
+        entries[2]["target"],
+        json!({"group": "maps", "route_table": "main", "route": "kartotherian"})
+    );
+    let peer = entries[0]["who"]["peer"].as_str().unwrap_or_default();
+    assert!(peer.starts_with("127.0.0.1:"), "{audit:#}");
+    let table = operator_ok(&["audit", "--server", &server_url]).await?;
+    assert!(
+        table.contains("step") && table.contains("maps main kartotherian"),
+        "{table}"
+    );
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! - [`splits`]: split weights operators set per group and route.
 //! - [`session`]: one proxy session as a state machine: what to send, given ACKs and NACKs.
 //! - [`server`]: the stream and the operator API on one port; [`server::serve`].
-//! - [`operator`]: the operator API: overrides, split weights, status.
+//! - [`operator`]: the operator API: overrides, split weights, status, the audit log.
+//! - [`access`]: who may do what: roles from client certificates, loopback without them.
+//! - [`audit`]: the audit log of operator changes.
 //! - [`shared`]: what the server's connections, streams and operator API share.
 //! - [`channel_body`]: the stream's body, fed by a channel.
 //! - [`limits`]: connection caps and timeouts of the server.
@@ -17,6 +19,8 @@
 //! - [`watch`]: debounced change notices for files and directories; shared with the proxy.
 //! - [`cli`]: the `legate-xds` command line.
 
+pub mod access;
+pub mod audit;
 pub mod channel_body;
 pub mod cli;
 pub mod exposition;

@@ -1,9 +1,9 @@
 //! The operator API: endpoint overrides (`/v1/endpoints/…`), split weights
-//! (`/v1/routes/…`) and `/v1/status`. Every change is checked against the groups served now,
-//! persisted to the state file, then published; a change that cannot be persisted changes
-//! nothing.
+//! (`/v1/routes/…`), `/v1/status` and `/v1/audit`. Every change is checked against the groups
+//! served now and against what the client may change, written to the audit log, persisted to
+//! the state file, then published; a change that cannot be logged or persisted changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -13,8 +13,10 @@ use http::{header, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use crate::access::{Action, Client};
+use crate::audit::{Change, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::session::Session;
 use crate::shared::{publish, write_state, Body, Shared};
 use crate::splits::{RouteRequest, SplitError};
@@ -68,29 +70,47 @@ async fn read_body(body: Incoming) -> Result<Bytes, Response<Body>> {
     }
 }
 
-/// Persists `next`, then makes it the store's overrides and publishes the groups.
-async fn commit(shared: &Shared, store: &mut Store, next: Overrides) -> Result<(), Response<Body>> {
+/// Writes `change` to the audit log, persists `next`, then makes it the store's overrides and
+/// publishes the groups. A change that cannot be logged or persisted changes nothing (and a
+/// logged one that could not be persisted is marked failed in the log).
+async fn commit(
+    shared: &Shared,
+    store: &mut Store,
+    next: Overrides,
+    change: Change,
+) -> Result<(), Response<Body>> {
+    let failed = |message: String| {
+        error!(error = %message, "operator change not applied");
+        error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{message}; nothing changed"),
+        )
+    };
+    let log = shared.audit.clone();
+    let id = match tokio::task::spawn_blocking(move || log.record(&change)).await {
+        Ok(Ok(id)) => id,
+        Ok(Err(e)) => return Err(failed(e.to_string())),
+        Err(e) => return Err(failed(format!("audit log write failed: {e}"))),
+    };
     let path = shared.state_path.clone();
     let state = next.to_state_json();
-    let written = tokio::task::spawn_blocking(move || write_state(&path, &state)).await;
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            error!(path = %shared.state_path.display(), error = %e, "cannot persist operator change");
-            return Err(error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "cannot write state file {}: {e}; nothing changed",
-                    shared.state_path.display()
-                ),
-            ));
+    let message = match tokio::task::spawn_blocking(move || write_state(&path, &state)).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!(
+            "cannot write state file {}: {e}",
+            shared.state_path.display()
+        )),
+        Err(e) => Some(format!("state write failed: {e}")),
+    };
+    if let Some(message) = message {
+        let log = shared.audit.clone();
+        let note = message.clone();
+        match tokio::task::spawn_blocking(move || log.record_failure(id, &note)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot mark the change failed in the audit log"),
+            Err(e) => warn!(error = %e, "cannot mark the change failed in the audit log"),
         }
-        Err(e) => {
-            return Err(error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("state write failed: {e}; nothing changed"),
-            ))
-        }
+        return Err(failed(message));
     }
     store.set_overrides(next);
     publish(shared, store);
@@ -100,7 +120,7 @@ async fn commit(shared: &Shared, store: &mut Store, next: Overrides) -> Result<(
 /// `POST /v1/endpoints/<operation>`.
 pub(crate) async fn operate(
     shared: &Shared,
-    peer: SocketAddr,
+    client: &Client,
     operation: &str,
     body: Incoming,
 ) -> Response<Body> {
@@ -116,17 +136,35 @@ pub(crate) async fn operate(
     if let Err(e) = store.check(&request) {
         return error_response(refusal(&e), e);
     }
-    let next = store.overrides().with(&request);
-    if let Err(resp) = commit(shared, &mut store, next).await {
+    let groups = store.groups_with_cluster(&request.cluster);
+    if let Some(resp) = forbidden(
+        client,
+        Action::ChangeIn {
+            groups: &groups,
+            clusters: std::slice::from_ref(&request.cluster),
+        },
+    ) {
         return resp;
     }
-    let groups = store.groups_with_cluster(&request.cluster);
-    let current = store
+    let before = store
         .overrides()
         .get(&request.cluster, &request.address)
         .cloned();
+    let next = store.overrides().with(&request);
+    let current = next.get(&request.cluster, &request.address).cloned();
+    let change = Change {
+        who: client.who(),
+        operation: request.operation.name().to_owned(),
+        target: json!({ "cluster": request.cluster, "address": request.address, "groups": groups }),
+        before: json!(before),
+        after: json!(current),
+    };
+    if let Err(resp) = commit(shared, &mut store, next, change).await {
+        return resp;
+    }
     drop(store);
-    info!(%peer, operation = request.operation.name(), cluster = %request.cluster,
+    let peer = client.addr;
+    info!(%peer, client = %client.who(), operation = request.operation.name(), cluster = %request.cluster,
         address = %request.address, ?current, "operator change applied");
     json_response(
         StatusCode::OK,
@@ -145,7 +183,7 @@ pub(crate) async fn operate(
 /// route tables version, which the proxies ACK once they hold it.
 pub(crate) async fn operate_route(
     shared: &Shared,
-    peer: SocketAddr,
+    client: &Client,
     operation: &str,
     body: Incoming,
 ) -> Response<Body> {
@@ -158,19 +196,53 @@ pub(crate) async fn operate_route(
         Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
     };
     let mut store = shared.store.lock().await;
-    let targets = match store.resolve_route(&request) {
+    let resolved = match store.resolve_route(&request) {
         Ok(t) => t,
         Err(e) => return error_response(refusal(&e), e),
     };
-    let next = store.overrides().with_split(&request, targets.clone());
-    if let Err(resp) = commit(shared, &mut store, next).await {
+    // The clusters whose share moves: every target before and after.
+    let clusters: BTreeSet<String> = [resolved.before.as_deref(), resolved.split_after()]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|t| t.cluster.clone())
+        .collect();
+    let clusters: Vec<String> = clusters.into_iter().collect();
+    if let Some(resp) = forbidden(
+        client,
+        Action::ChangeIn {
+            groups: std::slice::from_ref(&request.group),
+            clusters: &clusters,
+        },
+    ) {
         return resp;
     }
+    let targets = resolved.after.clone();
+    let change = Change {
+        who: client.who(),
+        operation: request.operation.name().to_owned(),
+        target: json!({
+            "group": request.group,
+            "route_table": request.route_table,
+            "route": request.route,
+        }),
+        before: json!(resolved.before),
+        after: json!(resolved.split_after()),
+    };
+    let next = store.overrides().with_split(&request, targets.clone());
+    if let Err(resp) = commit(shared, &mut store, next, change).await {
+        return resp;
+    }
+    // Read under the lock, so the version is this change's, not a later one's.
+    let version = shared
+        .snapshots
+        .borrow()
+        .groups
+        .get(&request.group)
+        .map(|s| s.route_tables.version.clone());
     drop(store);
-    let snapshots = shared.snapshots.borrow().clone();
-    let served = snapshots.groups.get(&request.group);
-    let version = served.map(|s| s.route_tables.version.clone());
-    info!(%peer, operation = request.operation.name(), group = %request.group,
+    let peer = client.addr;
+    info!(%peer, client = %client.who(), operation = request.operation.name(), group = %request.group,
         route_table = %request.route_table, route = %request.route, ?targets,
         "operator change applied");
     json_response(
@@ -186,6 +258,50 @@ pub(crate) async fn operate_route(
             "route_tables_version": version,
         }),
     )
+}
+
+/// 403 when the client may not do `action`.
+fn forbidden(client: &Client, action: Action<'_>) -> Option<Response<Body>> {
+    let denied = client.check(action).err()?;
+    warn!(client = %client.who(), reason = %denied, "operator change refused");
+    Some(error_response(StatusCode::FORBIDDEN, denied))
+}
+
+/// `GET /v1/audit[?limit=N]`: the latest `N` changes (default 100), oldest first.
+pub(crate) async fn audit(shared: &Shared, query: Option<&str>) -> Response<Body> {
+    let mut limit = DEFAULT_LIMIT;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("limit", n)) => match n.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
+                _ => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit={n:?}: expected a number from 1 to {MAX_LIMIT}"),
+                    )
+                }
+            },
+            _ => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {pair:?} (expected limit=N)"),
+                )
+            }
+        }
+    }
+    let log = shared.audit.clone();
+    match tokio::task::spawn_blocking(move || log.read(limit)).await {
+        Ok(Ok(entries)) => json_response(
+            StatusCode::OK,
+            &json!({ "path": shared.audit.path().display().to_string(), "entries": entries }),
+        ),
+        Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
 }
 
 fn rfc3339(t: SystemTime) -> String {

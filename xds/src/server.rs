@@ -6,7 +6,11 @@
 //! - `POST /v1/endpoints/{set-weight,pool,depool,reset}`: operator overrides, persisted to the
 //!   state file before they are acknowledged (R14) and pushed at once.
 //! - `GET /v1/status`: connected proxies, overrides in force, each group's versions.
+//! - `GET /v1/audit`: the latest operator changes (see [`crate::audit`]).
 //! - `GET /metrics`: the same counted, for Prometheus (see [`crate::metrics`]).
+//!
+//! Every request passes [`crate::access`]: with client certificates, the role the certificate's
+//! names map to; without, changes only from loopback.
 //!
 //! The resource directory is watched; a change is loaded after 100 ms of quiet and only what
 //! changed is pushed.
@@ -35,7 +39,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::operator::{error_response, json_response, operate, operate_route, status};
+use crate::access::{Access, Action, Client, Principal, Roles, RolesError};
+use crate::audit::{AuditError, AuditLog};
+use crate::operator::{audit, error_response, json_response, operate, operate_route, status};
 use crate::propagation::{holds, Propagation};
 use crate::protocol::{
     DecodeError, LineDecoder, Message, CONTENT_TYPE, DEAD_AFTER, PING_EVERY, STREAM_PATH,
@@ -68,7 +74,21 @@ pub struct ServeConfig {
     pub state: PathBuf,
     /// Serve TLS (and, with a client CA, require client certificates); plaintext when `None`.
     pub tls: Option<ServerTlsFiles>,
+    /// With client certificates: the roles file mapping their names to roles; `None` for the
+    /// SPIFFE defaults ([`Roles::default`]).
+    pub roles: Option<PathBuf>,
+    /// The audit log; `None` for the state file's name with `.audit.jsonl`.
+    pub audit: Option<PathBuf>,
     pub limits: Limits,
+}
+
+impl ServeConfig {
+    /// Where the audit log is.
+    pub fn audit_path(&self) -> PathBuf {
+        self.audit
+            .clone()
+            .unwrap_or_else(|| self.state.with_extension("audit.jsonl"))
+    }
 }
 
 /// Why the server could not start.
@@ -93,6 +113,12 @@ pub enum ServeError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Roles(#[from] RolesError),
+    #[error("a roles file needs client certificates: add --client-ca")]
+    RolesWithoutClientCa,
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 /// A running server.
@@ -125,6 +151,9 @@ pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
         Some(files) => Some(TlsAcceptor::from(server_config(files)?)),
         None => None,
     };
+    let access = access(&config)?;
+    let audit_path = config.audit_path();
+    let audit_log = AuditLog::open(&audit_path)?;
     let overrides = load_state(&config.state)?;
     let loaded = load_dir(&config.dir).map_err(|error| ServeError::Dir {
         dir: config.dir.clone(),
@@ -159,6 +188,8 @@ pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default(),
+        access,
+        audit: Arc::new(audit_log),
         shutdown: shutdown_rx,
     });
     start_watching(shared.clone());
@@ -169,13 +200,35 @@ pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
         }) => "on",
         Some(_) => "on, client certificates required",
     };
-    info!(%addr, dir = %config.dir.display(), state = %config.state.display(), tls, "legate-xds serving");
+    info!(%addr, dir = %config.dir.display(), state = %config.state.display(),
+        audit = %audit_path.display(), tls, "legate-xds serving");
+    match &shared.access {
+        Access::Certificates(roles) => info!(roles = %roles.describe(), "client roles"),
+        Access::Addresses => warn!(
+            "no client certificates (--client-ca): operator changes are accepted from loopback \
+             only, and any client may open the stream of any node group and read status"
+        ),
+    }
     let task = tokio::spawn(accept_loop(shared, listener, acceptor, config.limits));
     Ok(ServerHandle {
         addr,
         shutdown: shutdown_tx,
         task,
     })
+}
+
+/// How clients are told apart: by certificate with `--client-ca`, else by address.
+fn access(config: &ServeConfig) -> Result<Access, ServeError> {
+    let client_certificates = config
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_ca.is_some());
+    match (&config.roles, client_certificates) {
+        (Some(_), false) => Err(ServeError::RolesWithoutClientCa),
+        (Some(path), true) => Ok(Access::Certificates(Arc::new(Roles::load(path)?))),
+        (None, true) => Ok(Access::Certificates(Arc::new(Roles::default()))),
+        (None, false) => Ok(Access::Addresses),
+    }
 }
 
 fn load_state(path: &Path) -> Result<Overrides, ServeError> {
@@ -337,7 +390,10 @@ impl Connection {
     async fn serve_plain(self, stream: TcpStream) {
         let mut first = [0u8; 1];
         match tokio::time::timeout(self.first_bytes_timeout, stream.peek(&mut first)).await {
-            Ok(Ok(_)) => self.serve(stream).await,
+            Ok(Ok(_)) => {
+                let client = Client::new(&self.shared.access, self.peer, None);
+                self.serve(stream, client).await
+            }
             Ok(Err(e)) => {
                 debug!(peer = %self.peer, error = %e, "connection failed before its first bytes")
             }
@@ -368,14 +424,16 @@ impl Connection {
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
         let tls = stream.get_ref().1;
+        let leaf = tls.peer_certificates().and_then(|chain| chain.first());
+        let client = Client::new(&self.shared.access, peer, leaf);
         debug!(%peer, alpn = %String::from_utf8_lossy(tls.alpn_protocol().unwrap_or_default()),
-            client_certificate = tls.peer_certificates().is_some(), "TLS handshake done");
-        self.serve(stream).await;
+            client = %client.who(), "TLS handshake done");
+        self.serve(stream, client).await;
     }
 
     /// Serves the stream and the operator API on `io` (HTTP/2 or HTTP/1.1, as the client
     /// speaks) until the connection closes or shutdown ends it.
-    async fn serve<I>(self, io: I)
+    async fn serve<I>(self, io: I, client: Client)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -388,9 +446,11 @@ impl Connection {
             _slot,
             first_bytes_timeout: _,
         } = self;
+        let client = Arc::new(client);
         let service = hyper::service::service_fn(move |req| {
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(handle(shared, peer, req).await) }
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(handle(shared, client, req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(io), service)
@@ -401,37 +461,52 @@ impl Connection {
     }
 }
 
-async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    shared: Arc<Shared>,
+    client: Arc<Client>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    let expect = |wanted: Method| {
+        (method != wanted)
+            .then(|| error_response(StatusCode::METHOD_NOT_ALLOWED, format!("use {wanted}")))
+    };
+    let refuse = |action: Action<'_>| {
+        client.check(action).err().map(|denied| {
+            warn!(client = %client.who(), %path, reason = %denied, "refused");
+            error_response(StatusCode::FORBIDDEN, denied)
+        })
+    };
     if path == STREAM_PATH {
-        if method != Method::POST {
-            return error_response(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+        if let Some(resp) = expect(Method::POST) {
+            return resp;
         }
-        return open_stream(shared, peer, req);
+        return open_stream(shared, client, req).await;
     }
-    if path == "/v1/status" {
-        if method != Method::GET {
-            return error_response(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+    if matches!(path.as_str(), "/v1/status" | "/v1/audit" | "/metrics") {
+        if let Some(resp) = expect(Method::GET).or_else(|| refuse(Action::Read)) {
+            return resp;
         }
-        return json_response(StatusCode::OK, &status(&shared).await);
     }
-    if path == "/metrics" {
-        if method != Method::GET {
-            return error_response(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+    match path.as_str() {
+        "/v1/status" => return json_response(StatusCode::OK, &status(&shared).await),
+        "/v1/audit" => return audit(&shared, req.uri().query()).await,
+        "/metrics" => {
+            let openmetrics = crate::exposition::prefers_openmetrics(req.headers());
+            let body = crate::metrics::render(reading(&shared), openmetrics);
+            let mut resp = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(if openmetrics {
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                } else {
+                    "text/plain; version=0.0.4; charset=utf-8"
+                }),
+            );
+            return resp;
         }
-        let openmetrics = crate::exposition::prefers_openmetrics(req.headers());
-        let body = crate::metrics::render(reading(&shared), openmetrics);
-        let mut resp = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static(if openmetrics {
-                "application/openmetrics-text; version=1.0.0; charset=utf-8"
-            } else {
-                "text/plain; version=0.0.4; charset=utf-8"
-            }),
-        );
-        return resp;
+        _ => {}
     }
     if let Some(operation) = path.strip_prefix("/v1/endpoints/") {
         if !matches!(operation, "set-weight" | "pool" | "depool" | "reset") {
@@ -440,10 +515,10 @@ async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -
                 OperatorError::UnknownOperation(operation.to_string()),
             );
         }
-        if method != Method::POST {
-            return error_response(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+        if let Some(resp) = expect(Method::POST).or_else(|| refuse(Action::Change)) {
+            return resp;
         }
-        return operate(&shared, peer, operation, req.into_body()).await;
+        return operate(&shared, &client, operation, req.into_body()).await;
     }
     if let Some(operation) = path.strip_prefix("/v1/routes/") {
         if !matches!(operation, "set-split" | "step" | "reset-split") {
@@ -452,10 +527,10 @@ async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -
             );
             return error_response(StatusCode::NOT_FOUND, unknown);
         }
-        if method != Method::POST {
-            return error_response(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+        if let Some(resp) = expect(Method::POST).or_else(|| refuse(Action::Change)) {
+            return resp;
         }
-        return operate_route(&shared, peer, operation, req.into_body()).await;
+        return operate_route(&shared, &client, operation, req.into_body()).await;
     }
     error_response(StatusCode::NOT_FOUND, format!("no such path: {path}"))
 }
@@ -494,7 +569,56 @@ fn reading(shared: &Shared) -> crate::metrics::Reading {
 // ---------------------------------------------------------------------------------------------
 // The stream
 
-fn open_stream(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+/// `POST /xds/v1/stream`. With client certificates the hello is read first, so a proxy may be
+/// refused (403) the stream of a group its certificate does not name.
+async fn open_stream(
+    shared: Arc<Shared>,
+    client: Arc<Client>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let peer = client.addr;
+    let mut reader = Reader {
+        body: req.into_body(),
+        decoder: LineDecoder::default(),
+    };
+    let hello = match &client.principal {
+        Principal::Address => None,
+        Principal::Certificate { .. } => {
+            let hello = match tokio::time::timeout(DEAD_AFTER, reader.next()).await {
+                Ok(Ok(Some(m))) => m,
+                Ok(Ok(None)) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "the stream ended before its hello (R7)",
+                    )
+                }
+                Ok(Err(e)) => return error_response(StatusCode::BAD_REQUEST, e),
+                Err(_) => {
+                    return error_response(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!("no hello within {DEAD_AFTER:?} (R7)"),
+                    )
+                }
+            };
+            let Message::Hello { node, .. } = &hello else {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the first message must be a hello, not {} (R7)",
+                        kind(&hello)
+                    ),
+                );
+            };
+            if let Err(denied) = client.check(Action::Stream {
+                group: &node.cluster,
+            }) {
+                warn!(client = %client.who(), node = %node.id, group = %node.cluster,
+                    reason = %denied, "stream refused");
+                return error_response(StatusCode::FORBIDDEN, denied);
+            }
+            Some(hello)
+        }
+    };
     let (tx, body) = ChannelBody::channel(SEND_QUEUE);
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
@@ -503,15 +627,12 @@ fn open_stream(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) ->
             shared: &shared,
             id,
             peer,
-            reader: Reader {
-                body: req.into_body(),
-                decoder: LineDecoder::default(),
-            },
+            reader,
             tx,
             last_sent: Instant::now(),
             last_received: Instant::now(),
         };
-        match stream.run().await {
+        match stream.run(hello).await {
             Ok(reason) => info!(%peer, session = id, %reason, "session ended"),
             Err(reason) => warn!(%peer, session = id, %reason, "session closed"),
         }
@@ -645,10 +766,14 @@ impl Stream<'_> {
         }
     }
 
-    /// Runs the session; `Ok` with why it ended normally.
-    async fn run(&mut self) -> Result<&'static str, StreamError> {
+    /// Runs the session, from its `hello` if it was read already; `Ok` with why it ended
+    /// normally.
+    async fn run(&mut self, hello: Option<Message>) -> Result<&'static str, StreamError> {
         let mut shutdown = self.shared.shutdown.clone();
-        let hello = tokio::select! {
+        let hello = if let Some(hello) = hello {
+            hello
+        } else {
+            tokio::select! {
             m = tokio::time::timeout(DEAD_AFTER, self.reader.next()) => match m {
                 Ok(Ok(Some(m))) => m,
                 Ok(Ok(None)) => return Ok("the proxy closed the stream before its hello"),
@@ -656,6 +781,7 @@ impl Stream<'_> {
                 Err(_) => return Err(StreamError::Silent(DEAD_AFTER)),
             },
             _ = shutdown.changed() => return Ok("shutting down"),
+            }
         };
         self.last_received = Instant::now();
         let prefix = format!("{:x}-{}", self.shared.boot, self.id);

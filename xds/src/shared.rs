@@ -14,6 +14,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::access::Access;
+use crate::audit::AuditLog;
 use crate::propagation::Propagation;
 use crate::session::Session;
 use crate::store::{Snapshots, Store};
@@ -37,6 +39,10 @@ pub(crate) struct Shared {
     pub(crate) propagation: Propagation,
     /// Start time, in nonces, so nonces differ across restarts too.
     pub(crate) boot: u64,
+    /// How clients are told apart and what each may do.
+    pub(crate) access: Access,
+    /// Every operator change, before it is persisted.
+    pub(crate) audit: Arc<AuditLog>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 

@@ -52,6 +52,24 @@ pub struct SplitTarget {
 /// Group → route table → route → the targets that replace the files' split.
 pub type SplitOverrides = BTreeMap<String, BTreeMap<String, BTreeMap<String, Vec<SplitTarget>>>>;
 
+/// What a split change does to a route (`Store::resolve_route`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteChange {
+    /// The split in effect before: the override, else the files'.
+    pub before: Option<Vec<SplitTarget>>,
+    /// The override after; `None` when the files' split applies again.
+    pub after: Option<Vec<SplitTarget>>,
+    /// The files' split.
+    pub files: Option<Vec<SplitTarget>>,
+}
+
+impl RouteChange {
+    /// The split in effect after.
+    pub fn split_after(&self) -> Option<&[SplitTarget]> {
+        self.after.as_deref().or(self.files.as_deref())
+    }
+}
+
 /// What an operator asks of a route (`/v1/routes/...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteOperation {
@@ -159,6 +177,23 @@ impl RouteRequest {
         })
     }
 
+    /// The split the route has now: its override `current`, else the files'; `None` when
+    /// neither (the route is gone, or has no split).
+    pub fn split_now(
+        &self,
+        route_tables: &BTreeMap<String, Value>,
+        current: Option<&[SplitTarget]>,
+    ) -> Option<Vec<SplitTarget>> {
+        if let Some(current) = current {
+            return Some(current.to_vec());
+        }
+        let table = route_tables.get(&self.route_table)?;
+        let (v, r) = position(&self.route_table, table, &self.route)?;
+        table["virtual_hosts"][v]["routes"][r]
+            .get("split")
+            .and_then(targets_of)
+    }
+
     /// The targets to keep for the route once `self` applies to a group's files (its route
     /// tables and clusters, by name) with `current` (its override now); `None` for a reset.
     /// Checked: the route exists and has a split, every target is a cluster of the group, the
@@ -169,6 +204,10 @@ impl RouteRequest {
         clusters: &BTreeMap<String, Value>,
         current: Option<&[SplitTarget]>,
     ) -> Result<Option<Vec<SplitTarget>>, SplitError> {
+        // An override can always be dropped, even once the files no longer fit it.
+        if self.operation == RouteOperation::Reset && current.is_some() {
+            return Ok(None);
+        }
         let table = route_tables
             .get(&self.route_table)
             .ok_or_else(|| SplitError::UnknownRouteTable(self.route_table.clone()))?;
@@ -258,10 +297,12 @@ fn targets_of(split: &Value) -> Option<Vec<SplitTarget>> {
     serde_json::from_value(split.clone()).ok()
 }
 
-/// `route_tables` (by name) with the split overrides of one group applied. An override whose
-/// route is gone is left out.
+/// `route_tables` (by name) with the split overrides of one group applied. An override that no
+/// longer fits the files (its route is gone or has no `split`, or it names a cluster the group
+/// no longer has) is left out, so it can never make the group's routes invalid.
 pub fn apply(
     route_tables: &BTreeMap<String, Value>,
+    clusters: &BTreeMap<String, Value>,
     splits: Option<&BTreeMap<String, BTreeMap<String, Vec<SplitTarget>>>>,
 ) -> BTreeMap<String, Value> {
     let mut out = route_tables.clone();
@@ -273,6 +314,9 @@ pub fn apply(
             let Some((v, r)) = position(table_name, table, route) else {
                 continue;
             };
+            if !targets.iter().all(|t| clusters.contains_key(&t.cluster)) {
+                continue;
+            }
             let split = serde_json::to_value(targets).unwrap_or(Value::Null);
             if let Some(Value::Object(m)) = table
                 .get_mut("virtual_hosts")
@@ -280,7 +324,9 @@ pub fn apply(
                 .and_then(|vh| vh.get_mut("routes"))
                 .and_then(|rs| rs.get_mut(r))
             {
-                m.insert("split".into(), split);
+                if m.contains_key("split") {
+                    m.insert("split".into(), split);
+                }
             }
         }
     }
@@ -468,7 +514,7 @@ mod tests {
                 ("gone".to_owned(), vec![t("metal", 1)]),
             ]),
         )]);
-        let applied = apply(&src.route_tables, Some(&splits));
+        let applied = apply(&src.route_tables, &src.clusters, Some(&splits));
         let routes = &applied["maps"]["virtual_hosts"][0]["routes"];
         assert_eq!(
             routes[1]["split"],
@@ -478,6 +524,60 @@ mod tests {
             routes[0],
             src.route_tables["maps"]["virtual_hosts"][0]["routes"][0]
         );
-        assert_eq!(apply(&src.route_tables, None), src.route_tables);
+        assert_eq!(
+            apply(&src.route_tables, &src.clusters, None),
+            src.route_tables
+        );
+    }
+
+    #[test]
+    fn an_override_the_files_no_longer_fit_is_left_out_and_can_be_reset() {
+        let src = source();
+        let by_route = |route: &str, targets| {
+            BTreeMap::from([(
+                "maps".to_owned(),
+                BTreeMap::from([(route.to_owned(), targets)]),
+            )])
+        };
+        // A cluster the group no longer has.
+        let missing = by_route("kartotherian", vec![t("metal", 1), t("gone", 1)]);
+        assert_eq!(
+            apply(&src.route_tables, &src.clusters, Some(&missing)),
+            src.route_tables
+        );
+        // A route that has a cluster, not a split.
+        let no_split = by_route(
+            "route_tables.maps.virtual_hosts[0].routes[0]",
+            vec![t("metal", 1)],
+        );
+        let applied = apply(&src.route_tables, &src.clusters, Some(&no_split));
+        assert_eq!(applied, src.route_tables);
+        assert!(applied["maps"]["virtual_hosts"][0]["routes"][0]
+            .get("split")
+            .is_none());
+        // Either override can still be dropped.
+        let current = [t("metal", 1)];
+        let reset = request(
+            "route_tables.maps.virtual_hosts[0].routes[0]",
+            RouteOperation::Reset,
+        );
+        assert_eq!(
+            reset.resolve(&src.route_tables, &src.clusters, Some(&current)),
+            Ok(None)
+        );
+        assert_eq!(
+            reset.resolve(&src.route_tables, &src.clusters, None),
+            Err(SplitError::NotASplit(
+                "route_tables.maps.virtual_hosts[0].routes[0]".into()
+            ))
+        );
+        assert_eq!(
+            reset.split_now(&src.route_tables, Some(&current)),
+            Some(current.to_vec())
+        );
+        assert_eq!(
+            request("kartotherian", RouteOperation::Reset).split_now(&src.route_tables, None),
+            Some(vec![t("metal", 90), t("k8s", 10)])
+        );
     }
 }

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::protocol::{content_version, EndpointsResource, ResourceType};
 pub use crate::splits::MAX_WEIGHT;
-use crate::splits::{self, RouteRequest, SplitError, SplitOverrides, SplitTarget};
+use crate::splits::{self, RouteChange, RouteRequest, SplitError, SplitOverrides, SplitTarget};
 
 /// Why a group's files were rejected. The group keeps serving its last good resources.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -903,19 +903,22 @@ impl Store {
         }
     }
 
-    /// The split a route request leaves the route with (`None`: the files' again), checked
-    /// against the group's files.
-    pub fn resolve_route(
-        &self,
-        request: &RouteRequest,
-    ) -> Result<Option<Vec<SplitTarget>>, OperatorError> {
+    /// What a route request changes, checked against the group's files: the route's split
+    /// before, and the override it leaves (`None`: the files' split again).
+    pub fn resolve_route(&self, request: &RouteRequest) -> Result<RouteChange, OperatorError> {
         let source = self
             .groups
             .get(&request.group)
             .and_then(|g| g.good.as_ref())
             .ok_or_else(|| OperatorError::UnknownGroup(request.group.clone()))?;
         let current = self.overrides.split(request);
-        Ok(request.resolve(&source.route_tables, &source.clusters, current)?)
+        let after = request.resolve(&source.route_tables, &source.clusters, current)?;
+        let files = request.split_now(&source.route_tables, None);
+        Ok(RouteChange {
+            before: request.split_now(&source.route_tables, current),
+            after,
+            files,
+        })
     }
 
     /// The groups that have the cluster.
@@ -941,7 +944,8 @@ impl Store {
                     let snapshot = match self.overrides.splits.get(name) {
                         Some(splits) => {
                             let mut split = source.clone();
-                            split.route_tables = splits::apply(&source.route_tables, Some(splits));
+                            split.route_tables =
+                                splits::apply(&source.route_tables, &source.clusters, Some(splits));
                             GroupSnapshot::build(&split, &self.overrides)
                         }
                         None => GroupSnapshot::build(source, &self.overrides),

@@ -165,6 +165,8 @@ async fn start(dir: &Path, state: &Path) -> ServerHandle {
         listen: "127.0.0.1:0".parse().unwrap(),
         state: state.to_path_buf(),
         tls: None,
+        roles: None,
+        audit: None,
         limits: legate_xds::server::Limits::default(),
     })
     .await
@@ -479,6 +481,8 @@ async fn start_limited(dir: &Path, limits: legate_xds::server::Limits) -> Server
         listen: "127.0.0.1:0".parse().unwrap(),
         state: dir.join("state.json"),
         tls: None,
+        roles: None,
+        audit: None,
         limits,
     })
     .await

@@ -84,11 +84,22 @@ impl Ca {
     }
 
     /// A leaf certificate and its key, PEM: a server certificate for the IP addresses
-    /// `ips`, or a client certificate.
-    fn leaf(&self, common_name: &str, ips: &[IpAddr], client: bool) -> (String, String) {
+    /// `ips`, or a client certificate named by the URIs `uris`.
+    fn leaf(
+        &self,
+        common_name: &str,
+        ips: &[IpAddr],
+        uris: &[&str],
+        client: bool,
+    ) -> (String, String) {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(common_name);
         params.subject_alt_names = ips.iter().map(|ip| SanType::IpAddress(*ip)).collect();
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*uri).try_into().unwrap()));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![if client {
@@ -102,14 +113,17 @@ impl Ca {
     }
 }
 
-/// The files of one test: a CA, a server certificate for 127.0.0.1 and a client certificate
-/// it signed, and a client certificate from another CA.
+/// The files of one test: a CA, a server certificate for 127.0.0.1 and two client certificates
+/// it signed (a proxy of group `maps` and an operator, by their SPIFFE names), and a client
+/// certificate from another CA.
 struct Pki {
     ca: PathBuf,
     server_cert: PathBuf,
     server_key: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
+    operator_cert: PathBuf,
+    operator_key: PathBuf,
     rogue_cert: PathBuf,
     rogue_key: PathBuf,
 }
@@ -122,16 +136,22 @@ impl Pki {
             path
         };
         let ca = Ca::new("legate-xds test CA");
-        let (server_cert, server_key) = ca.leaf("legate-xds", &[[127, 0, 0, 1].into()], false);
-        let (client_cert, client_key) = ca.leaf("maps1009", &[], true);
+        let (server_cert, server_key) = ca.leaf("legate-xds", &[[127, 0, 0, 1].into()], &[], false);
+        let (client_cert, client_key) =
+            ca.leaf("maps1009", &[], &["spiffe://legate.test/proxy/maps"], true);
+        let (operator_cert, operator_key) =
+            ca.leaf("alice", &[], &["spiffe://legate.test/operator/alice"], true);
         let rogue = Ca::new("another CA");
-        let (rogue_cert, rogue_key) = rogue.leaf("maps1009", &[], true);
+        let (rogue_cert, rogue_key) =
+            rogue.leaf("maps1009", &[], &["spiffe://legate.test/proxy/maps"], true);
         Pki {
             ca: write("ca.pem", &ca.pem),
             server_cert: write("server.pem", &server_cert),
             server_key: write("server.key", &server_key),
             client_cert: write("client.pem", &client_cert),
             client_key: write("client.key", &client_key),
+            operator_cert: write("operator.pem", &operator_cert),
+            operator_key: write("operator.key", &operator_key),
             rogue_cert: write("rogue.pem", &rogue_cert),
             rogue_key: write("rogue.key", &rogue_key),
         }
@@ -154,8 +174,13 @@ impl Pki {
         }
     }
 
+    /// The proxy of group `maps`.
     fn good_client(&self) -> ClientTlsFiles {
         self.client(Some((&self.client_cert, &self.client_key)))
+    }
+
+    fn operator(&self) -> ClientTlsFiles {
+        self.client(Some((&self.operator_cert, &self.operator_key)))
     }
 }
 
@@ -178,7 +203,8 @@ struct Proxy {
 }
 
 impl Proxy {
-    /// Connects over TLS with ALPN `h2` and opens the stream (R1, R2).
+    /// Connects over TLS with ALPN `h2` and opens the stream with its hello, as node
+    /// `maps1009` of group `maps` (R1, R2, R7).
     async fn connect(addr: SocketAddr, files: &ClientTlsFiles) -> Proxy {
         let config = client_config(files, &[b"h2"]).unwrap();
         let stream = tls_connect(addr, config).await.unwrap();
@@ -195,6 +221,21 @@ impl Proxy {
             .header("content-type", CONTENT_TYPE)
             .body(body)
             .unwrap();
+        // With client certificates the server answers once it has read the hello.
+        tx.send(Bytes::from(
+            Message::Hello {
+                node: Node {
+                    id: "maps1009".into(),
+                    cluster: "maps".into(),
+                    zone: None,
+                },
+                versions: BTreeMap::new(),
+                endpoint_versions: BTreeMap::new(),
+            }
+            .encode(),
+        ))
+        .await
+        .unwrap();
         let resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "R2");
         Proxy {
@@ -230,18 +271,8 @@ impl Proxy {
         }
     }
 
-    /// Hello, then the four updates (ACKed); the types received.
+    /// The four updates (ACKed) that follow the hello; the types received.
     async fn sync(&mut self) -> Vec<ResourceType> {
-        self.send(&Message::Hello {
-            node: Node {
-                id: "maps1009".into(),
-                cluster: "maps".into(),
-                zone: None,
-            },
-            versions: BTreeMap::new(),
-            endpoint_versions: BTreeMap::new(),
-        })
-        .await;
         let mut types = Vec::new();
         for _ in 0..4 {
             let m = self.recv(5 * SEC).await.expect("an update");
@@ -305,6 +336,8 @@ async fn start(tmp: &Path, tls: ServerTlsFiles) -> ServerHandle {
         listen: "127.0.0.1:0".parse().unwrap(),
         state: tmp.join("state.json"),
         tls: Some(tls),
+        roles: None,
+        audit: None,
         limits: legate_xds::server::Limits::default(),
     })
     .await
@@ -357,7 +390,7 @@ async fn mtls_stream_refusals_and_cli() {
     // Asked again until the server has recorded the proxy's stream.
     let mut status = serde_json::Value::Null;
     for _ in 0..500 {
-        status = request_with(&https, &pki.good_client(), Method::GET, "/v1/status", None)
+        status = request_with(&https, &pki.operator(), Method::GET, "/v1/status", None)
             .await
             .unwrap();
         if status["proxies"][0]["node"]["id"] == "maps1009" {
@@ -367,9 +400,29 @@ async fn mtls_stream_refusals_and_cli() {
     }
     assert_eq!(status["proxies"][0]["node"]["id"], "maps1009");
     assert_eq!(status["proxies"].as_array().unwrap().len(), 1);
-    let answer = request_with(
+    // The proxy's own certificate may not change anything.
+    let body = serde_json::json!({"cluster": "tegola", "address": "10.0.0.1:80", "weight": 5});
+    match request_with(
         &https,
         &pki.good_client(),
+        Method::POST,
+        "/v1/endpoints/set-weight",
+        Some(body.clone()),
+    )
+    .await
+    {
+        Err(CliError::Server { status, message }) => {
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            assert!(
+                message.contains("spiffe://legate.test/proxy/maps is a proxy of group maps"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let answer = request_with(
+        &https,
+        &pki.operator(),
         Method::POST,
         "/v1/endpoints/set-weight",
         Some(serde_json::json!({"cluster": "tegola", "address": "10.0.0.1:80", "weight": 5})),
@@ -413,9 +466,9 @@ async fn mtls_stream_refusals_and_cli() {
         "--ca".to_string(),
         pki.ca.display().to_string(),
         "--cert".to_string(),
-        pki.client_cert.display().to_string(),
+        pki.operator_cert.display().to_string(),
         "--key".to_string(),
-        pki.client_key.display().to_string(),
+        pki.operator_key.display().to_string(),
     ];
     let args: Vec<String> = ["status", "--json", "--server", &https]
         .iter()
@@ -524,6 +577,8 @@ async fn bad_tls_files_stop_the_start_and_name_the_file() {
         listen: "127.0.0.1:0".parse().unwrap(),
         state: tmp.path().join("state.json"),
         tls: Some(files),
+        roles: None,
+        audit: None,
         limits: legate_xds::server::Limits::default(),
     })
     .await
@@ -541,6 +596,8 @@ async fn bad_tls_files_stop_the_start_and_name_the_file() {
         listen: "127.0.0.1:0".parse().unwrap(),
         state: tmp.path().join("state.json"),
         tls: Some(files),
+        roles: None,
+        audit: None,
         limits: legate_xds::server::Limits::default(),
     })
     .await
@@ -557,6 +614,8 @@ async fn bad_tls_files_stop_the_start_and_name_the_file() {
         listen: "127.0.0.1:0".parse().unwrap(),
         state: tmp.path().join("state.json"),
         tls: Some(files),
+        roles: None,
+        audit: None,
         limits: legate_xds::server::Limits::default(),
     })
     .await
@@ -564,4 +623,46 @@ async fn bad_tls_files_stop_the_start_and_name_the_file() {
         panic!("started with a CA file without certificates");
     };
     assert!(e.to_string().contains("server.key"), "{e}");
+}
+
+/// A roles file without client certificates, a bad roles file and an audit log that cannot
+/// be opened stop the start, each named.
+#[tokio::test]
+async fn bad_roles_and_audit_files_stop_the_start_and_name_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let roles = tmp.path().join("roles.yaml");
+    std::fs::write(
+        &roles,
+        "roles:\n  - { uri: 'spiffe://m/proxy/*', role: proxy }\n",
+    )
+    .unwrap();
+    let config =
+        |tls: ServerTlsFiles, roles: Option<PathBuf>, audit: Option<PathBuf>| ServeConfig {
+            dir: tmp.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            state: tmp.path().join("state.json"),
+            tls: Some(tls),
+            roles,
+            audit,
+            limits: legate_xds::server::Limits::default(),
+        };
+    let Err(e) = serve(config(pki.server(false), Some(roles.clone()), None)).await else {
+        panic!("started with roles but no client certificates");
+    };
+    assert!(matches!(e, ServeError::RolesWithoutClientCa), "{e}");
+    let Err(e) = serve(config(pki.server(true), Some(roles.clone()), None)).await else {
+        panic!("started with a bad roles file");
+    };
+    assert!(
+        e.to_string()
+            .contains("roles.yaml: roles[0].uri: a proxy rule must capture the node group"),
+        "{e}"
+    );
+    let audit = tmp.path().join("missing-dir").join("audit.jsonl");
+    let Err(e) = serve(config(pki.server(true), None, Some(audit))).await else {
+        panic!("started without its audit log");
+    };
+    assert!(matches!(e, ServeError::Audit(_)), "{e}");
+    assert!(e.to_string().contains("missing-dir/audit.jsonl"), "{e}");
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 
+mod audit;
 mod route;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -58,6 +59,14 @@ pub enum Command {
         /// Require clients to present a certificate signed by a CA in this bundle (PEM): mTLS.
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         client_ca: Option<PathBuf>,
+        /// Map client certificate names to roles with this file (YAML); default: the SPIFFE
+        /// names spiffe://*/proxy/{group}, spiffe://*/operator/*, spiffe://*/viewer/*.
+        #[arg(long, value_name = "FILE", requires = "client_ca")]
+        roles: Option<PathBuf>,
+        /// Append every operator change here (JSON lines); default: the state file's name
+        /// with .audit.jsonl.
+        #[arg(long, value_name = "FILE")]
+        audit: Option<PathBuf>,
     },
     /// Change an endpoint in every node group that has its cluster.
     Endpoint {
@@ -72,6 +81,8 @@ pub enum Command {
     /// Move a route's split by some percentage points towards one target, and wait for the
     /// proxies' ACKs.
     Step(route::StepArgs),
+    /// Show the latest operator changes: who, what, when, before and after.
+    Audit(audit::AuditArgs),
     /// Show connected proxies, their versions, overrides and groups.
     Status {
         #[command(flatten)]
@@ -220,6 +231,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             tls_cert,
             tls_key,
             client_ca,
+            roles,
+            audit,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(ServerTlsFiles {
@@ -240,6 +253,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     listen,
                     state,
                     tls,
+                    roles,
+                    audit,
                     limits: crate::server::Limits::default(),
                 })
                 .await?;
@@ -289,6 +304,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Route { action } => route::run(action),
         Command::Step(args) => route::step(args),
+        Command::Audit(args) => audit::run(args),
         Command::Status { server, json } => {
             let answer = block_on(request_with(
                 &server.server,
@@ -564,7 +580,7 @@ fn sent_acked(v: &Value) -> String {
     }
 }
 
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {

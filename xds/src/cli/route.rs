@@ -221,9 +221,11 @@ async fn wait_for_acks(
     }
 }
 
-/// Of the proxies of `group` in a `/v1/status` answer, how many hold route tables `version`,
-/// and how many there are.
+/// Of the proxies of `group` in a `/v1/status` answer, how many hold route tables `version`
+/// (or the group's current ones, when a later change has replaced `version`), and how many
+/// there are.
 pub fn acks(status: &Value, group: &str, version: &str) -> (usize, usize) {
+    let served = status["groups"][group]["versions"]["route_tables"].as_str();
     let empty = Vec::new();
     let proxies = status["proxies"].as_array().unwrap_or(&empty);
     let of_group = proxies
@@ -232,7 +234,8 @@ pub fn acks(status: &Value, group: &str, version: &str) -> (usize, usize) {
     let (mut acked, mut total) = (0, 0);
     for p in of_group {
         total += 1;
-        if p["versions"]["route_tables"]["acked"].as_str() == Some(version) {
+        let held = p["versions"]["route_tables"]["acked"].as_str();
+        if held == Some(version) || (held.is_some() && held == served) {
             acked += 1;
         }
     }
@@ -266,6 +269,13 @@ mod tests {
         ]});
         assert_eq!(acks(&status, "maps", "v2"), (1, 2));
         assert_eq!(acks(&status, "none", "v2"), (0, 0));
+        // A later change (v3) replaced v2: holding v3 counts, v1 still does not.
+        let mut later = status.clone();
+        later["groups"] = json!({"maps": {"versions": {"route_tables": "v3"}}});
+        later["proxies"][0]["versions"]["route_tables"]["acked"] = json!("v3");
+        assert_eq!(acks(&later, "maps", "v2"), (1, 2));
+        later["proxies"][1]["versions"]["route_tables"]["acked"] = json!("v3");
+        assert_eq!(acks(&later, "maps", "v2"), (2, 2));
     }
 
     #[test]

@@ -133,7 +133,11 @@ async fn session(
         .await
         .map_err(|e| format!("stream request: {e}"))?;
     if resp.status() != http::StatusCode::OK {
-        return Err(format!("control plane answered {}", resp.status()));
+        let status = resp.status();
+        return Err(match refusal_reason(resp.into_body()).await {
+            Some(reason) => format!("control plane answered {status}: {reason}"),
+            None => format!("control plane answered {status}"),
+        });
     }
     info!(server = %xds.server, "connected to the control plane");
     status.update(|s| {
@@ -179,6 +183,20 @@ async fn session(
             }
         }
     }
+}
+
+/// The `error` of a refusal's JSON body (`{"error": …}`), if it comes within a second and a
+/// few KiB.
+async fn refusal_reason(body: hyper::body::Incoming) -> Option<String> {
+    const MAX: usize = 4096;
+    let limited = http_body_util::Limited::new(body, MAX).collect();
+    let bytes = tokio::time::timeout(Duration::from_secs(1), limited)
+        .await
+        .ok()?
+        .ok()?
+        .to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    value["error"].as_str().map(str::to_owned)
 }
 
 /// Connects to the control plane: h2c, or TLS with ALPN `h2` (verified like a cluster's
