@@ -2,9 +2,21 @@
 
 use anyhow::{ensure, Context as _, Result};
 
-/// `promtool check metrics` (Prometheus's own checker) finds nothing wrong with `text`.
+/// `promtool check metrics` (Prometheus's own checker) finds nothing wrong with `text`, and
+/// no series appears twice (promtool does not look; Prometheus drops the second sample).
 pub async fn check_metrics(text: &str) -> Result<()> {
     use tokio::io::AsyncWriteExt as _;
+    let mut seen = std::collections::HashSet::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let series = line.rsplit_once(' ').map_or(line, |(series, _)| series);
+        ensure!(
+            seen.insert(series),
+            "series {series} appears twice in the scrape:\n{text}"
+        );
+    }
     let mut child = tokio::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

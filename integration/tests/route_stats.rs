@@ -87,6 +87,10 @@ async fn a_split_with_one_slow_side_shows_each_side_in_its_own_series() -> Resul
         let labels = side(cluster);
         let ok = [labels[0], labels[1], labels[2], ("code_class", "2xx")];
         assert_eq!(get(&text, responses, &ok), n, "{cluster} 2xx\n{text}");
+        // A clean side reports 0 errors rather than nothing, so ratios between the sides
+        // (the alert on a split target failing more than its sibling) have both terms.
+        let failed = [labels[0], labels[1], labels[2], ("code_class", "5xx")];
+        assert_eq!(value(&text, responses, &failed), Some(0.0), "{cluster} 5xx");
         for histogram in [
             "legate_upstream_request_duration_seconds",
             "legate_upstream_response_head_duration_seconds",
@@ -365,5 +369,164 @@ async fn a_reload_keeps_the_counts_of_a_route_it_keeps() -> Result<()> {
     ];
     let count = "legate_downstream_request_duration_seconds_count";
     assert_eq!(get(&text, count, &down), 5.0);
+    Ok(())
+}
+
+/// A response whose body the upstream cuts short counts as incomplete, under its status, and
+/// is left out of the time-to-end histogram (its "end" is a failure, not a duration).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_short_counts_as_incomplete_and_is_not_timed() -> Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    // Promises 100 bytes, sends 10, closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let upstream = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                .await;
+        }
+    });
+    let proxy = Proxy::start(
+        yaml(
+            r#"
+admin: { listen: 127.0.0.1:0 }
+access_log: { enabled: false }
+listeners:
+  - { name: front, listen: 127.0.0.1:0, http: { route_table: main } }
+route_tables:
+  main:
+    virtual_hosts:
+      - hosts: ["*"]
+        routes: [{ name: cut, match: { prefix: / }, cluster: short }]
+clusters:
+  - { name: short, endpoints: ["${UPSTREAM}"] }
+"#,
+        )
+        .set("UPSTREAM", upstream),
+    )?;
+    proxy.wait_ready().await?;
+
+    let mut client = tokio::net::TcpStream::connect(proxy.addr("front")).await?;
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: example.org\r\n\r\n")
+        .await?;
+    let mut got = Vec::new();
+    let _ = client.read_to_end(&mut got).await;
+    let got = String::from_utf8_lossy(&got);
+    ensure!(got.starts_with("HTTP/1.1 200"), "{got}");
+    ensure!(
+        got.ends_with("0123456789"),
+        "the 10 bytes came through: {got}"
+    );
+
+    let text = scrape(&proxy).await?;
+    let at = [
+        ("listener", "front"),
+        ("route", "cut"),
+        ("cluster", "short"),
+    ];
+    assert_eq!(
+        value(&text, "legate_route_target_incomplete_total", &at),
+        Some(1.0),
+        "{text}"
+    );
+    let ok = [at[0], at[1], at[2], ("code_class", "2xx")];
+    assert_eq!(get(&text, "legate_route_target_responses_total", &ok), 1.0);
+    assert_eq!(
+        get(
+            &text,
+            "legate_upstream_response_head_duration_seconds_count",
+            &at
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "legate_upstream_request_duration_seconds_count", &at),
+        None,
+        "{text}"
+    );
+    check_metrics(&text).await?;
+    Ok(())
+}
+
+/// A client that leaves before the response head still counts: under class `other` on its
+/// route, and as incomplete on the target its request went to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_client_abandons_still_counts() -> Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+
+    let slow = Upstream::builder("slow").hold().start().await?;
+    let proxy = Proxy::start(
+        yaml(
+            r#"
+admin: { listen: 127.0.0.1:0 }
+access_log: { enabled: false }
+listeners:
+  - { name: front, listen: 127.0.0.1:0, http: { route_table: main } }
+route_tables:
+  main:
+    virtual_hosts:
+      - hosts: ["*"]
+        routes: [{ name: waits, match: { prefix: / }, cluster: slow }]
+clusters:
+  - { name: slow, endpoints: ["${SLOW}"] }
+"#,
+        )
+        .set("SLOW", slow.addr()),
+    )?;
+    proxy.wait_ready().await?;
+
+    let mut client = tokio::net::TcpStream::connect(proxy.addr("front")).await?;
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: example.org\r\n\r\n")
+        .await?;
+    slow.wait_requests(1).await?;
+    drop(client);
+
+    let at = [
+        ("listener", "front"),
+        ("route", "waits"),
+        ("cluster", "slow"),
+    ];
+    let text = legate_integration::eventually(Duration::from_secs(5), || async {
+        let text = scrape(&proxy).await?;
+        let n = get(&text, "legate_route_target_incomplete_total", &at);
+        ensure!(n == 1.0, "{n} incomplete");
+        Ok(text)
+    })
+    .await?;
+    let other = [at[0], at[1], at[2], ("code_class", "other")];
+    assert_eq!(
+        get(&text, "legate_route_target_responses_total", &other),
+        1.0
+    );
+    let down = [at[0], at[1], ("code_class", "other")];
+    assert_eq!(
+        get(
+            &text,
+            "legate_downstream_request_duration_seconds_count",
+            &down
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "legate_upstream_response_head_duration_seconds_count",
+            &at
+        ),
+        None
+    );
+    slow.open_gate();
     Ok(())
 }

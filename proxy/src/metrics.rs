@@ -377,10 +377,6 @@ impl Collector for StateCollector {
                 merged(&c.connect_duration),
             );
             let membership = c.membership.load();
-            connect.add(
-                ClusterLabels { cluster: name() },
-                merged(&c.connect_duration),
-            );
             panic.add(
                 ClusterLabels { cluster: name() },
                 i64::from(membership.panic),
@@ -459,6 +455,11 @@ fn encode_traffic(state: &State, e: &mut DescriptorEncoder) -> fmt::Result {
         "route_target_timeouts",
         "Tries and requests cut by the route's timeout or per-try timeout",
     );
+    let mut incomplete = Family::new(
+        "route_target_incomplete",
+        "Responses from a cluster whose body did not reach the client whole (upstream reset or \
+         idle mid-body, or the client gone)",
+    );
     let mut errors = Family::new(
         "route_target_errors",
         "Answers Legate gave itself (legate-error) for requests a route sent to a cluster",
@@ -495,17 +496,18 @@ fn encode_traffic(state: &State, e: &mut DescriptorEncoder) -> fmt::Result {
                         end.add(labels(), r.end);
                         retries.add(labels(), r.retries);
                         timeouts.add(labels(), r.timeouts);
+                        incomplete.add(labels(), r.incomplete);
+                        // Every class, zeros too: a ratio of one target's 5xx to its
+                        // sibling's needs both series to exist.
                         for (class, n) in CLASSES.iter().zip(r.responses) {
-                            if n > 0 {
-                                let t = labels();
-                                let labels = TargetClassLabels {
-                                    listener: t.listener,
-                                    route: t.route,
-                                    cluster: t.cluster,
-                                    code_class: class,
-                                };
-                                responses.add(labels, n);
-                            }
+                            let t = labels();
+                            let labels = TargetClassLabels {
+                                listener: t.listener,
+                                route: t.route,
+                                cluster: t.cluster,
+                                code_class: class,
+                            };
+                            responses.add(labels, n);
                         }
                         for (reason, n) in REASONS.iter().zip(r.errors) {
                             if n > 0 {
@@ -537,6 +539,7 @@ fn encode_traffic(state: &State, e: &mut DescriptorEncoder) -> fmt::Result {
     responses.counters(e)?;
     retries.counters(e)?;
     timeouts.counters(e)?;
+    incomplete.counters(e)?;
     errors.counters(e)?;
     sessions.encode(e)
 }

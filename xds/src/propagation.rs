@@ -86,6 +86,19 @@ impl Propagation {
     }
 
     /// The timings of every group that has had one.
+    /// The change `group` waits for is no longer timed: its last lagging proxy left, so no
+    /// ACK will end the wait (and the time to a disconnection is not a propagation time).
+    pub fn abandon(&self, group: &str) {
+        if let Some(g) = self.lock().get_mut(group) {
+            g.pending = None;
+        }
+    }
+
+    /// Drops a group that is gone, and its timings.
+    pub fn forget(&self, group: &str) {
+        self.lock().remove(group);
+    }
+
     pub fn reading(&self) -> BTreeMap<String, Timings> {
         self.lock()
             .iter()
@@ -141,5 +154,21 @@ mod tests {
         p.published("maps", true, t0 + Duration::from_secs(2));
         p.reached("maps", t0 + Duration::from_millis(2050));
         assert_eq!(p.reading()["maps"].last, Some(Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn an_abandoned_change_is_not_timed_and_a_forgotten_group_is_gone() {
+        let p = Propagation::default();
+        let t0 = Instant::now();
+        p.published("maps", true, t0);
+        p.abandon("maps");
+        assert!(!p.waiting("maps"));
+        p.reached("maps", t0 + Duration::from_secs(3600));
+        assert!(p.reading().is_empty(), "an hour-late ACK is not a timing");
+        p.published("maps", true, t0);
+        p.reached("maps", t0 + Duration::from_millis(20));
+        assert_eq!(p.reading()["maps"].count(), 1);
+        p.forget("maps");
+        assert!(p.reading().is_empty());
     }
 }

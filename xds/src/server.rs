@@ -47,7 +47,9 @@ use crate::protocol::{
     DecodeError, LineDecoder, Message, CONTENT_TYPE, DEAD_AFTER, PING_EVERY, STREAM_PATH,
 };
 use crate::session::{kind, Session, SessionError};
-use crate::shared::{lock, lock_registry, publish, sessions, Body, SessionEntry, Shared};
+use crate::shared::{
+    lock, lock_registry, publish, session_ended, sessions, Body, SessionEntry, Shared,
+};
 use crate::store::{load_dir, GroupEvent, GroupLookup, OperatorError, Overrides, Store};
 use crate::tls::{server_config, ServerTlsFiles, TlsError};
 use crate::watch::{Changes, RecursiveMode};
@@ -308,7 +310,13 @@ async fn reload(shared: &Arc<Shared>) {
         }
     };
     let mut store = shared.store.lock().await;
-    log_events(store.update(loaded));
+    let events = store.update(loaded);
+    for event in &events {
+        if let GroupEvent::Removed(group) = event {
+            shared.propagation.forget(group);
+        }
+    }
+    log_events(events);
     publish(shared, &store);
 }
 
@@ -671,11 +679,13 @@ impl<'a> Registered<'a> {
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        self.shared
-            .sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&self.id);
+        let removed = lock_registry(self.shared).remove(&self.id);
+        let group = removed
+            .and_then(|entry| entry.session)
+            .map(|session| lock(&session).node().cluster.clone());
+        if let Some(group) = group {
+            session_ended(self.shared, &group);
+        }
     }
 }
 

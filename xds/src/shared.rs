@@ -74,26 +74,49 @@ pub(crate) fn write_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Replaces the published snapshots if any group's content changed (no push otherwise).
+/// Callers hold the store lock, so publications do not race.
 pub(crate) fn publish(shared: &Shared, store: &Store) {
     let next = store.snapshots();
-    let mut changed = Vec::new();
-    shared.snapshots.send_if_modified(|current| {
+    let changed: Vec<String> = {
+        let current = shared.snapshots.borrow();
         if current.same_as(&next) {
-            return false;
+            return;
         }
-        for (group, snapshot) in &next.groups {
-            let before = current.groups.get(group).map(|s| s.versions());
-            if before.as_ref() != Some(&snapshot.versions()) {
-                changed.push(group.clone());
-            }
-        }
-        *current = Arc::new(next);
-        true
-    });
+        next.groups
+            .iter()
+            .filter(|(group, snapshot)| {
+                current.groups.get(*group).map(|s| s.versions()) != Some(snapshot.versions())
+            })
+            .map(|(group, _)| group.clone())
+            .collect()
+    };
+    // The clocks start before any proxy can see the change, so no ACK comes before them.
     let now = Instant::now().into_std();
-    for group in changed {
-        let connected = sessions(shared).iter().any(|st| st.node.cluster == group);
-        shared.propagation.published(&group, connected, now);
+    for group in &changed {
+        let connected = sessions(shared).iter().any(|st| &st.node.cluster == group);
+        shared.propagation.published(group, connected, now);
+    }
+    shared.snapshots.send_replace(Arc::new(next));
+}
+
+/// After a session of `group` ended: if the proxies of the group still connected all hold what
+/// it serves, the change it waited for is no longer timed ([`Propagation::abandon`]).
+pub(crate) fn session_ended(shared: &Shared, group: &str) {
+    if !shared.propagation.waiting(group) {
+        return;
+    }
+    let served = shared
+        .snapshots
+        .borrow()
+        .groups
+        .get(group)
+        .map(|s| s.versions());
+    let Some(served) = served else { return };
+    let all_hold = sessions(shared)
+        .iter()
+        .all(|st| st.node.cluster != group || crate::propagation::holds(st, &served));
+    if all_hold {
+        shared.propagation.abandon(group);
     }
 }
 

@@ -272,9 +272,11 @@ fn step(
             (false, false) => rest / n_others,
         })
         .collect();
-    // Whole percentages summing to 100: floors, then the largest remainders get one more.
+    // Hundredths of a percent (the largest weight, 10000, is 100 %) summing to 10000:
+    // floors, then the largest remainders get one more; whole percentages when they are.
+    let wanted: Vec<f64> = wanted.iter().map(|w| w * 100.0).collect();
     let mut weights: Vec<u32> = wanted.iter().map(|w| w.floor() as u32).collect();
-    let short = 100u32.saturating_sub(weights.iter().sum());
+    let short = MAX_WEIGHT.saturating_sub(weights.iter().sum());
     let mut order: Vec<usize> = (0..wanted.len()).collect();
     order.sort_by(|a, b| {
         let (ra, rb) = (wanted[*a].fract(), wanted[*b].fract());
@@ -282,6 +284,9 @@ fn step(
     });
     for i in order.into_iter().take(short as usize) {
         weights[i] += 1;
+    }
+    if weights.iter().all(|w| w % 100 == 0) {
+        weights.iter_mut().for_each(|w| *w /= 100);
     }
     Ok(targets
         .iter()
@@ -409,8 +414,15 @@ mod tests {
         // Weights need not be percentages; three targets share what one gives up.
         let three = [t("a", 1), t("b", 1), t("c", 1)];
         let stepped = step(&three, "a", 10).unwrap();
-        assert_eq!(stepped.iter().map(|t| t.weight).sum::<u32>(), 100);
-        assert_eq!(stepped[0].weight, 43);
+        // 43⅓ %, 28⅓ %, 28⅓ % in hundredths of a percent.
+        assert_eq!(stepped.iter().map(|t| t.weight).sum::<u32>(), 10_000);
+        assert_eq!(stepped[0].weight, 4334);
+        // A share finer than a percent moves by exactly the points asked.
+        let fine = [t("metal", 9990), t("k8s", 10)];
+        assert_eq!(
+            step(&fine, "k8s", 1).unwrap(),
+            [t("metal", 9890), t("k8s", 110)]
+        );
         let gone = [t("a", 0), t("b", 0), t("c", 5)];
         assert_eq!(
             step(&gone, "c", -50).unwrap(),

@@ -64,14 +64,19 @@ pub struct StatsEnd {
 }
 
 impl StatsEnd {
-    fn record(self) {
+    /// Records the request; `complete` when its response body reached the client whole.
+    fn record(self, complete: bool) {
         let now = Instant::now();
         let target = self.target.map(|mut t| {
-            // A body's end is timed only for a response the upstream sent.
+            // A body's end is timed only for a response the upstream sent, and sent whole.
             if t.head.is_some() {
-                t.end = self
-                    .upstream_start
-                    .map(|s| now.saturating_duration_since(s));
+                if complete {
+                    t.end = self
+                        .upstream_start
+                        .map(|s| now.saturating_duration_since(s));
+                } else {
+                    t.incomplete = true;
+                }
             }
             t
         });
@@ -89,7 +94,7 @@ impl StatsEnd {
 impl RequestEnd {
     fn finish(mut self, complete: bool) {
         if let Some(stats) = self.stats.take() {
-            stats.record();
+            stats.record(complete);
         }
         if let Some(pooled) = self.pooled.take() {
             // A connection whose response was not read to the end cannot carry another request.

@@ -28,7 +28,7 @@ use crate::io::Touching;
 use crate::listener::{HttpSettings, Protocol};
 use crate::path;
 use crate::router::{Action, PathMatch, Redirect, Respond, Route};
-use crate::stats::route::TargetOutcome;
+use crate::stats::route::{Outcome, TargetOutcome};
 
 /// What the access log and the end-of-request work learn while a request is handled.
 #[derive(Default)]
@@ -47,6 +47,37 @@ struct Trace {
     cluster_slot: Option<Admitted>,
     pooled: Option<Pooled>,
     bytes_received: Option<Arc<AtomicU64>>,
+}
+
+/// A request being routed and forwarded; if the client goes away before the response head
+/// (hyper then drops the handler), its route and target still count it: class `other`, and
+/// incomplete on the target it was sent to.
+struct Abandoned<'a> {
+    settings: &'a HttpSettings,
+    start: Instant,
+    trace: Trace,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        let Some(stats) = self
+            .trace
+            .route_index
+            .and_then(|route| self.settings.route_stats.get(route))
+        else {
+            return;
+        };
+        let attempts = self.trace.attempts;
+        stats.record(&Outcome {
+            status: 0,
+            elapsed: self.start.elapsed(),
+            target: self.trace.target.map(|mut t| {
+                t.retries = attempts.saturating_sub(1);
+                t.incomplete = true;
+                t
+            }),
+        });
+    }
 }
 
 /// Entry point for every request on every listener.
@@ -86,12 +117,19 @@ pub async fn handle(
     });
 
     let http1 = req.version() <= Version::HTTP_11;
-    let mut trace = Trace::default();
+    let mut pending = Abandoned {
+        settings: &settings,
+        start,
+        trace: Trace::default(),
+    };
     let span =
         debug_span!("req", method = %req.method(), host = host_of(&req), path = req.uri().path());
-    let routed = route(&ctx, &settings, req, &mut trace)
+    let routed = route(&ctx, &settings, req, &mut pending.trace)
         .instrument(span)
         .await;
+    // Answered: the end of the response body records the request from here on.
+    let mut trace = std::mem::take(&mut pending.trace);
+    drop(pending);
     let (mut resp, error) = match routed {
         Ok(resp) => (resp, None),
         Err(e) => {

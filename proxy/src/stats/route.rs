@@ -34,6 +34,7 @@ struct TargetCell {
     responses: [AtomicU64; CLASSES.len()],
     retries: AtomicU64,
     timeouts: AtomicU64,
+    incomplete: AtomicU64,
     errors: [AtomicU64; MAX_REASONS],
     head: Histogram,
     end: Histogram,
@@ -61,6 +62,8 @@ pub struct TargetOutcome {
     pub retries: u32,
     /// Tries (or the whole request) cut by a timeout.
     pub timeouts: u32,
+    /// The upstream's response began but its body did not reach the client whole.
+    pub incomplete: bool,
     /// The reason of the error Legate answered with, numbered below [`MAX_REASONS`].
     pub error: Option<usize>,
 }
@@ -71,6 +74,7 @@ pub struct TargetReading {
     pub responses: [u64; CLASSES.len()],
     pub retries: u64,
     pub timeouts: u64,
+    pub incomplete: u64,
     pub errors: [u64; MAX_REASONS],
     pub head: Merged,
     pub end: Merged,
@@ -113,6 +117,9 @@ impl RouteStats {
             cell.timeouts
                 .fetch_add(u64::from(t.timeouts), Ordering::Relaxed);
         }
+        if t.incomplete {
+            cell.incomplete.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(n) = t.error.and_then(|e| cell.errors.get(e)) {
             n.fetch_add(1, Ordering::Relaxed);
         }
@@ -145,6 +152,7 @@ impl TargetStats {
             }
             r.retries += cell.retries.load(Ordering::Relaxed);
             r.timeouts += cell.timeouts.load(Ordering::Relaxed);
+            r.incomplete += cell.incomplete.load(Ordering::Relaxed);
             for (into, n) in r.errors.iter_mut().zip(&cell.errors) {
                 *into += n.load(Ordering::Relaxed);
             }
@@ -171,6 +179,7 @@ impl TargetReading {
         }
         self.retries += other.retries;
         self.timeouts += other.timeouts;
+        self.incomplete += other.incomplete;
         for (a, b) in self.errors.iter_mut().zip(other.errors) {
             *a += b;
         }
@@ -178,14 +187,19 @@ impl TargetReading {
         self.end.add(&other.end);
     }
 
-    /// What happened since `earlier` (a reading of the same target).
+    /// What happened since `earlier` (a reading of the same target); everything, when the
+    /// counts went down (a reload replaced the target's counters with new ones).
     pub fn since(&self, earlier: &TargetReading) -> TargetReading {
+        if self.requests() < earlier.requests() {
+            return *self;
+        }
         let mut out = *self;
         for (a, b) in out.responses.iter_mut().zip(earlier.responses) {
             *a = a.saturating_sub(b);
         }
         out.retries = self.retries.saturating_sub(earlier.retries);
         out.timeouts = self.timeouts.saturating_sub(earlier.timeouts);
+        out.incomplete = self.incomplete.saturating_sub(earlier.incomplete);
         for (a, b) in out.errors.iter_mut().zip(earlier.errors) {
             *a = a.saturating_sub(b);
         }
@@ -211,6 +225,7 @@ mod tests {
                 end: Some(Duration::from_millis(3)),
                 retries: 2,
                 timeouts: 1,
+                incomplete: false,
                 error: None,
             }),
         });
@@ -248,5 +263,33 @@ mod tests {
             k.errors = [0; MAX_REASONS];
             k
         });
+    }
+
+    #[test]
+    fn since_a_reading_of_counters_that_were_replaced_takes_them_whole() {
+        let old = RouteStats::new("l", "r", &["metal"]);
+        let new = RouteStats::new("l", "r", &["metal", "k8s"]);
+        let ok = |index| Outcome {
+            status: 200,
+            elapsed: Duration::from_millis(1),
+            target: Some(TargetOutcome {
+                index,
+                incomplete: true,
+                ..TargetOutcome::default()
+            }),
+        };
+        for _ in 0..5 {
+            old.record(&ok(0));
+        }
+        new.record(&ok(0));
+        let before = old.targets[0].read();
+        let after = new.targets[0].read();
+        assert_eq!(before.incomplete, 5);
+        // A reload made new counters for the same target: the window sees 1, not 0.
+        assert_eq!(after.since(&before).requests(), 1);
+        assert_eq!(after.since(&before).incomplete, 1);
+        new.record(&ok(0));
+        let later = new.targets[0].read();
+        assert_eq!(later.since(&after).requests(), 1);
     }
 }
