@@ -1913,3 +1913,71 @@ async fn split_weights_move_from_the_cli_and_are_acknowledged() -> Result<()> {
     );
     Ok(())
 }
+
+/// A pushed cluster may name a local file only if the proxy's bootstrap lists it in
+/// `xds.allow_files`: the same push is NACKed, naming the field and the file, by a proxy that
+/// does not allow it, and applied by one that does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_files_are_refused_unless_the_bootstrap_allows_them() -> Result<()> {
+    let tiles = Upstream::echo("tiles").await?;
+    let secrets = tempfile::tempdir()?;
+    let password = secrets.path().join("pg-password");
+    std::fs::write(&password, "hunter2\n")?;
+    let files = Files::new()?;
+    files.group(
+        "maps",
+        "tiles",
+        &format!(
+            "clusters:\n  - {{ name: tiles, endpoints: [\"{}\"], health_check: {{ interval: 1h, postgres: {{ password_file: \"{}\" }} }} }}\n",
+            tiles.addr(),
+            password.display()
+        ),
+    )?;
+    let server = files.serve(any_port()).await?;
+    let xds_addr = server.local_addr();
+    let allowing = bootstrap("p2", "maps", xds_addr).text()?.replace(
+        &format!("xds: {{ server: \"{xds_addr}\" }}"),
+        &format!(
+            "xds: {{ server: \"{xds_addr}\", allow_files: [\"{}/\"] }}",
+            secrets.path().display()
+        ),
+    );
+    ensure!(allowing.contains("allow_files"), "{allowing}");
+
+    let refusing = Proxy::start(bootstrap("p1", "maps", xds_addr))?;
+    let nack = eventually(PUSH, || async {
+        let s = session(xds_addr, "p1").await?;
+        ensure!(s["last_nack"]["type"] == "clusters", "no NACK yet: {s:#}");
+        Ok(s)
+    })
+    .await?;
+    let detail = nack["last_nack"]["error_detail"]
+        .as_array()
+        .context("error_detail")?;
+    let expected = format!(
+        "clusters[tiles].health_check.postgres.password_file: \"{}\" is not in the bootstrap's xds.allow_files",
+        password.display()
+    );
+    assert!(
+        detail.iter().any(|d| d["name"] == "clusters[tiles]"
+            && d["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with(&expected))),
+        "{nack:#}"
+    );
+    let ready = client::get(refusing.admin(), "admin", "/ready").await?;
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "nothing applied"
+    );
+
+    let allowed = Proxy::start(yaml(&allowing))?;
+    allowed
+        .wait_ready()
+        .await
+        .context("the proxy that allows the file applies the push")?;
+    let s = session(xds_addr, "p2").await?;
+    assert!(s["last_nack"].is_null(), "{s:#}");
+    Ok(())
+}

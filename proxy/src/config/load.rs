@@ -1093,6 +1093,7 @@ mod tests {
                 server: "127.0.0.1:1".into(),
                 connect_timeout: crate::config::Duration::from_secs(1),
                 tls: None,
+                allow_files: Vec::new(),
             }),
             probes: Some(crate::config::model::Probes {
                 listen: "127.0.0.1:0".into(),

@@ -85,12 +85,25 @@ pub struct Xds {
     /// cluster's `tls`; ALPN is always `h2`. Default: h2c (plaintext, for loopback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// Local files the control plane's resources may name (TLS certificates, keys and CAs,
+    /// Postgres password files): absolute paths, or directories ending in `/`. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_files: Vec<String>,
 }
 
 impl Xds {
     fn default_connect_timeout() -> Duration {
         Duration::from_secs(5)
     }
+}
+
+/// `/a/b`: absolute, every part a name (no empty, `.` or `..` part); the form
+/// [`Xds::allow_files`] entries and the files pushed resources name must have.
+pub fn is_plain_absolute(path: &str) -> bool {
+    path.strip_prefix('/').is_some_and(|rest| {
+        rest.split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..")
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

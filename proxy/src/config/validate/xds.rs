@@ -29,6 +29,23 @@ impl Validator<'_> {
                 );
             }
         }
+        for (i, file) in xds.allow_files.iter().enumerate() {
+            let plain = file.strip_suffix('/').map_or(file.as_str(), |dir| {
+                if dir.is_empty() {
+                    "/"
+                } else {
+                    dir
+                }
+            });
+            if plain == "/" || !crate::config::model::is_plain_absolute(plain) {
+                self.error(
+                    base.field("allow_files").index(i),
+                    format!(
+                        "{file:?} must be an absolute path without `.` or `..` parts (a file, or a directory ending in `/`), and not `/`"
+                    ),
+                );
+            }
+        }
         if self
             .config
             .node
@@ -78,6 +95,31 @@ mod tests {
             node: { cluster: edge }
             xds: { server: "127.0.0.1:18000", tls: { alpn: [h2] } }
             "#,
+        );
+    }
+
+    #[test]
+    fn allow_files_are_plain_absolute_paths() {
+        assert_errors(
+            r#"
+            node: { cluster: edge }
+            xds:
+              server: "127.0.0.1:18000"
+              allow_files: [/etc/legate/pushed/, /etc/ssl/ca.pem, relative/x, /etc/../x, /]
+            "#,
+            &[
+                (
+                    "xds.allow_files[2]",
+                    4,
+                    "\"relative/x\" must be an absolute path",
+                ),
+                (
+                    "xds.allow_files[3]",
+                    4,
+                    "\"/etc/../x\" must be an absolute path",
+                ),
+                ("xds.allow_files[4]", 4, "\"/\" must be an absolute path"),
+            ],
         );
     }
 }

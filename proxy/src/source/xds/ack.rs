@@ -41,6 +41,7 @@ pub fn handle(
     pending: &mut Pending,
     apply: &dyn Apply,
     xds: &XdsState,
+    allow_files: &[String],
 ) -> Vec<Message> {
     let base = pending.candidate.clone().unwrap_or_else(|| held.clone());
     let (resource_type, version, nonce, candidate) = match msg {
@@ -103,7 +104,7 @@ pub fn handle(
     // Every resource must decode and fit the bootstrap; a complete set must also check and
     // apply (R12).
     let complete = candidate.complete();
-    let outcome = match resources::decode(&candidate) {
+    let outcome = match resources::decode(&candidate, allow_files) {
         Err(errors) => Err(errors),
         Ok(decoded) if !complete => apply.precheck(&decoded).map(|()| false).map_err(problems),
         Ok(decoded) => apply
@@ -291,6 +292,7 @@ mod tests {
                 &mut pending,
                 &apply,
                 &shared,
+                &[],
             );
             assert!(answers.is_empty(), "{wording}: held back, got {answers:?}");
             assert!(pending.deadline().is_some());
@@ -305,6 +307,7 @@ mod tests {
             &mut pending,
             &apply,
             &shared,
+            &[],
         );
         assert!(
             matches!(&answers[..], [Message::Nack { nonce, .. }] if nonce == "n2"),
@@ -337,6 +340,7 @@ mod tests {
             &mut pending,
             &Checking::default(),
             &shared,
+            &[],
         );
         match &answers[..] {
             [Message::Nack { error_detail, .. }] => {
@@ -375,6 +379,7 @@ mod tests {
             &mut pending,
             &Checking::default(),
             &shared,
+            &[],
         );
         match &answers[..] {
             [Message::Nack { error_detail, .. }] => {
@@ -396,7 +401,7 @@ mod tests {
         let mut held = Held::default();
         let mut pending = Pending::default();
         let mut send = |msg| {
-            let mut answers = handle(msg, &mut held, &mut pending, &apply, &shared);
+            let mut answers = handle(msg, &mut held, &mut pending, &apply, &shared, &[]);
             assert!(answers.len() <= 1, "{answers:?}");
             answers.pop()
         };
@@ -482,6 +487,7 @@ mod tests {
             &mut pending,
             &apply,
             &shared,
+            &[],
         );
         assert!(answers.is_empty(), "held back: {answers:?}");
         assert!(pending.deadline().is_some());
@@ -499,6 +505,7 @@ mod tests {
             &mut pending,
             &apply,
             &shared,
+            &[],
         );
         let nonces: Vec<_> = answers
             .iter()
@@ -523,6 +530,7 @@ mod tests {
             &mut pending,
             &apply,
             &shared,
+            &[],
         );
         let answers = give_up(&held, &mut pending, &shared);
         assert!(

@@ -1,8 +1,10 @@
 //! The xDS-lite client (xds/PROTOCOL.md): one long-lived stream to the control plane. It
-//! carries messages only: [`resources`] turns what it receives into config model, the applier
-//! checks and applies it, and [`ack`] answers each update with an ACK or a NACK.
+//! carries messages only: [`resources`] turns what it receives into config model (refusing
+//! local files the bootstrap does not allow, [`files`]), the applier checks and applies it,
+//! and [`ack`] answers each update with an ACK or a NACK.
 
 pub mod ack;
+pub mod files;
 pub mod resources;
 
 use std::sync::Arc;
@@ -164,7 +166,7 @@ async fn session(
                 decoder.push(&data);
                 while let Some(msg) = decoder.next_message() {
                     let msg = msg.map_err(|e| format!("protocol error: {e}"))?;
-                    for answer in ack::handle(msg, held, &mut pending, apply, status) {
+                    for answer in ack::handle(msg, held, &mut pending, apply, status, &xds.allow_files) {
                         send(&tx, answer).await?;
                     }
                 }

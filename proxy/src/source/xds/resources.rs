@@ -102,14 +102,24 @@ impl Problem {
     }
 }
 
-/// Decodes every resource held; errors name the resource and the field path.
-pub fn decode(held: &Held) -> Result<Resources, Vec<Problem>> {
+/// Decodes every resource held; errors name the resource and the field path. A resource
+/// naming a local file not in `allow_files` is refused ([`super::files`]).
+pub fn decode(held: &Held, allow_files: &[String]) -> Result<Resources, Vec<Problem>> {
     let mut out = Resources::default();
     let mut errors = Vec::new();
 
     for value in held.resources(ResourceType::Listeners) {
         match decode_one::<model::Listener>(value) {
-            Ok(l) => out.listeners.push(l),
+            Ok(l) => {
+                for refusal in super::files::listener(&l, allow_files) {
+                    errors.push(Problem::new(
+                        format!("listeners[{}]", l.name),
+                        refusal,
+                        None,
+                    ));
+                }
+                out.listeners.push(l);
+            }
             Err(e) => errors.push(resource_error("listeners", value, e)),
         }
     }
@@ -152,8 +162,12 @@ pub fn decode(held: &Held) -> Result<Resources, Vec<Problem>> {
                         )),
                     }
                 }
-                if let Some(problem) = local_secret_file(&c) {
-                    errors.push(problem);
+                for refusal in super::files::cluster(&c, allow_files) {
+                    errors.push(Problem::new(
+                        format!("clusters[{}]", c.name),
+                        refusal,
+                        Some(c.name.clone()),
+                    ));
                 }
                 out.clusters.push(c);
             }
@@ -169,25 +183,6 @@ pub fn decode(held: &Held) -> Result<Resources, Vec<Problem>> {
     } else {
         Err(errors)
     }
-}
-
-/// A pushed cluster may not name a local file whose contents Legate would send to the
-/// endpoints the push chose: a Postgres health check's `password_file` goes, in clear, to
-/// whatever address the control plane put in the cluster. Such checks belong in the
-/// bootstrap, which the operator of this host writes.
-fn local_secret_file(c: &model::Cluster) -> Option<Problem> {
-    let postgres = c.health_check.as_ref()?.postgres.as_ref()?;
-    postgres.password_file.as_ref()?;
-    Some(Problem::new(
-        format!("clusters[{}]", c.name),
-        format!(
-            "clusters[{}].health_check.postgres.password_file: not accepted from the control \
-             plane (the file's contents would be sent to the endpoints it chose); give this \
-             cluster's check in the bootstrap config",
-            c.name
-        ),
-        Some(c.name.clone()),
-    ))
 }
 
 /// Names a problem of the assembled config by the resource it is in (`clusters[tiles]`),
@@ -292,7 +287,7 @@ pub(crate) mod tests {
 
     #[test]
     fn assembles_a_complete_set() {
-        let config = merge(&bootstrap(), &decode(&full()).unwrap()).unwrap();
+        let config = merge(&bootstrap(), &decode(&full(), &[]).unwrap()).unwrap();
         assert!(validate(&config).is_empty());
         assert_eq!(config.listeners[0].name, "front");
         assert_eq!(config.clusters[0].endpoints.len(), 2);
@@ -303,7 +298,7 @@ pub(crate) mod tests {
 
     /// The problems the applier's check finds in a decoded set, named as a NACK names them.
     fn checked(held: &Held) -> Vec<ResourceError> {
-        let config = merge(&bootstrap(), &decode(held).unwrap()).unwrap();
+        let config = merge(&bootstrap(), &decode(held, &[]).unwrap()).unwrap();
         validate(&config).iter().map(|p| name(p).detail).collect()
     }
 
@@ -320,7 +315,7 @@ pub(crate) mod tests {
                 ],
             ),
         );
-        let errors: Vec<_> = decode(&held)
+        let errors: Vec<_> = decode(&held, &[])
             .unwrap_err()
             .into_iter()
             .map(|p| p.detail)
@@ -368,7 +363,7 @@ pub(crate) mod tests {
                 },
             );
         }
-        let problems = decode(&held).unwrap_err();
+        let problems = decode(&held, &[]).unwrap_err();
         assert_eq!(problems[0].detail.name, "endpoints[tiles]");
         assert_eq!(problems[0].for_type(ResourceType::Endpoints).name, "tiles");
         assert_eq!(
@@ -378,28 +373,72 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_pushed_cluster_may_not_name_a_password_file() {
+    fn pushed_resources_name_only_the_local_files_the_bootstrap_allows() {
         let mut held = full();
         held.sotw.insert(
             ResourceType::Clusters,
             (
                 "c3".into(),
+                vec![
+                    serde_json::json!({
+                        "name": "tiles",
+                        "health_check": { "postgres": { "user": "maps", "password_file": "/etc/legate/pg-password" } }
+                    }),
+                    serde_json::json!({
+                        "name": "search",
+                        "tls": { "client_cert": "/etc/legate/pushed/search.pem", "client_key": "/etc/legate/host.key" },
+                        "health_check": { "postgres": { "password": "hunter2" } }
+                    }),
+                ],
+            ),
+        );
+        held.sotw.insert(
+            ResourceType::Listeners,
+            (
+                "l3".into(),
                 vec![serde_json::json!({
-                    "name": "tiles",
-                    "health_check": { "postgres": { "user": "maps", "password_file": "/etc/legate/pg-password" } }
+                    "name": "secure", "listen": "127.0.0.1:0", "http": { "route_table": "maps" },
+                    "tls": { "certificates": [{ "cert": "/etc/legate/pushed/a.pem", "key": "/root/.ssh/id_ed25519" }] }
                 })],
             ),
         );
-        let problems = decode(&held).unwrap_err();
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(problems[0].detail.name, "clusters[tiles]");
+        let errors = |allow: &[String]| -> Vec<String> {
+            match decode(&held, allow) {
+                Ok(_) => Vec::new(),
+                Err(problems) => problems.iter().map(|p| p.detail.error.clone()).collect(),
+            }
+        };
+        let none = errors(&[]);
+        assert_eq!(none.len(), 6, "{none:#?}");
         assert!(
-            problems[0]
-                .detail
-                .error
-                .starts_with("clusters[tiles].health_check.postgres.password_file: not accepted"),
-            "{problems:?}"
+            none[0].starts_with(
+                "listeners[secure].tls.certificates[0].cert: \"/etc/legate/pushed/a.pem\" is not in the bootstrap's xds.allow_files"
+            ),
+            "{none:#?}"
         );
-        assert_eq!(problems[0].cluster.as_deref(), Some("tiles"));
+        assert!(none[2].starts_with(
+            "clusters[tiles].health_check.postgres.password_file: \"/etc/legate/pg-password\" is not in"
+        ));
+        assert!(
+            none[5].starts_with("clusters[search].health_check.postgres.password: not accepted"),
+            "{none:#?}"
+        );
+        let problems = decode(&held, &[]).unwrap_err();
+        assert_eq!(problems[2].detail.name, "clusters[tiles]");
+        assert_eq!(problems[2].cluster.as_deref(), Some("tiles"));
+
+        // Listed files pass; the rest (a key outside, an inline password) still do not.
+        let allow = [
+            "/etc/legate/pushed/".to_owned(),
+            "/etc/legate/pg-password".to_owned(),
+        ];
+        let some = errors(&allow);
+        assert_eq!(some.len(), 3, "{some:#?}");
+        assert!(some[0].contains("\"/root/.ssh/id_ed25519\""), "{some:#?}");
+        assert!(some[1].contains("\"/etc/legate/host.key\""), "{some:#?}");
+        assert!(
+            some[2].contains("postgres.password: not accepted"),
+            "{some:#?}"
+        );
     }
 }
