@@ -15,15 +15,32 @@ pub const DEFAULT_LIMIT: usize = 100;
 /// The most it returns at once.
 pub const MAX_LIMIT: usize = 10_000;
 
-/// The append-only log file.
+/// The append-only log file, and its latest entries in memory (what `GET /v1/audit` reads).
+///
+/// Entries are written under the store lock (one change at a time), so an entry for a change
+/// that then fails is the file's last and can be cut off again ([`AuditLog::undo`]).
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
-    /// The open file and the next entry's id.
-    file: Mutex<(File, u64)>,
+    inner: Mutex<Inner>,
 }
 
-/// Why the log cannot be opened, written or read; each names the file.
+#[derive(Debug)]
+struct Inner {
+    file: File,
+    next_id: u64,
+    /// The latest [`MAX_LIMIT`] entries, oldest first.
+    recent: VecDeque<Value>,
+}
+
+/// Where an entry was written, to take it back.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded {
+    pub id: u64,
+    offset: u64,
+}
+
+/// Why the log cannot be opened or written; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("cannot open audit log {}: {error}", path.display())]
@@ -33,11 +50,6 @@ pub enum AuditError {
     },
     #[error("cannot write audit log {}: {error}", path.display())]
     Write {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("cannot read audit log {}: {error}", path.display())]
-    Read {
         path: PathBuf,
         error: std::io::Error,
     },
@@ -56,7 +68,8 @@ pub struct Change {
 }
 
 impl AuditLog {
-    /// Opens (or creates) the log for appending; entries continue the ids found in it.
+    /// Opens (or creates) the log for appending; entries continue the ids found in it. Lines
+    /// that are not entries (torn by a crash, not UTF-8) are skipped.
     pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
         let error = |error| AuditError::Open {
             path: path.to_path_buf(),
@@ -69,13 +82,29 @@ impl AuditLog {
             .open(path)
             .map_err(error)?;
         let mut last_id = 0;
-        for line in BufReader::new(&file).lines() {
+        let mut recent: VecDeque<Value> = VecDeque::new();
+        let mut failures: BTreeMap<u64, Value> = BTreeMap::new();
+        for line in BufReader::new(&file).split(b'\n') {
             let line = line.map_err(error)?;
-            if let Some(id) = serde_json::from_str::<Value>(&line)
-                .ok()
-                .and_then(|v| v["id"].as_u64())
-            {
-                last_id = last_id.max(id);
+            let Ok(entry) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            let Some(id) = entry["id"].as_u64() else {
+                continue;
+            };
+            last_id = last_id.max(id);
+            if let Some(failed) = entry.get("failed") {
+                failures.insert(id, failed.clone());
+                continue;
+            }
+            recent.push_back(entry);
+            if recent.len() > MAX_LIMIT {
+                recent.pop_front();
+            }
+        }
+        for entry in &mut recent {
+            if let Some(failed) = entry["id"].as_u64().and_then(|id| failures.remove(&id)) {
+                entry["failed"] = failed;
             }
         }
         // A line cut short (the machine stopped mid-write) stays on a line of its own.
@@ -90,7 +119,11 @@ impl AuditLog {
         }
         Ok(AuditLog {
             path: path.to_path_buf(),
-            file: Mutex::new((file, last_id + 1)),
+            inner: Mutex::new(Inner {
+                file,
+                next_id: last_id + 1,
+                recent,
+            }),
         })
     }
 
@@ -99,10 +132,12 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends a change, flushed to disk, and returns its id. Blocking.
-    pub fn record(&self, change: &Change) -> Result<u64, AuditError> {
-        let mut file = self.lock();
-        let id = file.1;
+    /// Appends a change, flushed to disk. On an error nothing of it stays in the file (and
+    /// its id is not used again). Blocking.
+    pub fn record(&self, change: &Change) -> Result<Recorded, AuditError> {
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
         let entry = json!({
             "id": id,
             "time": now(),
@@ -112,73 +147,77 @@ impl AuditLog {
             "before": change.before,
             "after": change.after,
         });
-        self.append(&mut file.0, &entry)?;
-        file.1 += 1;
-        Ok(id)
+        let mut line = entry.to_string();
+        line.push('\n');
+        let file = &mut inner.file;
+        let written = file.metadata().map(|m| m.len()).and_then(|offset| {
+            file.write_all(line.as_bytes())
+                .and_then(|()| file.sync_data())
+                .map(|()| offset)
+                .inspect_err(|_| {
+                    let _ = file.set_len(offset).and_then(|()| file.sync_data());
+                })
+        });
+        let offset = written.map_err(|error| AuditError::Write {
+            path: self.path.clone(),
+            error,
+        })?;
+        inner.recent.push_back(entry);
+        if inner.recent.len() > MAX_LIMIT {
+            inner.recent.pop_front();
+        }
+        Ok(Recorded { id, offset })
     }
 
-    /// Notes that change `id` was not applied, and why. Blocking.
-    pub fn record_failure(&self, id: u64, error: &str) -> Result<(), AuditError> {
-        let mut file = self.lock();
-        self.append(
-            &mut file.0,
-            &json!({ "id": id, "time": now(), "failed": error }),
-        )
+    /// Takes back the entry `recorded` for a change that was not applied: cuts it off the
+    /// file (it is the last: changes are recorded one at a time), or, if that fails, marks
+    /// it failed with `reason`. Blocking.
+    pub fn undo(&self, recorded: Recorded, reason: &str) -> Result<(), AuditError> {
+        let mut inner = self.lock();
+        let file = &mut inner.file;
+        let cut = file
+            .set_len(recorded.offset)
+            .and_then(|()| file.sync_data());
+        let result = match cut {
+            Ok(()) => {
+                inner
+                    .recent
+                    .retain(|e| e["id"].as_u64() != Some(recorded.id));
+                return Ok(());
+            }
+            Err(_) => {
+                let mut line =
+                    json!({ "id": recorded.id, "time": now(), "failed": reason }).to_string();
+                line.push('\n');
+                file.write_all(line.as_bytes())
+                    .and_then(|()| file.sync_data())
+            }
+        };
+        if let Some(e) = inner
+            .recent
+            .iter_mut()
+            .find(|e| e["id"].as_u64() == Some(recorded.id))
+        {
+            e["failed"] = Value::from(reason);
+        }
+        result.map_err(|error| AuditError::Write {
+            path: self.path.clone(),
+            error,
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (File, u64)> {
-        self.file
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn append(&self, file: &mut File, entry: &Value) -> Result<(), AuditError> {
-        let mut line = entry.to_string();
-        line.push('\n');
-        file.write_all(line.as_bytes())
-            .and_then(|()| file.sync_data())
-            .map_err(|error| AuditError::Write {
-                path: self.path.clone(),
-                error,
-            })
-    }
-
-    /// The last `limit` changes, oldest first; a change that was not applied carries
-    /// `failed`. Lines that are not entries are skipped. Blocking.
-    pub fn read(&self, limit: usize) -> Result<Vec<Value>, AuditError> {
-        let error = |error| AuditError::Read {
-            path: self.path.clone(),
-            error,
-        };
-        let file = File::open(&self.path).map_err(error)?;
-        let mut entries: VecDeque<Value> = VecDeque::new();
-        let mut failures: BTreeMap<u64, Value> = BTreeMap::new();
-        for line in BufReader::new(file).lines() {
-            let line = line.map_err(error)?;
-            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            let Some(id) = entry["id"].as_u64() else {
-                continue;
-            };
-            if let Some(failed) = entry.get("failed") {
-                failures.insert(id, failed.clone());
-                continue;
-            }
-            entries.push_back(entry);
-            if entries.len() > limit {
-                entries.pop_front();
-            }
-        }
-        Ok(entries
-            .into_iter()
-            .map(|mut e| {
-                if let Some(failed) = e["id"].as_u64().and_then(|id| failures.remove(&id)) {
-                    e["failed"] = failed;
-                }
-                e
-            })
-            .collect())
+    /// The last `limit` changes (at most [`MAX_LIMIT`]), oldest first; one that was not
+    /// applied and could not be cut off carries `failed`.
+    pub fn read(&self, limit: usize) -> Vec<Value> {
+        let inner = self.lock();
+        let skip = inner.recent.len().saturating_sub(limit);
+        inner.recent.iter().skip(skip).cloned().collect()
     }
 }
 
@@ -205,32 +244,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::open(&path).unwrap();
-        assert_eq!(log.record(&change("depool")).unwrap(), 1);
-        assert_eq!(log.record(&change("pool")).unwrap(), 2);
-        log.record_failure(2, "cannot write state file").unwrap();
+        assert_eq!(log.record(&change("depool")).unwrap().id, 1);
+        let pool = log.record(&change("pool")).unwrap();
+        assert_eq!(pool.id, 2);
+        // Not applied: taken back, from memory and from the file.
+        log.undo(pool, "cannot write state file").unwrap();
+        assert_eq!(log.read(DEFAULT_LIMIT).len(), 1);
         drop(log);
 
-        // A torn last line, as after a crash mid-write, is skipped and does not glue.
+        // A torn last line, as after a crash mid-write (here cut inside a multibyte
+        // character), is skipped and does not glue; a failure marker folds into its entry.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(br#"{"id":3,"time":"#).unwrap();
+        f.write_all(b"{\"id\":1,\"failed\":\"disk\"}\n").unwrap();
+        f.write_all(&"{\"id\":3,\"who\":\"é".as_bytes()[..16])
+            .unwrap();
         drop(f);
         let log = AuditLog::open(&path).unwrap();
-        assert_eq!(log.record(&change("set-weight")).unwrap(), 3);
+        let next = log.record(&change("set-weight")).unwrap();
+        assert_eq!(next.id, 2, "after the last entry the file holds");
 
-        let entries = log.read(DEFAULT_LIMIT).unwrap();
+        let entries = log.read(DEFAULT_LIMIT);
         let ops: Vec<&str> = entries
             .iter()
             .map(|e| e["operation"].as_str().unwrap())
             .collect();
-        assert_eq!(ops, ["depool", "pool", "set-weight"]);
+        assert_eq!(ops, ["depool", "set-weight"]);
         assert_eq!(entries[0]["after"], json!({ "pooled": false }));
         assert_eq!(entries[0]["who"]["peer"], "127.0.0.1:1");
         assert!(entries[0]["time"].as_str().unwrap().ends_with('Z'));
-        assert!(entries[0].get("failed").is_none());
-        assert_eq!(entries[1]["failed"], "cannot write state file");
-        let last = log.read(1).unwrap();
+        assert_eq!(entries[0]["failed"], "disk");
+        assert!(entries[1].get("failed").is_none());
+        let last = log.read(1);
         assert_eq!(last.len(), 1);
-        assert_eq!(last[0]["id"], 3);
+        assert_eq!(last[0]["id"], 2);
+        drop(log);
+        // What memory shows is what the file holds.
+        let reopened = AuditLog::open(&path).unwrap();
+        assert_eq!(reopened.read(DEFAULT_LIMIT), entries);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The control plane's bounds on what clients may hold open: connections, time to speak,
-//! streams.
+//! The control plane's bounds on what clients may hold open or send: connections, time to
+//! speak, streams, line length.
 
 use std::time::Duration;
 
@@ -17,7 +17,12 @@ pub struct Limits {
     pub first_bytes_timeout: Duration,
     /// Streams open at once on one HTTP/2 connection.
     pub max_streams_per_connection: u32,
+    /// The longest line a proxy may send on its stream (a hello, an ACK or NACK).
+    pub max_line: usize,
 }
+
+/// [`Limits::max_line`] by default: 4 MiB.
+pub const DEFAULT_MAX_LINE: usize = 4 * 1024 * 1024;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -25,6 +30,7 @@ impl Default for Limits {
             max_connections: 10_000,
             first_bytes_timeout: HANDSHAKE_TIMEOUT,
             max_streams_per_connection: 100,
+            max_line: DEFAULT_MAX_LINE,
         }
     }
 }

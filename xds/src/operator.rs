@@ -71,8 +71,8 @@ async fn read_body(body: Incoming) -> Result<Bytes, Response<Body>> {
 }
 
 /// Writes `change` to the audit log, persists `next`, then makes it the store's overrides and
-/// publishes the groups. A change that cannot be logged or persisted changes nothing (and a
-/// logged one that could not be persisted is marked failed in the log).
+/// publishes the groups. A change that cannot be logged or persisted changes nothing, and
+/// its audit entry is taken back.
 async fn commit(
     shared: &Shared,
     store: &mut Store,
@@ -87,8 +87,8 @@ async fn commit(
         )
     };
     let log = shared.audit.clone();
-    let id = match tokio::task::spawn_blocking(move || log.record(&change)).await {
-        Ok(Ok(id)) => id,
+    let recorded = match tokio::task::spawn_blocking(move || log.record(&change)).await {
+        Ok(Ok(recorded)) => recorded,
         Ok(Err(e)) => return Err(failed(e.to_string())),
         Err(e) => return Err(failed(format!("audit log write failed: {e}"))),
     };
@@ -104,11 +104,11 @@ async fn commit(
     };
     if let Some(message) = message {
         let log = shared.audit.clone();
-        let note = message.clone();
-        match tokio::task::spawn_blocking(move || log.record_failure(id, &note)).await {
+        let reason = message.clone();
+        match tokio::task::spawn_blocking(move || log.undo(recorded, &reason)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "cannot mark the change failed in the audit log"),
-            Err(e) => warn!(error = %e, "cannot mark the change failed in the audit log"),
+            Ok(Err(e)) => warn!(error = %e, "cannot take the change back from the audit log"),
+            Err(e) => warn!(error = %e, "cannot take the change back from the audit log"),
         }
         return Err(failed(message));
     }
@@ -117,10 +117,26 @@ async fn commit(
     Ok(())
 }
 
+/// Runs the checked, logged, persisted part of a change in a task of its own, so a client
+/// that goes away (hyper then drops the request) cannot cut it between the audit log, the
+/// state file and the store.
+async fn uncancellable<F>(change: F) -> Response<Body>
+where
+    F: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    match tokio::spawn(change).await {
+        Ok(resp) => resp,
+        Err(e) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the change failed: {e}"),
+        ),
+    }
+}
+
 /// `POST /v1/endpoints/<operation>`.
 pub(crate) async fn operate(
-    shared: &Shared,
-    client: &Client,
+    shared: Arc<Shared>,
+    client: Arc<Client>,
     operation: &str,
     body: Incoming,
 ) -> Response<Body> {
@@ -132,6 +148,14 @@ pub(crate) async fn operate(
         Ok(r) => r,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
     };
+    uncancellable(async move { change_endpoint(&shared, &client, request).await }).await
+}
+
+async fn change_endpoint(
+    shared: &Shared,
+    client: &Client,
+    request: OperatorRequest,
+) -> Response<Body> {
     let mut store = shared.store.lock().await;
     if let Err(e) = store.check(&request) {
         return error_response(refusal(&e), e);
@@ -182,8 +206,8 @@ pub(crate) async fn operate(
 /// `POST /v1/routes/<operation>`: answers with the route's split now and the group's new
 /// route tables version, which the proxies ACK once they hold it.
 pub(crate) async fn operate_route(
-    shared: &Shared,
-    client: &Client,
+    shared: Arc<Shared>,
+    client: Arc<Client>,
     operation: &str,
     body: Incoming,
 ) -> Response<Body> {
@@ -195,6 +219,10 @@ pub(crate) async fn operate_route(
         Ok(r) => r,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
     };
+    uncancellable(async move { change_route(&shared, &client, request).await }).await
+}
+
+async fn change_route(shared: &Shared, client: &Client, request: RouteRequest) -> Response<Body> {
     let mut store = shared.store.lock().await;
     let resolved = match store.resolve_route(&request) {
         Ok(t) => t,
@@ -268,7 +296,7 @@ fn forbidden(client: &Client, action: Action<'_>) -> Option<Response<Body>> {
 }
 
 /// `GET /v1/audit[?limit=N]`: the latest `N` changes (default 100), oldest first.
-pub(crate) async fn audit(shared: &Shared, query: Option<&str>) -> Response<Body> {
+pub(crate) fn audit(shared: &Shared, query: Option<&str>) -> Response<Body> {
     let mut limit = DEFAULT_LIMIT;
     for pair in query
         .unwrap_or_default()
@@ -293,15 +321,11 @@ pub(crate) async fn audit(shared: &Shared, query: Option<&str>) -> Response<Body
             }
         }
     }
-    let log = shared.audit.clone();
-    match tokio::task::spawn_blocking(move || log.read(limit)).await {
-        Ok(Ok(entries)) => json_response(
-            StatusCode::OK,
-            &json!({ "path": shared.audit.path().display().to_string(), "entries": entries }),
-        ),
-        Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
+    let entries = shared.audit.read(limit);
+    json_response(
+        StatusCode::OK,
+        &json!({ "path": shared.audit.path().display().to_string(), "entries": entries }),
+    )
 }
 
 fn rfc3339(t: SystemTime) -> String {

@@ -137,8 +137,8 @@ pub enum Message {
 /// A line that is not a valid message (R4).
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("line longer than {MAX_LINE} bytes")]
-    TooLong,
+    #[error("line longer than {0} bytes")]
+    TooLong(usize),
     #[error("invalid message: {0}")]
     Invalid(#[from] serde_json::Error),
 }
@@ -154,7 +154,7 @@ impl Message {
 
     pub fn decode(line: &[u8]) -> Result<Message, DecodeError> {
         if line.len() > MAX_LINE {
-            return Err(DecodeError::TooLong);
+            return Err(DecodeError::TooLong(MAX_LINE));
         }
         Ok(serde_json::from_slice(line)?)
     }
@@ -162,17 +162,37 @@ impl Message {
 
 /// Splits a byte stream into lines (R1). Each byte is looked at once on its way to a
 /// newline, however many pieces a long line arrives in.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LineDecoder {
     buf: BytesMut,
     /// Bytes at the start of `buf` already searched: none of them is a newline.
     scanned: usize,
+    /// The longest line accepted.
+    max_line: usize,
     /// Bytes searched in all, for the test that each is searched once.
     #[cfg(test)]
     searched: usize,
 }
 
+impl Default for LineDecoder {
+    /// Lines up to [`MAX_LINE`], the protocol's bound (R1).
+    fn default() -> LineDecoder {
+        LineDecoder::with_max_line(MAX_LINE)
+    }
+}
+
 impl LineDecoder {
+    /// Lines up to `max_line` bytes (at most [`MAX_LINE`]); a longer one is an error.
+    pub fn with_max_line(max_line: usize) -> LineDecoder {
+        LineDecoder {
+            buf: BytesMut::new(),
+            scanned: 0,
+            max_line: max_line.min(MAX_LINE),
+            #[cfg(test)]
+            searched: 0,
+        }
+    }
+
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
@@ -187,10 +207,10 @@ impl LineDecoder {
             }
             let Some(end) = found.map(|i| self.scanned + i) else {
                 self.scanned = self.buf.len();
-                if self.buf.len() > MAX_LINE {
+                if self.buf.len() > self.max_line {
                     self.buf.clear();
                     self.scanned = 0;
-                    return Some(Err(DecodeError::TooLong));
+                    return Some(Err(DecodeError::TooLong(self.max_line)));
                 }
                 return None;
             };
@@ -200,6 +220,9 @@ impl LineDecoder {
             let trimmed = line.strip_suffix(b"\r").unwrap_or(&line);
             if trimmed.iter().all(u8::is_ascii_whitespace) {
                 continue;
+            }
+            if trimmed.len() > self.max_line {
+                return Some(Err(DecodeError::TooLong(self.max_line)));
             }
             return Some(Message::decode(trimmed));
         }
@@ -336,5 +359,42 @@ mod tests {
             Message::Ping,
             "blank lines skipped"
         );
+    }
+
+    #[test]
+    fn an_8_mib_line_fed_byte_by_byte_is_searched_once() {
+        let pad = "x".repeat(8 * 1024 * 1024);
+        let line = format!("{{\"type\":\"ping\",\"pad\":\"{pad}\"}}\n");
+        let mut d = LineDecoder::default();
+        let bytes = line.as_bytes();
+        for byte in &bytes[..bytes.len() - 1] {
+            d.push(std::slice::from_ref(byte));
+            assert!(d.next_message().is_none());
+        }
+        d.push(b"\n");
+        assert_eq!(d.next_message().unwrap().unwrap(), Message::Ping);
+        assert_eq!(d.searched, bytes.len(), "linear: each byte searched once");
+    }
+
+    #[test]
+    fn lines_over_the_limit_are_refused_whole_or_in_pieces() {
+        let long = format!("{{\"type\":\"ping\",\"pad\":\"{}\"}}\n", "x".repeat(2000));
+        let mut d = LineDecoder::with_max_line(1024);
+        d.push(long.as_bytes());
+        assert!(matches!(
+            d.next_message(),
+            Some(Err(DecodeError::TooLong(1024)))
+        ));
+        let mut d = LineDecoder::with_max_line(1024);
+        for piece in long.as_bytes()[..1500].chunks(100) {
+            d.push(piece);
+            if let Some(r) = d.next_message() {
+                assert!(matches!(r, Err(DecodeError::TooLong(1024))));
+                // What was held of the line is dropped.
+                assert_eq!(d.buf.len(), 0);
+                return;
+            }
+        }
+        panic!("a line growing past the limit was never refused");
     }
 }

@@ -192,6 +192,7 @@ pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
             .unwrap_or_default(),
         access,
         audit: Arc::new(audit_log),
+        limits: config.limits,
         shutdown: shutdown_rx,
     });
     start_watching(shared.clone());
@@ -205,7 +206,15 @@ pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
     info!(%addr, dir = %config.dir.display(), state = %config.state.display(),
         audit = %audit_path.display(), tls, "legate-xds serving");
     match &shared.access {
-        Access::Certificates(roles) => info!(roles = %roles.describe(), "client roles"),
+        Access::Certificates(roles) => {
+            info!(roles = %roles.describe(), "client roles");
+            if roles.is_default() {
+                warn!(
+                    "the default roles accept any trust domain the client CA signs for; \
+                       give --roles to name yours"
+                );
+            }
+        }
         Access::Addresses => warn!(
             "no client certificates (--client-ca): operator changes are accepted from loopback \
              only, and any client may open the stream of any node group and read status"
@@ -499,7 +508,7 @@ async fn handle(
     }
     match path.as_str() {
         "/v1/status" => return json_response(StatusCode::OK, &status(&shared).await),
-        "/v1/audit" => return audit(&shared, req.uri().query()).await,
+        "/v1/audit" => return audit(&shared, req.uri().query()),
         "/metrics" => {
             let openmetrics = crate::exposition::prefers_openmetrics(req.headers());
             let body = crate::metrics::render(reading(&shared), openmetrics);
@@ -526,7 +535,8 @@ async fn handle(
         if let Some(resp) = expect(Method::POST).or_else(|| refuse(Action::Change)) {
             return resp;
         }
-        return operate(&shared, &client, operation, req.into_body()).await;
+        let operation = operation.to_owned();
+        return operate(shared, client, &operation, req.into_body()).await;
     }
     if let Some(operation) = path.strip_prefix("/v1/routes/") {
         if !matches!(operation, "set-split" | "step" | "reset-split") {
@@ -538,7 +548,8 @@ async fn handle(
         if let Some(resp) = expect(Method::POST).or_else(|| refuse(Action::Change)) {
             return resp;
         }
-        return operate_route(&shared, &client, operation, req.into_body()).await;
+        let operation = operation.to_owned();
+        return operate_route(shared, client, &operation, req.into_body()).await;
     }
     error_response(StatusCode::NOT_FOUND, format!("no such path: {path}"))
 }
@@ -587,12 +598,24 @@ async fn open_stream(
     let peer = client.addr;
     let mut reader = Reader {
         body: req.into_body(),
-        decoder: LineDecoder::default(),
+        decoder: LineDecoder::with_max_line(shared.limits.max_line),
     };
     let hello = match &client.principal {
         Principal::Address => None,
         Principal::Certificate { .. } => {
-            let hello = match tokio::time::timeout(DEAD_AFTER, reader.next()).await {
+            // Only a proxy's certificate may open a stream at all: refused before its hello.
+            if let Err(denied) = client.check(Action::OpenStream) {
+                warn!(client = %client.who(), reason = %denied, "stream refused");
+                return error_response(StatusCode::FORBIDDEN, denied);
+            }
+            let mut shutdown = shared.shutdown.clone();
+            let read = tokio::select! {
+                read = tokio::time::timeout(DEAD_AFTER, reader.next()) => read,
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+                }
+            };
+            let hello = match read {
                 Ok(Ok(Some(m))) => m,
                 Ok(Ok(None)) => {
                     return error_response(

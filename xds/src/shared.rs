@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::access::Access;
 use crate::audit::AuditLog;
+use crate::limits::Limits;
 use crate::propagation::Propagation;
 use crate::session::Session;
 use crate::store::{Snapshots, Store};
@@ -43,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) access: Access,
     /// Every operator change, before it is persisted.
     pub(crate) audit: Arc<AuditLog>,
+    /// Bounds on what clients may hold open or send.
+    pub(crate) limits: Limits,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 

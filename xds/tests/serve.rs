@@ -554,3 +554,103 @@ async fn connections_over_the_limit_are_closed_at_accept() {
     assert!(served, "a place freed by a closed connection is used again");
     handle.shutdown().await;
 }
+
+/// A proxy's line longer than the server's limit ends its session (R4), without the server
+/// holding more than the limit of it; a proxy within the limit is served.
+#[tokio::test]
+async fn a_line_over_the_limit_ends_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = legate_xds::server::Limits {
+        max_line: 2048,
+        ..Default::default()
+    };
+    let handle = start_limited(dir.path(), limits).await;
+    let mut proxy = Proxy::connect(&handle).await;
+    let long: BTreeMap<String, String> = (0..200)
+        .map(|i| (format!("cluster-{i}"), "e1".to_owned()))
+        .collect();
+    proxy.hello(BTreeMap::new(), long).await;
+    assert!(
+        matches!(proxy.next(Duration::from_secs(5)).await, Next::Ended),
+        "a 4 KiB hello over a 2 KiB limit ends the session"
+    );
+    let mut within = Proxy::connect(&handle).await;
+    within.hello(BTreeMap::new(), BTreeMap::new()).await;
+    assert!(
+        !matches!(within.next(Duration::from_millis(500)).await, Next::Ended),
+        "a short hello is served"
+    );
+    handle.shutdown().await;
+}
+
+/// A change whose state file cannot be written answers 500, changes nothing, and leaves
+/// nothing in the audit log; the next change that can be written is logged.
+#[tokio::test]
+async fn a_change_that_cannot_be_persisted_is_taken_back_from_the_audit_log() {
+    let root = tempfile::tempdir().unwrap();
+    let groups = root.path().join("groups");
+    std::fs::create_dir_all(groups.join("maps")).unwrap();
+    std::fs::write(groups.join("maps/listeners.yaml"), LISTENERS).unwrap();
+    std::fs::write(groups.join("maps/clusters.yaml"), CLUSTERS).unwrap();
+    let state_dir = root.path().join("state");
+    std::fs::create_dir(&state_dir).unwrap();
+    let audit = root.path().join("audit.jsonl");
+    let handle = serve(ServeConfig {
+        dir: groups,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state: state_dir.join("state.json"),
+        tls: None,
+        roles: None,
+        audit: Some(audit.clone()),
+        limits: legate_xds::server::Limits::default(),
+    })
+    .await
+    .unwrap();
+    let server = server(&handle);
+    let depool = json!({ "cluster": "tegola", "address": "10.0.0.1:80" });
+
+    // The state file's directory becomes a file: the write fails (even as root).
+    std::fs::remove_dir(&state_dir).unwrap();
+    std::fs::write(&state_dir, "not a directory").unwrap();
+    match request(
+        &server,
+        Method::POST,
+        "/v1/endpoints/depool",
+        Some(depool.clone()),
+    )
+    .await
+    {
+        Err(CliError::Server { status, message }) => {
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(message.contains("nothing changed"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let status = request(&server, Method::GET, "/v1/status", None)
+        .await
+        .unwrap();
+    assert_eq!(status["overrides"], json!({}), "{status:#}");
+    let log = request(&server, Method::GET, "/v1/audit", None)
+        .await
+        .unwrap();
+    assert_eq!(log["entries"], json!([]), "{log:#}");
+    assert_eq!(
+        std::fs::read(&audit).unwrap(),
+        b"",
+        "nothing left in the file"
+    );
+
+    std::fs::remove_file(&state_dir).unwrap();
+    std::fs::create_dir(&state_dir).unwrap();
+    request(&server, Method::POST, "/v1/endpoints/depool", Some(depool))
+        .await
+        .unwrap();
+    let log = request(&server, Method::GET, "/v1/audit", None)
+        .await
+        .unwrap();
+    assert_eq!(log["entries"][0]["operation"], "depool", "{log:#}");
+    assert_eq!(log["entries"][0]["after"], json!({ "pooled": false }));
+    let on_disk = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(on_disk.lines().count(), 1, "{on_disk}");
+    handle.shutdown().await;
+}

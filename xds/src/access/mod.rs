@@ -50,6 +50,8 @@ pub enum Principal {
 pub enum Action<'a> {
     /// Read `/v1/status`, `/metrics` or the audit log.
     Read,
+    /// Open a stream, before its hello names the group: proxies only.
+    OpenStream,
     /// Open the stream of a node group (checked on the hello).
     Stream { group: &'a str },
     /// Change something through the operator API (checked before the body is read).
@@ -64,7 +66,8 @@ pub enum Action<'a> {
 impl Action<'_> {
     fn describe(&self) -> String {
         match self {
-            Action::Read => "read status".to_owned(),
+            Action::Read => "read status, metrics or the audit log".to_owned(),
+            Action::OpenStream => "open a stream".to_owned(),
             Action::Stream { group } => format!("open the stream of group {group}"),
             Action::Change | Action::ChangeIn { .. } => "change anything".to_owned(),
         }
@@ -100,6 +103,8 @@ pub enum Denied {
         role: String,
         cluster: String,
     },
+    #[error("{who} is {role}: the change touches no node group now (no group has the cluster), so only an operator of every group may make it")]
+    NoGroup { who: String, role: String },
     #[error("changes from {addr} are refused: without client certificates (--client-ca) only loopback may change anything")]
     NotLoopback { addr: IpAddr },
 }
@@ -129,7 +134,7 @@ impl Client {
         let (role, who) = match &self.principal {
             Principal::Address => {
                 return match action {
-                    Action::Read | Action::Stream { .. } => Ok(()),
+                    Action::Read | Action::OpenStream | Action::Stream { .. } => Ok(()),
                     Action::Change | Action::ChangeIn { .. } => {
                         if is_loopback(self.addr.ip()) {
                             Ok(())
@@ -160,6 +165,7 @@ impl Client {
             action: action.describe(),
         };
         match (role, action) {
+            (Role::Proxy { .. }, Action::OpenStream) => Ok(()),
             (Role::Proxy { group }, Action::Stream { group: asked }) => {
                 if group == asked {
                     Ok(())
@@ -180,6 +186,14 @@ impl Client {
                     clusters: c,
                 },
             ) => {
+                // An override of a cluster no group has now would apply to whichever group
+                // gets it next: only for operators of every group.
+                if groups.is_some() && g.is_empty() {
+                    return Err(Denied::NoGroup {
+                        who: who.clone(),
+                        role: role.with_article(),
+                    });
+                }
                 if let Some(outside) = first_outside(groups.as_ref(), g) {
                     return Err(Denied::OutsideGroups {
                         who: who.clone(),
@@ -287,6 +301,7 @@ mod tests {
             },
             "spiffe://m/proxy/maps",
         );
+        assert_eq!(proxy.check(Action::OpenStream), Ok(()));
         assert_eq!(proxy.check(Action::Stream { group: "maps" }), Ok(()));
         let e = proxy.check(Action::Stream { group: "geo" }).unwrap_err();
         assert_eq!(
@@ -302,6 +317,7 @@ mod tests {
 
         let viewer = certified(Role::Viewer, "spiffe://m/viewer/v");
         assert_eq!(viewer.check(Action::Read), Ok(()));
+        assert!(viewer.check(Action::OpenStream).is_err());
         assert!(viewer.check(Action::Change).is_err());
         assert!(viewer.check(Action::Stream { group: "maps" }).is_err());
 
@@ -361,6 +377,14 @@ mod tests {
             })
             .unwrap_err();
         assert!(e.to_string().contains("cluster search"), "{e}");
+        let e = operator
+            .check(Action::ChangeIn {
+                groups: &[],
+                clusters: &s(&["tiles"]),
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("touches no node group"), "{e}");
+        assert!(operator.check(Action::OpenStream).is_err());
     }
 
     #[test]

@@ -150,7 +150,7 @@ impl Default for Roles {
     fn default() -> Roles {
         let rule = |pattern: &str, role| Rule {
             kind: NameKind::Uri,
-            pattern: Pattern::parse(pattern).unwrap_or_default(),
+            pattern: Pattern::parse(pattern, '/').unwrap_or_default(),
             role,
             groups: None,
             clusters: None,
@@ -195,9 +195,9 @@ impl Roles {
                 field,
                 message,
             };
-            let (kind, field, text) = match (spec.uri, spec.dns) {
-                (Some(uri), None) => (NameKind::Uri, "uri", uri),
-                (None, Some(dns)) => (NameKind::Dns, "dns", dns.to_ascii_lowercase()),
+            let (kind, field, text, separator) = match (spec.uri, spec.dns) {
+                (Some(uri), None) => (NameKind::Uri, "uri", uri, '/'),
+                (None, Some(dns)) => (NameKind::Dns, "dns", dns.to_ascii_lowercase(), '.'),
                 (Some(_), Some(_)) => {
                     return Err(error("dns", "give `uri` or `dns`, not both".into()))
                 }
@@ -208,7 +208,7 @@ impl Roles {
                     ))
                 }
             };
-            let pattern = Pattern::parse(&text).map_err(|m| error(field, m))?;
+            let pattern = Pattern::parse(&text, separator).map_err(|m| error(field, m))?;
             match (spec.role, pattern.captures_group()) {
                 (RoleName::Proxy, false) => {
                     return Err(error(
@@ -286,6 +286,11 @@ impl Roles {
         None
     }
 
+    /// Whether these are the defaults (no roles file).
+    pub fn is_default(&self) -> bool {
+        self.source.is_none()
+    }
+
     /// Where the rules come from, for the start-up log.
     pub fn describe(&self) -> String {
         match &self.source {
@@ -299,7 +304,7 @@ impl Roles {
 
 /// A name pattern: literal text, `*` (one or more characters within one part of the name, a
 /// part ending at `/` in URIs and `.` in DNS names) and at most one `{group}` (the same,
-/// captured).
+/// captured); at most one wildcard per part, so matching never backtracks far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Pattern {
     tokens: Vec<Token>,
@@ -313,7 +318,7 @@ enum Token {
 }
 
 impl Pattern {
-    fn parse(text: &str) -> Result<Pattern, String> {
+    fn parse(text: &str, separator: char) -> Result<Pattern, String> {
         if text.is_empty() {
             return Err("empty".into());
         }
@@ -365,6 +370,22 @@ impl Pattern {
             .count();
         if wildcards > MAX_WILDCARDS {
             return Err(format!("{text:?}: more than {MAX_WILDCARDS} wildcards"));
+        }
+        // The wildcards of one part: a separator in a literal between them ends the part.
+        let mut in_part = 0;
+        for token in &tokens {
+            match token {
+                Token::Literal(l) if l.contains(separator) => in_part = 0,
+                Token::Literal(_) => {}
+                Token::Star | Token::Group => {
+                    in_part += 1;
+                    if in_part > 1 {
+                        return Err(format!(
+                            "{text:?}: one wildcard per part (between `{separator}`s) at most"
+                        ));
+                    }
+                }
+            }
         }
         Ok(Pattern { tokens })
     }
@@ -559,11 +580,16 @@ roles:
 
     #[test]
     fn wildcards_take_whole_characters_and_backtrack() {
-        let p = Pattern::parse("a*b{group}c").unwrap();
-        assert_eq!(p.matches("axbbyc", '/'), Some(Some("by".into())));
-        assert_eq!(p.matches("aébéc", '/'), Some(Some("é".into())));
-        assert_eq!(p.matches("abc", '/'), None);
-        let p = Pattern::parse("spiffe://*").unwrap();
+        let p = Pattern::parse("a*b/{group}c", '/').unwrap();
+        assert_eq!(p.matches("axbb/byc", '/'), Some(Some("by".into())));
+        assert_eq!(p.matches("aéb/éc", '/'), Some(Some("é".into())));
+        assert_eq!(p.matches("ab/c", '/'), None);
+        assert!(Pattern::parse("a*b{group}c", '/')
+            .unwrap_err()
+            .contains("one wildcard per part"));
+        assert!(Pattern::parse("*.*", '/').is_err());
+        assert!(Pattern::parse("*.*", '.').is_ok());
+        let p = Pattern::parse("spiffe://*", '/').unwrap();
         assert_eq!(p.matches("spiffe://x", '/'), Some(None));
         assert_eq!(p.matches("spiffe://x/", '/'), None);
     }

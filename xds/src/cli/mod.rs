@@ -67,6 +67,10 @@ pub enum Command {
         /// with .audit.jsonl.
         #[arg(long, value_name = "FILE")]
         audit: Option<PathBuf>,
+        /// The longest line a proxy may send on its stream, in bytes (at most 16 MiB).
+        #[arg(long, value_name = "BYTES", default_value_t = crate::limits::DEFAULT_MAX_LINE as u64,
+              value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
+        max_line_bytes: u64,
     },
     /// Change an endpoint in every node group that has its cluster.
     Endpoint {
@@ -233,6 +237,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             client_ca,
             roles,
             audit,
+            max_line_bytes,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(ServerTlsFiles {
@@ -255,7 +260,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     tls,
                     roles,
                     audit,
-                    limits: crate::server::Limits::default(),
+                    limits: crate::server::Limits {
+                        max_line: usize::try_from(max_line_bytes).unwrap_or(usize::MAX),
+                        ..crate::server::Limits::default()
+                    },
                 })
                 .await?;
                 wait_for_signal().await;
