@@ -5,6 +5,7 @@
 //! - [`proxy`]: Legate in process from a YAML template;
 //! - [`process`]: the `legate` binary as a subprocess, with signals and its output;
 //! - [`postgres`]: real PostgreSQL servers (a primary and streaming replicas) and clients;
+//! - [`etcd`]: a real etcd cluster on loopback;
 //! - [`dns`]: a name server whose answers a test sets;
 //! - [`prometheus`]: `promtool check metrics` on a scrape;
 //! - [`container`]: the container image built and run under podman;
@@ -36,6 +37,7 @@ pub mod certs;
 pub mod client;
 pub mod container;
 pub mod dns;
+pub mod etcd;
 pub mod postgres;
 pub mod process;
 pub mod prometheus;

@@ -120,7 +120,7 @@ impl Files {
         serve(ServeConfig {
             dir: self.groups(),
             listen,
-            state: self.state(),
+            store: legate_xds::StateStore::File(self.state()),
             tls: None,
             roles: None,
             audit: None,
@@ -1648,7 +1648,7 @@ async fn the_stream_runs_over_mtls() -> Result<()> {
     let server = serve(ServeConfig {
         dir: files.groups(),
         listen: any_port(),
-        state: files.state(),
+        store: legate_xds::StateStore::File(files.state()),
         tls: Some(legate_xds::ServerTlsFiles {
             cert: server_cert,
             key: server_key,

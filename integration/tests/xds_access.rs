@@ -144,7 +144,7 @@ async fn start_server(
     serve(ServeConfig {
         dir: groups,
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        state: root.join("state.json"),
+        store: legate_xds::StateStore::File(root.join("state.json")),
         tls: Some(pki.server()?),
         roles: Some(roles),
         audit: None,

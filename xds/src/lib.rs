@@ -4,6 +4,8 @@
 //! - [`protocol`]: the messages and their framing, shared with the proxy's client.
 //! - [`store`]: node groups from a directory of YAML files, operator overrides, versions.
 //! - [`splits`]: split weights operators set per group and route.
+//! - [`state`]: where the overrides are persisted: a state file, or etcd for replicas.
+//! - [`etcd`]: an etcd v3 client over its JSON gateway; [`follow`]: watching it.
 //! - [`session`]: one proxy session as a state machine: what to send, given ACKs and NACKs.
 //! - [`server`]: the stream and the operator API on one port; [`server::serve`].
 //! - [`operator`]: the operator API: overrides, split weights, status, the audit log.
@@ -23,7 +25,9 @@ pub mod access;
 pub mod audit;
 pub mod channel_body;
 pub mod cli;
+pub mod etcd;
 pub mod exposition;
+pub mod follow;
 pub mod limits;
 pub mod metrics;
 pub mod operator;
@@ -34,9 +38,11 @@ pub mod server;
 pub mod session;
 pub mod shared;
 pub mod splits;
+pub mod state;
 pub mod store;
 pub mod tls;
 pub mod watch;
 
 pub use server::{serve, ServeConfig, ServeError, ServerHandle};
+pub use state::StateStore;
 pub use tls::{ClientTlsFiles, ServerTlsFiles};

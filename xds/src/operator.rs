@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 use crate::access::{Action, Client};
 use crate::audit::{Change, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::session::Session;
-use crate::shared::{publish, write_state, Body, Shared};
+use crate::shared::{publish, Body, Shared};
 use crate::splits::{RouteRequest, SplitError};
 use crate::store::{GroupLookup, OperatorError, OperatorRequest, Overrides, Store};
 
@@ -92,25 +92,21 @@ async fn commit(
         Ok(Err(e)) => return Err(failed(e.to_string())),
         Err(e) => return Err(failed(format!("audit log write failed: {e}"))),
     };
-    let path = shared.state_path.clone();
-    let state = next.to_state_json();
-    let message = match tokio::task::spawn_blocking(move || write_state(&path, &state)).await {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!(
-            "cannot write state file {}: {e}",
-            shared.state_path.display()
-        )),
-        Err(e) => Some(format!("state write failed: {e}")),
-    };
-    if let Some(message) = message {
+    let persisted = shared.backend.persist(store.overrides(), &next).await;
+    let message = persisted.err();
+    if let Some(error) = message {
         let log = shared.audit.clone();
-        let reason = message.clone();
+        let reason = error.to_string();
         match tokio::task::spawn_blocking(move || log.undo(recorded, &reason)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "cannot take the change back from the audit log"),
             Err(e) => warn!(error = %e, "cannot take the change back from the audit log"),
         }
-        return Err(failed(message));
+        if error.is_conflict() {
+            warn!(error = %error, "operator change refused");
+            return Err(error_response(StatusCode::CONFLICT, error));
+        }
+        return Err(failed(error.to_string()));
     }
     store.set_overrides(next);
     publish(shared, store);

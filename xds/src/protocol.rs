@@ -199,6 +199,13 @@ impl LineDecoder {
 
     /// The next complete message, if one has arrived. Blank lines are skipped.
     pub fn next_message(&mut self) -> Option<Result<Message, DecodeError>> {
+        self.next_line()
+            .map(|line| line.and_then(|line| Message::decode(&line)))
+    }
+
+    /// The next complete line, without its `\n` (or `\r\n`), if one has arrived. Blank
+    /// lines are skipped.
+    pub fn next_line(&mut self) -> Option<Result<BytesMut, DecodeError>> {
         loop {
             let found = self.buf[self.scanned..].iter().position(|b| *b == b'\n');
             #[cfg(test)]
@@ -214,17 +221,19 @@ impl LineDecoder {
                 }
                 return None;
             };
-            let line = self.buf.split_to(end);
+            let mut line = self.buf.split_to(end);
             self.buf.advance(1);
             self.scanned = 0;
-            let trimmed = line.strip_suffix(b"\r").unwrap_or(&line);
-            if trimmed.iter().all(u8::is_ascii_whitespace) {
+            if line.last() == Some(&b'\r') {
+                line.truncate(line.len() - 1);
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            if trimmed.len() > self.max_line {
+            if line.len() > self.max_line {
                 return Some(Err(DecodeError::TooLong(self.max_line)));
             }
-            return Some(Message::decode(trimmed));
+            return Some(Ok(line));
         }
     }
 }

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +41,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::access::{Access, Action, Client, Principal, Roles, RolesError};
 use crate::audit::{AuditError, AuditLog};
+use crate::follow::follow;
 use crate::operator::{audit, error_response, json_response, operate, operate_route, status};
 use crate::propagation::{holds, Propagation};
 use crate::protocol::{
@@ -50,7 +51,8 @@ use crate::session::{kind, Session, SessionError};
 use crate::shared::{
     lock, lock_registry, publish, session_ended, sessions, Body, SessionEntry, Shared,
 };
-use crate::store::{load_dir, GroupEvent, GroupLookup, OperatorError, Overrides, Store};
+use crate::state::{Backend, StateError, StateStore};
+use crate::store::{load_dir, GroupEvent, GroupLookup, OperatorError, Store};
 use crate::tls::{server_config, ServerTlsFiles, TlsError};
 use crate::watch::{Changes, RecursiveMode};
 use tokio_rustls::TlsAcceptor;
@@ -72,24 +74,28 @@ pub struct ServeConfig {
     pub dir: PathBuf,
     /// Port 0 picks a free port; see [`ServerHandle::local_addr`].
     pub listen: SocketAddr,
-    /// The operator overrides, JSON. Created on the first change.
-    pub state: PathBuf,
+    /// Where the operator overrides are kept: a JSON file (created on the first change), or
+    /// etcd, shared with other replicas.
+    pub store: StateStore,
     /// Serve TLS (and, with a client CA, require client certificates); plaintext when `None`.
     pub tls: Option<ServerTlsFiles>,
     /// With client certificates: the roles file mapping their names to roles; `None` for the
     /// SPIFFE defaults ([`Roles::default`]).
     pub roles: Option<PathBuf>,
-    /// The audit log; `None` for the state file's name with `.audit.jsonl`.
+    /// The audit log; `None` for the state file's name with `.audit.jsonl` (with etcd it must
+    /// be given).
     pub audit: Option<PathBuf>,
     pub limits: Limits,
 }
 
 impl ServeConfig {
     /// Where the audit log is.
-    pub fn audit_path(&self) -> PathBuf {
-        self.audit
-            .clone()
-            .unwrap_or_else(|| self.state.with_extension("audit.jsonl"))
+    pub fn audit_path(&self) -> Result<PathBuf, ServeError> {
+        match (&self.audit, &self.store) {
+            (Some(path), _) => Ok(path.clone()),
+            (None, StateStore::File(state)) => Ok(state.with_extension("audit.jsonl")),
+            (None, StateStore::Etcd { .. }) => Err(ServeError::AuditPathNeeded),
+        }
     }
 }
 
@@ -98,16 +104,10 @@ impl ServeConfig {
 pub enum ServeError {
     #[error("cannot read resource directory {dir}: {error}")]
     Dir { dir: PathBuf, error: std::io::Error },
-    #[error("cannot read state file {path}: {error}")]
-    StateRead {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("state file {path} is not valid: {error} (fix or remove it; it holds the operator overrides)")]
-    StateInvalid {
-        path: PathBuf,
-        error: serde_json::Error,
-    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("with the overrides in etcd, give each replica its audit log file (--audit FILE)")]
+    AuditPathNeeded,
     #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
@@ -154,9 +154,9 @@ pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
         None => None,
     };
     let access = access(&config)?;
-    let audit_path = config.audit_path();
+    let audit_path = config.audit_path()?;
     let audit_log = AuditLog::open(&audit_path)?;
-    let overrides = load_state(&config.state)?;
+    let (backend, overrides) = Backend::open(&config.store).await?;
     let loaded = load_dir(&config.dir).map_err(|error| ServeError::Dir {
         dir: config.dir.clone(),
         error,
@@ -177,7 +177,7 @@ pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         dir: config.dir.clone(),
-        state_path: config.state.clone(),
+        backend,
         store: tokio::sync::Mutex::new(store),
         snapshots: watch::channel(snapshots).0,
         sessions: Mutex::new(BTreeMap::new()),
@@ -196,6 +196,9 @@ pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
         shutdown: shutdown_rx,
     });
     start_watching(shared.clone());
+    if let Backend::Etcd(replicated) = &shared.backend {
+        tokio::spawn(follow(shared.clone(), replicated.clone()));
+    }
     let tls = match &config.tls {
         None => "off",
         Some(ServerTlsFiles {
@@ -203,7 +206,7 @@ pub async fn serve(config: ServeConfig) -> Result<ServerHandle, ServeError> {
         }) => "on",
         Some(_) => "on, client certificates required",
     };
-    info!(%addr, dir = %config.dir.display(), state = %config.state.display(),
+    info!(%addr, dir = %config.dir.display(), store = %config.store.describe(),
         audit = %audit_path.display(), tls, "legate-xds serving");
     match &shared.access {
         Access::Certificates(roles) => {
@@ -239,25 +242,6 @@ fn access(config: &ServeConfig) -> Result<Access, ServeError> {
         (Some(path), true) => Ok(Access::Certificates(Arc::new(Roles::load(path)?))),
         (None, true) => Ok(Access::Certificates(Arc::new(Roles::default()))),
         (None, false) => Ok(Access::Addresses),
-    }
-}
-
-fn load_state(path: &Path) -> Result<Overrides, ServeError> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let o =
-                Overrides::from_state_json(&bytes).map_err(|error| ServeError::StateInvalid {
-                    path: path.to_path_buf(),
-                    error,
-                })?;
-            info!(path = %path.display(), clusters = o.clusters.len(), "operator overrides loaded");
-            Ok(o)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Overrides::default()),
-        Err(error) => Err(ServeError::StateRead {
-            path: path.to_path_buf(),
-            error,
-        }),
     }
 }
 
@@ -890,32 +874,5 @@ impl Stream<'_> {
                 _ = shutdown.changed() => return Ok("shutting down"),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::shared::write_state;
-    use crate::store::OperatorRequest;
-
-    #[test]
-    fn state_file_is_written_atomically_and_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        assert_eq!(load_state(&path).unwrap(), Overrides::default());
-        let o = Overrides::default().with(&OperatorRequest {
-            cluster: "c".into(),
-            address: "1.1.1.1:1".into(),
-            operation: crate::store::Operation::SetWeight(3),
-        });
-        write_state(&path, &o.to_state_json()).unwrap();
-        assert_eq!(load_state(&path).unwrap(), o);
-        assert!(!dir.path().join("state.json.tmp").exists());
-        std::fs::write(&path, "{").unwrap();
-        assert!(matches!(
-            load_state(&path),
-            Err(ServeError::StateInvalid { .. })
-        ));
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -19,6 +19,7 @@ use crate::audit::AuditLog;
 use crate::limits::Limits;
 use crate::propagation::Propagation;
 use crate::session::Session;
+use crate::state::Backend;
 use crate::store::{Snapshots, Store};
 
 /// A response body of the server.
@@ -27,7 +28,8 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// Everything the connections and tasks share.
 pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
-    pub(crate) state_path: PathBuf,
+    /// Where the overrides are persisted.
+    pub(crate) backend: Backend,
     pub(crate) store: tokio::sync::Mutex<Store>,
     pub(crate) snapshots: watch::Sender<Arc<Snapshots>>,
     pub(crate) sessions: Mutex<BTreeMap<u64, SessionEntry>>,
@@ -54,26 +56,6 @@ pub(crate) struct SessionEntry {
     pub(crate) connected_since: SystemTime,
     /// Set once the hello has arrived.
     pub(crate) session: Option<Arc<Mutex<Session>>>,
-}
-
-/// Writes the state file atomically: a temporary file, flushed, renamed over it (R14).
-pub(crate) fn write_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    // Make the rename itself durable; not every platform lets a directory be opened.
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }
 
 /// Replaces the published snapshots if any group's content changed (no push otherwise).

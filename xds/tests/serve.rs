@@ -163,7 +163,7 @@ async fn start(dir: &Path, state: &Path) -> ServerHandle {
     serve(ServeConfig {
         dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
-        state: state.to_path_buf(),
+        store: legate_xds::StateStore::File(state.to_path_buf()),
         tls: None,
         roles: None,
         audit: None,
@@ -479,7 +479,7 @@ async fn start_limited(dir: &Path, limits: legate_xds::server::Limits) -> Server
     serve(ServeConfig {
         dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
-        state: dir.join("state.json"),
+        store: legate_xds::StateStore::File(dir.join("state.json")),
         tls: None,
         roles: None,
         audit: None,
@@ -598,7 +598,7 @@ async fn a_change_that_cannot_be_persisted_is_taken_back_from_the_audit_log() {
     let handle = serve(ServeConfig {
         dir: groups,
         listen: "127.0.0.1:0".parse().unwrap(),
-        state: state_dir.join("state.json"),
+        store: legate_xds::StateStore::File(state_dir.join("state.json")),
         tls: None,
         roles: None,
         audit: Some(audit.clone()),

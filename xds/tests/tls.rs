@@ -334,7 +334,7 @@ async fn start(tmp: &Path, tls: ServerTlsFiles) -> ServerHandle {
     serve(ServeConfig {
         dir,
         listen: "127.0.0.1:0".parse().unwrap(),
-        state: tmp.join("state.json"),
+        store: legate_xds::StateStore::File(tmp.join("state.json")),
         tls: Some(tls),
         roles: None,
         audit: None,
@@ -575,7 +575,7 @@ async fn bad_tls_files_stop_the_start_and_name_the_file() {
     let Err(e) = serve(ServeConfig {
         dir: tmp.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
-        state: tmp.path().join("state.json"),
+        store: legate_xds::StateStore::File(tmp.path().join("state.json")),
         tls: Some(files),
         roles: None,
         audit: None,
@@ -594,7 +594,7 @@ async fn bad_tls_files_stop_the_start_and_name_the_file() {
     let Err(e) = serve(ServeConfig {
         dir: tmp.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
-        state: tmp.path().join("state.json"),
+        store: legate_xds::StateStore::File(tmp.path().join("state.json")),
         tls: Some(files),
         roles: None,
         audit: None,
@@ -612,7 +612,7 @@ async fn bad_tls_files_stop_the_start_and_name_the_file() {
     let Err(e) = serve(ServeConfig {
         dir: tmp.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
-        state: tmp.path().join("state.json"),
+        store: legate_xds::StateStore::File(tmp.path().join("state.json")),
         tls: Some(files),
         roles: None,
         audit: None,
@@ -641,7 +641,7 @@ async fn bad_roles_and_audit_files_stop_the_start_and_name_the_file() {
         |tls: ServerTlsFiles, roles: Option<PathBuf>, audit: Option<PathBuf>| ServeConfig {
             dir: tmp.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
-            state: tmp.path().join("state.json"),
+            store: legate_xds::StateStore::File(tmp.path().join("state.json")),
             tls: Some(tls),
             roles,
             audit,

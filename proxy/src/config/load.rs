@@ -1090,7 +1090,7 @@ mod tests {
         // The loader dispatches sections by name; this keeps the list in step with `Config`.
         let config = Config {
             xds: Some(crate::config::model::Xds {
-                server: "127.0.0.1:1".into(),
+                server: crate::config::model::Servers::from("127.0.0.1:1"),
                 connect_timeout: crate::config::Duration::from_secs(1),
                 tls: None,
                 allow_files: Vec::new(),

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::server::{serve, ServeConfig};
+use crate::state::StateStore;
 use crate::tls::{client_config, ClientTlsFiles, ServerTlsFiles, TlsError};
 
 /// The operator API's default address.
@@ -48,8 +49,15 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:18000")]
         listen: SocketAddr,
         /// File holding operator overrides (JSON); created on the first change.
-        #[arg(long)]
-        state: PathBuf,
+        #[arg(long, required_unless_present = "store", conflicts_with = "store")]
+        state: Option<PathBuf>,
+        /// Keep the operator overrides in etcd, shared with other replicas:
+        /// etcd://host:port,host:port,… (instead of --state).
+        #[arg(long, value_name = "etcd://HOST:PORT,…")]
+        store: Option<String>,
+        /// With --store: the etcd key prefix of the overrides.
+        #[arg(long, default_value = crate::state::DEFAULT_PREFIX)]
+        etcd_prefix: String,
         /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key.
         #[arg(long, value_name = "FILE", requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -190,6 +198,8 @@ pub enum CliError {
     Timeout { server: String },
     #[error("server answered {status}: {message}")]
     Server { status: StatusCode, message: String },
+    #[error("--store {0:?}: expected etcd://host:port,host:port,…")]
+    BadStore(String),
     #[error("{0:?}: expected CLUSTER=WEIGHT")]
     BadTarget(String),
     #[error("only {acked} of {total} connected proxies of group {group} acknowledged the change within {waited:?}; see `legate-xds status`")]
@@ -232,6 +242,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             dir,
             listen,
             state,
+            store,
+            etcd_prefix,
             tls_cert,
             tls_key,
             client_ca,
@@ -248,6 +260,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 // clap enforces both or neither.
                 _ => None,
             };
+            let store = match (state, store) {
+                (_, Some(url)) => StateStore::Etcd {
+                    members: crate::etcd::parse_url(&url).ok_or(CliError::BadStore(url))?,
+                    prefix: etcd_prefix,
+                },
+                (Some(path), None) => StateStore::File(path),
+                // clap requires one of them.
+                (None, None) => return Err(CliError::BadStore(String::new())),
+            };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -256,7 +277,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 let handle = serve(ServeConfig {
                     dir,
                     listen,
-                    state,
+                    store,
                     tls,
                     roles,
                     audit,
@@ -907,6 +928,29 @@ mod tests {
             matches!(cli.command, Command::Status { server, json: false } if server.server == DEFAULT_SERVER)
         );
         assert!(Cli::try_parse_from(["legate-xds", "serve", "--dir", "d"]).is_err());
+        // The overrides in a file, or in etcd; not both.
+        let serve = |extra: &[&str]| {
+            let mut args = vec!["legate-xds", "serve", "--dir", "d"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args)
+        };
+        assert!(serve(&["--state", "s.json"]).is_ok());
+        let cli = serve(&[
+            "--store",
+            "etcd://127.0.0.1:2379,127.0.0.1:22379",
+            "--audit",
+            "a",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Serve { store: Some(_), state: None, ref etcd_prefix, .. } if etcd_prefix == "/legate-xds/"
+        ));
+        assert!(serve(&["--state", "s.json", "--store", "etcd://h:1"]).is_err());
+        assert!(matches!(
+            run(serve(&["--store", "http://h:1", "--audit", "a"]).unwrap()),
+            Err(CliError::BadStore(_))
+        ));
     }
 
     #[test]

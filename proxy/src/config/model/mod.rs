@@ -76,8 +76,9 @@ pub struct Node {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Xds {
-    /// `host:port` of the control plane (HTTP/2, h2c).
-    pub server: String,
+    /// `host:port` of the control plane (HTTP/2, h2c), or a list of its replicas, tried in
+    /// turn: a session that fails or ends moves to the next.
+    pub server: Servers,
     /// Time allowed to connect (TCP and TLS). Default `5s`.
     #[serde(default = "Xds::default_connect_timeout")]
     pub connect_timeout: Duration,
@@ -94,6 +95,56 @@ pub struct Xds {
 impl Xds {
     fn default_connect_timeout() -> Duration {
         Duration::from_secs(5)
+    }
+}
+
+/// One `host:port`, or several: the replicas of a control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Servers(pub Vec<String>);
+
+impl Servers {
+    pub fn list(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl From<&str> for Servers {
+    fn from(one: &str) -> Servers {
+        Servers(vec![one.to_owned()])
+    }
+}
+
+impl fmt::Display for Servers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
+}
+
+impl Serialize for Servers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.serialize_str(one),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Servers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Servers, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        match OneOrMany::deserialize(d) {
+            Ok(OneOrMany::One(s)) => Ok(Servers(vec![s])),
+            Ok(OneOrMany::Many(v)) if !v.is_empty() => Ok(Servers(v)),
+            Ok(OneOrMany::Many(_)) => Err(de::Error::custom("an empty list of servers")),
+            Err(_) => Err(de::Error::custom(
+                "expected host:port, or a list of host:port",
+            )),
+        }
     }
 }
 

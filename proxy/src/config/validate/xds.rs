@@ -9,15 +9,19 @@ impl Validator<'_> {
             return;
         };
         let base = FieldPath::root("xds");
-        let server = xds.server.as_str();
-        let port_ok = server.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-        });
-        if !port_ok {
-            self.error(
-                base.field("server"),
-                format!("{server:?} must be host:port"),
-            );
+        let many = xds.server.list().len() > 1;
+        for (i, server) in xds.server.list().iter().enumerate() {
+            let port_ok = server.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !port_ok {
+                let path = if many {
+                    base.field("server").index(i)
+                } else {
+                    base.field("server")
+                };
+                self.error(path, format!("{server:?} must be host:port"));
+            }
         }
         self.positive(base.field("connect_timeout"), xds.connect_timeout);
         if let Some(tls) = &xds.tls {
@@ -95,6 +99,32 @@ mod tests {
             node: { cluster: edge }
             xds: { server: "127.0.0.1:18000", tls: { alpn: [h2] } }
             "#,
+        );
+    }
+
+    #[test]
+    fn servers_may_be_a_list_of_replicas() {
+        assert_errors(
+            r#"
+            node: { cluster: edge }
+            xds: { server: ["127.0.0.1:18000", "replica-2"] }
+            "#,
+            &[("xds.server[1]", 2, "\"replica-2\" must be host:port")],
+        );
+        let config = parse_ok(
+            r#"
+            node: { cluster: edge }
+            xds: { server: ["127.0.0.1:18000", "xds-2.example:18000"] }
+            "#,
+        );
+        let xds = config.xds.unwrap();
+        assert_eq!(
+            xds.server.list(),
+            ["127.0.0.1:18000", "xds-2.example:18000"]
+        );
+        assert_eq!(
+            xds.server.to_string(),
+            "127.0.0.1:18000, xds-2.example:18000"
         );
     }
 

@@ -47,7 +47,10 @@ impl Apply for Applier {
 }
 
 /// Runs the client until the task is aborted: connects, follows updates, reconnects with
-/// jittered exponential back-off (R13).
+/// jittered exponential back-off (R13). With several servers (replicas), a session that fails
+/// or ends moves to the next at once; the back-off applies once every one has been tried.
+/// What is held stays held across servers, and the hello names it (R7), so a replica serving
+/// the same versions sends nothing again.
 pub async fn run(xds: model::Xds, node: model::Node, apply: Arc<dyn Apply>, state: Arc<State>) {
     let mut held = Held::default();
     let mut backoff = Duration::from_millis(100);
@@ -57,10 +60,13 @@ pub async fn run(xds: model::Xds, node: model::Node, apply: Arc<dyn Apply>, stat
         zone: node.zone,
     };
     let status = &state.xds;
-    status.update(|s| s.server = xds.server.clone());
+    let servers = xds.server.list();
+    let mut at = 0;
     loop {
+        let server = servers.get(at).map_or("", String::as_str);
+        status.update(|s| s.server = server.to_owned());
         let started = tokio::time::Instant::now();
-        let result = session(&xds, &node, &mut held, &*apply, status).await;
+        let result = session(&xds, server, &node, &mut held, &*apply, status).await;
         status.update(|s| {
             s.connected = false;
             if let Err(e) = &result {
@@ -68,10 +74,14 @@ pub async fn run(xds: model::Xds, node: model::Node, apply: Arc<dyn Apply>, stat
             }
         });
         if let Err(e) = result {
-            warn!(server = %xds.server, error = %e, "control plane session ended; keeping the last good config");
+            warn!(%server, error = %e, "control plane session ended; keeping the last good config");
         }
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_millis(100);
+        }
+        at = (at + 1) % servers.len().max(1);
+        if at != 0 {
+            continue;
         }
         let jitter = 0.5 + fastrand::f64();
         tokio::time::sleep(backoff.mul_f64(jitter)).await;
@@ -81,14 +91,15 @@ pub async fn run(xds: model::Xds, node: model::Node, apply: Arc<dyn Apply>, stat
 
 async fn session(
     xds: &model::Xds,
+    server: &str,
     node: &Node,
     held: &mut Held,
     apply: &dyn Apply,
     status: &XdsState,
 ) -> Result<(), String> {
-    let io = tokio::time::timeout(xds.connect_timeout.get(), connect(xds))
+    let io = tokio::time::timeout(xds.connect_timeout.get(), connect(xds, server))
         .await
-        .map_err(|_| format!("connect to {} timed out", xds.server))??;
+        .map_err(|_| format!("connect to {server} timed out"))??;
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
@@ -111,14 +122,10 @@ async fn session(
         .abort_handle(),
     );
     let scheme = if xds.tls.is_some() { "https" } else { "http" };
-    let req = http::Request::post(format!(
-        "{scheme}://{}{}",
-        xds.server,
-        protocol::STREAM_PATH
-    ))
-    .header(http::header::CONTENT_TYPE, protocol::CONTENT_TYPE)
-    .body(body)
-    .map_err(|e| e.to_string())?;
+    let req = http::Request::post(format!("{scheme}://{server}{}", protocol::STREAM_PATH))
+        .header(http::header::CONTENT_TYPE, protocol::CONTENT_TYPE)
+        .body(body)
+        .map_err(|e| e.to_string())?;
     let send = |tx: &mpsc::Sender<Bytes>, msg: Message| {
         let tx = tx.clone();
         async move {
@@ -141,7 +148,7 @@ async fn session(
             None => format!("control plane answered {status}"),
         });
     }
-    info!(server = %xds.server, "connected to the control plane");
+    info!(%server, "connected to the control plane");
     status.update(|s| {
         s.connected = true;
         s.last_error = None;
@@ -203,20 +210,19 @@ async fn refusal_reason(body: hyper::body::Incoming) -> Option<String> {
 
 /// Connects to the control plane: h2c, or TLS with ALPN `h2` (verified like a cluster's
 /// upstream TLS; the server name defaults to the host part of `server`).
-async fn connect(xds: &model::Xds) -> Result<crate::io::MaybeTls, String> {
-    let tcp = tokio::net::TcpStream::connect(xds.server.as_str())
+async fn connect(xds: &model::Xds, server: &str) -> Result<crate::io::MaybeTls, String> {
+    let tcp = tokio::net::TcpStream::connect(server)
         .await
-        .map_err(|e| format!("connect to {}: {e}", xds.server))?;
+        .map_err(|e| format!("connect to {server}: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let Some(spec) = &xds.tls else {
         return Ok(crate::io::MaybeTls::Plain(tcp));
     };
     let tls = crate::tls::client::ClientTls::new(spec, model::UpstreamProtocol::Http2)
         .map_err(|e| format!("xds.tls: {e}"))?;
-    let host = xds
-        .server
+    let host = server
         .rsplit_once(':')
-        .map_or(xds.server.as_str(), |(h, _)| h)
+        .map_or(server, |(h, _)| h)
         .trim_start_matches('[')
         .trim_end_matches(']');
     let peer = tcp.peer_addr().map_err(|e| e.to_string())?;
@@ -227,9 +233,9 @@ async fn connect(xds: &model::Xds) -> Result<crate::io::MaybeTls, String> {
     let stream = tokio_rustls::TlsConnector::from(tls.config())
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS handshake with {}: {e}", xds.server))?;
+        .map_err(|e| format!("TLS handshake with {server}: {e}"))?;
     if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
-        return Err(format!("{} did not negotiate h2", xds.server));
+        return Err(format!("{server} did not negotiate h2"));
     }
     Ok(crate::io::MaybeTls::Tls(Box::new(stream)))
 }
