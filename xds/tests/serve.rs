@@ -654,3 +654,54 @@ async fn a_change_that_cannot_be_persisted_is_taken_back_from_the_audit_log() {
     assert_eq!(on_disk.lines().count(), 1, "{on_disk}");
     handle.shutdown().await;
 }
+
+/// A proxy that stops reading its stream holds up only its own session: with every change
+/// queued for it (its HTTP/2 window full, its send queue full), another proxy of the group
+/// gets each change as it is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_stops_reading_delays_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("maps")).unwrap();
+    std::fs::write(dir.path().join("maps/listeners.yaml"), LISTENERS).unwrap();
+    // Deltas of some 100 KiB: a few dozen fill the stuck proxy's 2 MiB stream window (hyper's
+    // default) and its send queue of 64.
+    let endpoints: Vec<String> = (0..5000)
+        .map(|i| format!("\"10.1.{}.{}:80\"", i / 250, i % 250))
+        .collect();
+    std::fs::write(
+        dir.path().join("maps/clusters.yaml"),
+        format!(
+            "clusters:\n  - {{ name: tegola, endpoints: [{}] }}\n",
+            endpoints.join(", ")
+        ),
+    )
+    .unwrap();
+    let handle = start(dir.path(), &dir.path().join("state.json")).await;
+    let stuck = Proxy::connect(&handle).await;
+    stuck.hello(BTreeMap::new(), BTreeMap::new()).await;
+    let mut reader = Proxy::connect(&handle).await;
+    reader.hello(BTreeMap::new(), BTreeMap::new()).await;
+    for _ in 0..4 {
+        let m = reader.recv(5 * SEC).await.expect("the first updates");
+        reader.ack(&m).await;
+    }
+    let server = server(&handle);
+    // More changes than the stuck proxy's window and queue hold together.
+    for i in 0..150u32 {
+        let body = json!({ "cluster": "tegola", "address": "10.1.0.0:80", "weight": i + 1 });
+        request(
+            &server,
+            Method::POST,
+            "/v1/endpoints/set-weight",
+            Some(body),
+        )
+        .await
+        .unwrap();
+        match reader.recv(5 * SEC).await {
+            Some(m @ Message::Delta { .. }) => reader.ack(&m).await,
+            other => panic!("change {i}: {other:?}"),
+        }
+    }
+    drop(stuck);
+    handle.shutdown().await;
+}
