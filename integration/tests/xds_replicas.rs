@@ -186,7 +186,20 @@ async fn replicas_share_changes_through_etcd_and_proxies_fail_over() -> Result<(
 
     // One replica and one etcd member die: p3 fails over to r2 with nothing sent again, and a
     // change through r2 reaches every proxy left.
-    let held = admin_json(p3.admin(), "/config").await?["xds"]["versions"].clone();
+    // First, p3 holds all r1 serves (the last step included).
+    let held = eventually(PUSH, || async {
+        let status = request(&url1, Method::GET, "/v1/status", None).await?;
+        let served = status["groups"]["maps"]["versions"].clone();
+        let held = admin_json(p3.admin(), "/config").await?["xds"]["versions"].clone();
+        for t in ["listeners", "route_tables", "clusters"] {
+            ensure!(
+                held[t] == served[t],
+                "{t}: p3 holds {held:#}, r1 serves {served:#}"
+            );
+        }
+        Ok(held)
+    })
+    .await?;
     r1.shutdown().await;
     etcd.kill(0).await?;
     let session = eventually(Duration::from_secs(10), || async {
@@ -205,8 +218,20 @@ async fn replicas_share_changes_through_etcd_and_proxies_fail_over() -> Result<(
         );
         assert_eq!(session["versions"][t]["acked"], held[t], "{session:#}");
     }
+    // The first try may meet etcd electing a new leader: the answer is then an error and
+    // nothing changed, so it is simply asked again.
     let pool = json!({ "cluster": "metal", "address": metal.addr().to_string() });
-    request(&url2, Method::POST, "/v1/endpoints/pool", Some(pool)).await?;
+    eventually(Duration::from_secs(15), || async {
+        request(
+            &url2,
+            Method::POST,
+            "/v1/endpoints/pool",
+            Some(pool.clone()),
+        )
+        .await?;
+        Ok(())
+    })
+    .await?;
     for p in [&p2, &p3] {
         eventually(PUSH, || async {
             let pooled = pooled(p.admin(), "metal").await?;
@@ -217,5 +242,67 @@ async fn replicas_share_changes_through_etcd_and_proxies_fail_over() -> Result<(
     }
     drop(p1);
     r2.shutdown().await;
+    Ok(())
+}
+
+/// Against etcd itself, with no watch to catch up: a change computed from a view that
+/// another writer has since changed is refused, even one that would leave the override as
+/// this view has it (a depool meeting a pool made meanwhile is not silently confirmed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_from_a_stale_view_is_refused_even_when_it_changes_nothing() -> Result<()> {
+    use legate_xds::etcd::{Etcd, Swap, Write};
+    use legate_xds::state::replicated::{Replicated, SwapError, Touched};
+    use legate_xds::store::{Operation, OperatorRequest, Overrides};
+
+    let etcd = EtcdCluster::start(1).await?;
+    let one = Replicated::new(Etcd::new(etcd.members()), "/t/");
+    let (empty, _) = one.load().await?;
+    let depool = OperatorRequest {
+        cluster: "tiles".into(),
+        address: "10.0.0.1:80".into(),
+        operation: Operation::Depool,
+    };
+    let touched = Touched::Endpoint {
+        cluster: "tiles".into(),
+        address: "10.0.0.1:80".into(),
+    };
+    let depooled = empty.with(&depool);
+    one.swap(&empty, &depooled, &touched).await?;
+
+    // Another writer pools it; `one` has not seen that.
+    let other = Etcd::new(etcd.members());
+    let key = "/t/endpoints/tiles/10.0.0.1:80";
+    let held = other.get(key).await?.context("the override is in etcd")?;
+    let pooled = br#"{"pooled":true}"#.to_vec();
+    let swapped = other
+        .swap_all(&[(
+            key.to_owned(),
+            held.mod_revision,
+            Write::Put(pooled.clone()),
+        )])
+        .await?;
+    assert!(matches!(swapped, Swap::Done(_)), "{swapped:?}");
+
+    // Depool again from the stale view: to `one` nothing changes, yet it is refused.
+    let again = depooled.with(&depool);
+    assert_eq!(again, depooled);
+    let refused = one.swap(&depooled, &again, &touched).await;
+    assert!(matches!(refused, Err(SwapError::Conflict)), "{refused:?}");
+    assert_eq!(other.get(key).await?.map(|kv| kv.value), Some(pooled));
+    // A reset from the stale view is refused too, and the override stays.
+    let reset = OperatorRequest {
+        operation: Operation::Reset,
+        ..depool.clone()
+    };
+    let refused = one.swap(&depooled, &depooled.with(&reset), &touched).await;
+    assert!(matches!(refused, Err(SwapError::Conflict)), "{refused:?}");
+    // Read again, the view is current and the change goes through.
+    let (now, _) = one.load().await?;
+    assert_ne!(now, Overrides::default());
+    one.swap(&now, &now.with(&depool), &touched).await?;
+    assert_eq!(
+        other.get(key).await?.map(|kv| kv.value),
+        Some(br#"{"pooled":false}"#.to_vec())
+    );
     Ok(())
 }

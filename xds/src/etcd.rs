@@ -48,6 +48,15 @@ pub enum Event {
     Delete { key: String, mod_revision: i64 },
 }
 
+/// What a transaction does to one key once its revision compares equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put(Vec<u8>),
+    Delete,
+    /// Only compared: the change leaves it as it is, but holds only if it is still so.
+    Unchanged,
+}
+
 /// What a compare-and-swap write came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Swap {
@@ -72,6 +81,10 @@ pub enum EtcdError {
     Answer { member: String, message: String },
     #[error("etcd watch from {member} ended: {message}")]
     WatchEnded { member: String, message: String },
+    #[error("etcd {member} refused the write, but an earlier member may have applied it")]
+    Uncertain { member: String },
+    #[error("etcd has compacted its history past revision {wanted} (now from {compacted}): read everything again")]
+    Compacted { wanted: i64, compacted: i64 },
 }
 
 /// `etcd://host:port,host:port` → the members.
@@ -152,27 +165,44 @@ impl Etcd {
         Ok((revision, kvs))
     }
 
-    /// In one transaction: writes each key's value (or deletes it, for `None`) if every key
-    /// was last changed at the revision given with it (0: if it does not exist).
-    pub async fn swap_all(
-        &self,
-        changes: &[(String, i64, Option<Vec<u8>>)],
-    ) -> Result<Swap, EtcdError> {
+    /// One key, if it exists.
+    pub async fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
+        let body = json!({ "key": b64(key.as_bytes()) });
+        let (member, answer) = self.call("/v3/kv/range", &body).await?;
+        match answer["kvs"].as_array().and_then(|kvs| kvs.first()) {
+            None => Ok(None),
+            Some(kv) => kv_of(kv).map(Some).ok_or_else(|| EtcdError::Answer {
+                member,
+                message: format!("a key-value it cannot read: {kv}"),
+            }),
+        }
+    }
+
+    /// In one transaction: each write done if every key was last changed at the revision
+    /// given with it (0: if it does not exist).
+    pub async fn swap_all(&self, changes: &[(String, i64, Write)]) -> Result<Swap, EtcdError> {
         let mut compare = Vec::new();
         let mut success = Vec::new();
-        for (key, revision, value) in changes {
+        for (key, revision, write) in changes {
             let k = b64(key.as_bytes());
             compare.push(json!({ "key": k, "target": "MOD", "result": "EQUAL",
                                  "mod_revision": revision.to_string() }));
-            success.push(match value {
-                Some(v) => json!({ "request_put": { "key": k, "value": b64(v) } }),
-                None => json!({ "request_delete_range": { "key": k } }),
-            });
+            match write {
+                Write::Put(v) => {
+                    success.push(json!({ "request_put": { "key": k, "value": b64(v) } }))
+                }
+                Write::Delete => success.push(json!({ "request_delete_range": { "key": k } })),
+                Write::Unchanged => {}
+            }
         }
         let body = json!({ "compare": compare, "success": success });
-        let (_, answer) = self.call("/v3/kv/txn", &body).await?;
+        let (member, answer, maybe_received) = self.call_noting("/v3/kv/txn", &body).await?;
         if answer["succeeded"] == true {
             Ok(Swap::Done(int(&answer["header"]["revision"])))
+        } else if maybe_received {
+            // The compare may have failed on this very write, applied by a member that
+            // timed out.
+            Err(EtcdError::Uncertain { member })
         } else {
             Ok(Swap::Conflict)
         }
@@ -191,6 +221,7 @@ impl Etcd {
                 Ok(Ok((StatusCode::OK, body))) => {
                     return Ok(Watch {
                         member,
+                        start,
                         body,
                         decoder: LineDecoder::default(),
                     })
@@ -214,7 +245,21 @@ impl Etcd {
 
     /// POSTs `body` to `path` on the first member that answers; its JSON answer.
     async fn call(&self, path: &str, body: &Value) -> Result<(String, Value), EtcdError> {
+        self.call_noting(path, body)
+            .await
+            .map(|(member, value, _)| (member, value))
+    }
+
+    /// [`Etcd::call`], and whether a member tried before the one that answered may have
+    /// received the request (it timed out or failed after the request went out): for a
+    /// write, its outcome is then not known from the answer alone.
+    async fn call_noting(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<(String, Value, bool), EtcdError> {
         let mut last = String::new();
+        let mut maybe_received = false;
         for (i, member) in self.order().into_iter().enumerate() {
             let answered = tokio::time::timeout(REQUEST_TIMEOUT, async {
                 let (status, incoming) = send(&member, path, body).await?;
@@ -229,11 +274,20 @@ impl Etcd {
             match answered {
                 Ok(Ok((status, bytes))) => {
                     let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    if status == StatusCode::OK && value["header"]["revision"].is_null() {
+                        return Err(EtcdError::Answer {
+                            member,
+                            message: format!(
+                                "not an etcd answer: {}",
+                                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                            ),
+                        });
+                    }
                     if status == StatusCode::OK {
                         let n = self.members.len().max(1);
                         let at = (self.current.load(Ordering::Relaxed) + i) % n;
                         self.current.store(at, Ordering::Relaxed);
-                        return Ok((member, value));
+                        return Ok((member, value, maybe_received));
                     }
                     // A member without a leader (a lost quorum, an election) may be alone
                     // in that: try the next.
@@ -244,6 +298,7 @@ impl Etcd {
                         .to_owned();
                     if status.is_server_error() {
                         last = format!("{member}: {status} {message}");
+                        maybe_received = true;
                         continue;
                     }
                     return Err(EtcdError::Refused {
@@ -252,8 +307,15 @@ impl Etcd {
                         message,
                     });
                 }
-                Ok(Err(e)) => last = format!("{member}: {e}"),
-                Err(_) => last = format!("{member}: no answer within {REQUEST_TIMEOUT:?}"),
+                Ok(Err(e)) => {
+                    // Not connected: certainly not received.
+                    maybe_received |= !e.starts_with("connect:");
+                    last = format!("{member}: {e}");
+                }
+                Err(_) => {
+                    maybe_received = true;
+                    last = format!("{member}: no answer within {REQUEST_TIMEOUT:?}");
+                }
             }
         }
         Err(EtcdError::Unreachable(last))
@@ -277,6 +339,9 @@ async fn send(member: &str, path: &str, body: &Value) -> Result<(StatusCode, Inc
         .uri(path)
         .header(http::header::HOST, member)
         .header(http::header::CONTENT_TYPE, "application/json")
+        // A member cut off from the quorum refuses (and ends watches) rather than serving an
+        // old view.
+        .header("grpc-metadata-hasleader", "true")
         .body(Full::new(Bytes::from(body.to_string())))
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
@@ -286,6 +351,8 @@ async fn send(member: &str, path: &str, body: &Value) -> Result<(StatusCode, Inc
 /// An open watch: events as they come.
 pub struct Watch {
     member: String,
+    /// The revision it was asked to start from.
+    start: i64,
     body: Incoming,
     decoder: LineDecoder,
 }
@@ -304,6 +371,13 @@ impl Watch {
                 let value: Value = serde_json::from_slice(&line)
                     .map_err(|e| ended(format!("an answer it cannot read: {e}")))?;
                 let result = &value["result"];
+                let compacted = int(&result["compact_revision"]);
+                if compacted > 0 {
+                    return Err(EtcdError::Compacted {
+                        wanted: self.start,
+                        compacted,
+                    });
+                }
                 if result["canceled"] == true {
                     let reason = result["cancel_reason"].as_str().unwrap_or("cancelled");
                     return Err(ended(reason.to_owned()));

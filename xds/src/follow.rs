@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
+use crate::etcd::EtcdError;
 use crate::shared::{publish, Shared};
 use crate::state::replicated::Replicated;
 
@@ -38,12 +39,13 @@ pub(crate) async fn follow(shared: Arc<Shared>, replicated: Arc<Replicated>) {
                             publish(&shared, &store);
                         }
                     }
+                    Err(e @ EtcdError::Compacted { .. }) => {
+                        warn!(error = %e, "etcd watch compacted away; reading every override again");
+                        resync(&shared, &replicated).await;
+                        break;
+                    }
                     Err(e) => {
                         warn!(error = %e, "etcd watch ended; watching again");
-                        // Compacted past our revision: read everything again.
-                        if e.to_string().contains("compact") {
-                            resync(&shared, &replicated).await;
-                        }
                         break;
                     }
                 }

@@ -20,6 +20,7 @@ use crate::audit::{Change, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::session::Session;
 use crate::shared::{publish, Body, Shared};
 use crate::splits::{RouteRequest, SplitError};
+use crate::state::Touched;
 use crate::store::{GroupLookup, OperatorError, OperatorRequest, Overrides, Store};
 
 /// Largest operator request body.
@@ -77,6 +78,7 @@ async fn commit(
     shared: &Shared,
     store: &mut Store,
     next: Overrides,
+    touched: Touched,
     change: Change,
 ) -> Result<(), Response<Body>> {
     let failed = |message: String| {
@@ -92,7 +94,10 @@ async fn commit(
         Ok(Err(e)) => return Err(failed(e.to_string())),
         Err(e) => return Err(failed(format!("audit log write failed: {e}"))),
     };
-    let persisted = shared.backend.persist(store.overrides(), &next).await;
+    let persisted = shared
+        .backend
+        .persist(store.overrides(), &next, &touched)
+        .await;
     let message = persisted.err();
     if let Some(error) = message {
         let log = shared.audit.clone();
@@ -179,7 +184,11 @@ async fn change_endpoint(
         before: json!(before),
         after: json!(current),
     };
-    if let Err(resp) = commit(shared, &mut store, next, change).await {
+    let touched = Touched::Endpoint {
+        cluster: request.cluster.clone(),
+        address: request.address.clone(),
+    };
+    if let Err(resp) = commit(shared, &mut store, next, touched, change).await {
         return resp;
     }
     drop(store);
@@ -254,7 +263,12 @@ async fn change_route(shared: &Shared, client: &Client, request: RouteRequest) -
         after: json!(resolved.split_after()),
     };
     let next = store.overrides().with_split(&request, targets.clone());
-    if let Err(resp) = commit(shared, &mut store, next, change).await {
+    let touched = Touched::Split {
+        group: request.group.clone(),
+        route_table: request.route_table.clone(),
+        route: request.route.clone(),
+    };
+    if let Err(resp) = commit(shared, &mut store, next, touched, change).await {
         return resp;
     }
     // Read under the lock, so the version is this change's, not a later one's.

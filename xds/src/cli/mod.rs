@@ -55,9 +55,9 @@ pub enum Command {
         /// etcd://host:port,host:port,… (instead of --state).
         #[arg(long, value_name = "etcd://HOST:PORT,…")]
         store: Option<String>,
-        /// With --store: the etcd key prefix of the overrides.
-        #[arg(long, default_value = crate::state::DEFAULT_PREFIX)]
-        etcd_prefix: String,
+        /// With --store: the etcd key prefix of the overrides (default /legate-xds/).
+        #[arg(long)]
+        etcd_prefix: Option<String>,
         /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key.
         #[arg(long, value_name = "FILE", requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -200,6 +200,8 @@ pub enum CliError {
     Server { status: StatusCode, message: String },
     #[error("--store {0:?}: expected etcd://host:port,host:port,…")]
     BadStore(String),
+    #[error("--etcd-prefix needs --store etcd://…")]
+    PrefixWithoutStore,
     #[error("{0:?}: expected CLUSTER=WEIGHT")]
     BadTarget(String),
     #[error("only {acked} of {total} connected proxies of group {group} acknowledged the change within {waited:?}; see `legate-xds status`")]
@@ -263,8 +265,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let store = match (state, store) {
                 (_, Some(url)) => StateStore::Etcd {
                     members: crate::etcd::parse_url(&url).ok_or(CliError::BadStore(url))?,
-                    prefix: etcd_prefix,
+                    prefix: etcd_prefix.unwrap_or_else(|| crate::state::DEFAULT_PREFIX.to_owned()),
                 },
+                (Some(_), None) if etcd_prefix.is_some() => {
+                    return Err(CliError::PrefixWithoutStore)
+                }
                 (Some(path), None) => StateStore::File(path),
                 // clap requires one of them.
                 (None, None) => return Err(CliError::BadStore(String::new())),
@@ -944,9 +949,18 @@ mod tests {
         .unwrap();
         assert!(matches!(
             cli.command,
-            Command::Serve { store: Some(_), state: None, ref etcd_prefix, .. } if etcd_prefix == "/legate-xds/"
+            Command::Serve {
+                store: Some(_),
+                state: None,
+                etcd_prefix: None,
+                ..
+            }
         ));
         assert!(serve(&["--state", "s.json", "--store", "etcd://h:1"]).is_err());
+        assert!(matches!(
+            run(serve(&["--state", "s.json", "--etcd-prefix", "/x/"]).unwrap()),
+            Err(CliError::PrefixWithoutStore)
+        ));
         assert!(matches!(
             run(serve(&["--store", "http://h:1", "--audit", "a"]).unwrap()),
             Err(CliError::BadStore(_))

@@ -15,6 +15,7 @@ use tracing::info;
 
 use crate::etcd::{Etcd, EtcdError};
 use crate::store::Overrides;
+pub use replicated::Touched;
 use replicated::{Replicated, SwapError};
 
 /// Where to keep the overrides (`--state FILE` or `--store etcd://…`).
@@ -101,11 +102,13 @@ impl Backend {
         }
     }
 
-    /// Persists `next` (the store's overrides are `before`). Called under the store lock.
+    /// Persists `next` (the store's overrides are `before`), a change about `touched`.
+    /// Called under the store lock.
     pub(crate) async fn persist(
         &self,
         before: &Overrides,
         next: &Overrides,
+        touched: &Touched,
     ) -> Result<(), PersistError> {
         match self {
             Backend::File(path) => {
@@ -118,7 +121,7 @@ impl Backend {
                     Err(e) => Err(PersistError::Task(e.to_string())),
                 }
             }
-            Backend::Etcd(replicated) => match replicated.swap(before, next).await {
+            Backend::Etcd(replicated) => match replicated.swap(before, next, touched).await {
                 Ok(()) => Ok(()),
                 Err(e @ SwapError::Conflict) => Err(PersistError::Conflict(e)),
                 Err(e) => Err(PersistError::Etcd(e)),

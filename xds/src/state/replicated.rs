@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use tracing::warn;
 
-use crate::etcd::{Etcd, EtcdError, Event, Kv, Swap};
+use crate::etcd::{Etcd, EtcdError, Event, Kv, Swap, Write};
 use crate::splits::SplitTarget;
 use crate::store::{EndpointOverride, Overrides};
 
@@ -28,8 +28,28 @@ pub struct Replicated {
 #[derive(Debug, Default)]
 struct Keys {
     values: BTreeMap<String, (i64, Vec<u8>)>,
-    /// The store's revision the keys were last brought up to.
-    revision: i64,
+    /// Keys this replica deleted, at the revision it did, until the watch has passed it (so a
+    /// late event of the key's older value cannot bring it back).
+    deleted: BTreeMap<String, i64>,
+    /// The revision the watch (or a full read) has seen everything up to; the watch resumes
+    /// after it. This replica's own writes do not move it: events before them may still come.
+    watched: i64,
+}
+
+/// The one override an operator change is about: it is compared even when the change leaves
+/// it as this replica sees it, so a change made elsewhere meanwhile is not silently
+/// confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    Endpoint {
+        cluster: String,
+        address: String,
+    },
+    Split {
+        group: String,
+        route_table: String,
+        route: String,
+    },
 }
 
 /// Why a change was not written.
@@ -82,76 +102,157 @@ impl Replicated {
             .into_iter()
             .map(|kv| (kv.key, (kv.mod_revision, kv.value)))
             .collect();
-        keys.revision = revision;
+        keys.deleted.clear();
+        keys.watched = revision;
         Ok((self.overrides_of(&keys), revision))
     }
 
-    /// The revision the keys are up to.
+    /// The revision the watch has seen everything up to.
     pub fn revision(&self) -> i64 {
-        self.lock().revision
+        self.lock().watched
     }
 
-    /// Applies watched events; the overrides now.
+    /// Applies watched events (in revision order, as etcd sends them); the overrides now.
+    /// An event older than what this replica already holds of its key is skipped.
     pub fn apply(&self, events: Vec<Event>) -> Overrides {
         let mut keys = self.lock();
         for event in events {
+            let (key, revision) = match &event {
+                Event::Put(kv) => (kv.key.clone(), kv.mod_revision),
+                Event::Delete { key, mod_revision } => (key.clone(), *mod_revision),
+            };
+            keys.watched = keys.watched.max(revision);
+            let held = keys.values.get(&key).map(|(r, _)| *r);
+            let gone = keys.deleted.get(&key).copied();
+            if held.is_some_and(|r| r >= revision) || gone.is_some_and(|r| r >= revision) {
+                continue;
+            }
             match event {
                 Event::Put(Kv {
                     key,
                     value,
                     mod_revision,
                 }) => {
-                    keys.revision = keys.revision.max(mod_revision);
+                    keys.deleted.remove(&key);
                     keys.values.insert(key, (mod_revision, value));
                 }
                 Event::Delete { key, mod_revision } => {
-                    keys.revision = keys.revision.max(mod_revision);
                     keys.values.remove(&key);
+                    keys.deleted.insert(key, mod_revision);
                 }
             }
         }
+        let watched = keys.watched;
+        keys.deleted.retain(|_, r| *r > watched);
         self.overrides_of(&keys)
     }
 
+    /// The key of the override a change is about.
+    fn key_of(&self, touched: &Touched) -> String {
+        match touched {
+            Touched::Endpoint { cluster, address } => format!(
+                "{}endpoints/{}/{}",
+                self.prefix,
+                escape(cluster),
+                escape(address)
+            ),
+            Touched::Split {
+                group,
+                route_table,
+                route,
+            } => format!(
+                "{}splits/{}/{}/{}",
+                self.prefix,
+                escape(group),
+                escape(route_table),
+                escape(route)
+            ),
+        }
+    }
+
     /// Writes the keys in which `next` differs from `before`, in one transaction that holds
-    /// only if none of them changed since it was read.
-    pub async fn swap(&self, before: &Overrides, next: &Overrides) -> Result<(), SwapError> {
+    /// only if none of them, nor the `touched` one, changed since this replica saw them.
+    pub async fn swap(
+        &self,
+        before: &Overrides,
+        next: &Overrides,
+        touched: &Touched,
+    ) -> Result<(), SwapError> {
         let old = self.encode(before);
         let new = self.encode(next);
-        let mut changes: Vec<(String, i64, Option<Vec<u8>>)> = Vec::new();
+        let mut changes: Vec<(String, i64, Write)> = Vec::new();
         {
             let keys = self.lock();
             let revision_of = |key: &str| keys.values.get(key).map_or(0, |(r, _)| *r);
             for (key, value) in &new {
                 if old.get(key) != Some(value) {
-                    changes.push((key.clone(), revision_of(key), Some(value.clone())));
+                    changes.push((key.clone(), revision_of(key), Write::Put(value.clone())));
                 }
             }
             for key in old.keys().filter(|k| !new.contains_key(*k)) {
-                changes.push((key.clone(), revision_of(key), None));
+                changes.push((key.clone(), revision_of(key), Write::Delete));
+            }
+            let touched = self.key_of(touched);
+            if !changes.iter().any(|(k, _, _)| *k == touched) {
+                let revision = revision_of(&touched);
+                changes.push((touched, revision, Write::Unchanged));
             }
         }
-        if changes.is_empty() {
-            return Ok(());
-        }
-        match self.etcd.swap_all(&changes).await? {
-            Swap::Conflict => Err(SwapError::Conflict),
-            Swap::Done(revision) => {
-                let mut keys = self.lock();
-                for (key, _, value) in changes {
-                    match value {
-                        Some(v) => {
-                            keys.values.insert(key, (revision, v));
-                        }
-                        None => {
-                            keys.values.remove(&key);
-                        }
-                    }
+        let revision = match self.etcd.swap_all(&changes).await {
+            Ok(Swap::Done(revision)) => revision,
+            Ok(Swap::Conflict) => return Err(SwapError::Conflict),
+            // A lost answer may hide a write that did land (a member that timed out, then
+            // committed): look.
+            Err(e) => match self.landed(&changes).await {
+                Some(revision) => {
+                    warn!(error = %e, "the etcd write landed although its answer was lost; taken as done");
+                    revision
                 }
-                keys.revision = keys.revision.max(revision);
-                Ok(())
+                None => return Err(SwapError::Etcd(e)),
+            },
+        };
+        let mut keys = self.lock();
+        for (key, _, write) in changes {
+            match write {
+                Write::Put(v) => {
+                    keys.deleted.remove(&key);
+                    keys.values.insert(key, (revision, v));
+                }
+                Write::Delete => {
+                    keys.values.remove(&key);
+                    keys.deleted.insert(key, revision);
+                }
+                Write::Unchanged => {}
             }
         }
+        Ok(())
+    }
+
+    /// Whether every write of `changes` is what etcd holds now (each put's value there, each
+    /// deleted key gone), with all of them at one revision newer than the one compared: the
+    /// transaction landed. That revision.
+    async fn landed(&self, changes: &[(String, i64, Write)]) -> Option<i64> {
+        // A transaction that only compares cannot be told from a conflict: take it as one.
+        if changes.iter().all(|(_, _, w)| *w == Write::Unchanged) {
+            return None;
+        }
+        let mut at = None;
+        for (key, compared, write) in changes {
+            let now = self.etcd.get(key).await.ok()?;
+            match (write, now) {
+                (Write::Put(v), Some(kv)) if kv.value == *v && kv.mod_revision > *compared => {
+                    if at.is_some_and(|r| r != kv.mod_revision) {
+                        return None;
+                    }
+                    at = Some(kv.mod_revision);
+                }
+                (Write::Delete, None) => {}
+                (Write::Unchanged, _) => {}
+                _ => return None,
+            }
+        }
+        // Only deletes (or none): no revision to tell; the watch brings the right one.
+        Some(at.unwrap_or_else(|| self.revision()))
     }
 
     /// Every key `overrides` makes, and its value.
@@ -268,5 +369,56 @@ mod tests {
         }
         k.values.insert("/lx/other".into(), (1, b"x".to_vec()));
         assert_eq!(r.overrides_of(&k), o);
+    }
+
+    #[test]
+    fn older_events_never_undo_what_this_replica_wrote_since() {
+        let r = Replicated::new(Etcd::new(vec!["127.0.0.1:1".into()]), "/lx/");
+        let key = "/lx/endpoints/tiles/10.0.0.1:80".to_owned();
+        let gone = "/lx/endpoints/tiles/10.0.0.2:80".to_owned();
+        let put = |key: &str, revision, weight: u32| {
+            Event::Put(Kv {
+                key: key.to_owned(),
+                value: format!("{{\"weight\":{weight}}}").into_bytes(),
+                mod_revision: revision,
+            })
+        };
+        let weight = |o: &Overrides, address: &str| o.get("tiles", address).and_then(|e| e.weight);
+        {
+            // This replica wrote weight 5 at 101 and deleted the other at 102; the watch has
+            // seen up to 99.
+            let mut k = r.lock();
+            k.values
+                .insert(key.clone(), (101, b"{\"weight\":5}".to_vec()));
+            k.deleted.insert(gone.clone(), 102);
+            k.watched = 99;
+        }
+        assert_eq!(r.revision(), 99, "its own writes do not move the watch on");
+        let o = r.apply(vec![put(&key, 100, 3), put(&gone, 100, 7)]);
+        assert_eq!(
+            weight(&o, "10.0.0.1:80"),
+            Some(5),
+            "weight 3 at 100 is older"
+        );
+        assert_eq!(
+            weight(&o, "10.0.0.2:80"),
+            None,
+            "the put at 100 precedes the delete"
+        );
+        assert_eq!(r.revision(), 100);
+        let o = r.apply(vec![put(&key, 101, 5)]);
+        assert_eq!(weight(&o, "10.0.0.1:80"), Some(5));
+        let o = r.apply(vec![Event::Delete {
+            key: gone.clone(),
+            mod_revision: 102,
+        }]);
+        assert_eq!(weight(&o, "10.0.0.2:80"), None);
+        assert!(
+            r.lock().deleted.is_empty(),
+            "passed by the watch: forgotten"
+        );
+        // A newer write from another replica wins.
+        let o = r.apply(vec![put(&key, 103, 9)]);
+        assert_eq!(weight(&o, "10.0.0.1:80"), Some(9));
     }
 }

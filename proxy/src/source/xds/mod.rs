@@ -61,7 +61,10 @@ pub async fn run(xds: model::Xds, node: model::Node, apply: Arc<dyn Apply>, stat
     };
     let status = &state.xds;
     let servers = xds.server.list();
+    let many = servers.len() > 1;
     let mut at = 0;
+    // Servers tried since the last session that lasted; the back-off waits after a round.
+    let mut tried = 0;
     loop {
         let server = servers.get(at).map_or("", String::as_str);
         status.update(|s| s.server = server.to_owned());
@@ -70,7 +73,11 @@ pub async fn run(xds: model::Xds, node: model::Node, apply: Arc<dyn Apply>, stat
         status.update(|s| {
             s.connected = false;
             if let Err(e) = &result {
-                s.last_error = Some(e.clone());
+                s.last_error = Some(if many {
+                    format!("{server}: {e}")
+                } else {
+                    e.clone()
+                });
             }
         });
         if let Err(e) = result {
@@ -78,11 +85,14 @@ pub async fn run(xds: model::Xds, node: model::Node, apply: Arc<dyn Apply>, stat
         }
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_millis(100);
+            tried = 0;
         }
+        tried += 1;
         at = (at + 1) % servers.len().max(1);
-        if at != 0 {
+        if tried < servers.len() {
             continue;
         }
+        tried = 0;
         let jitter = 0.5 + fastrand::f64();
         tokio::time::sleep(backoff.mul_f64(jitter)).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
