@@ -766,7 +766,9 @@ impl Stream<'_> {
         Ok(())
     }
 
-    /// Times the change `group` waits for if this ACK left every proxy of it in sync.
+    /// Times the change `group` waits for if this ACK left every proxy of it in sync. Called
+    /// on every ACK while a change is under way, so it looks at each session's versions in
+    /// place (no status is built) and stops at the first proxy still behind.
     fn check_reached(&self, group: &str) {
         let served = self
             .shared
@@ -776,8 +778,13 @@ impl Stream<'_> {
             .get(group)
             .map(|s| s.versions());
         let Some(served) = served else { return };
-        let mut of_group = sessions(self.shared).into_iter();
-        if of_group.all(|st| st.node.cluster != group || holds(&st, &served)) {
+        let all_hold = lock_registry(self.shared).values().all(|entry| {
+            entry.session.as_ref().is_none_or(|session| {
+                let session = lock(session);
+                session.node().cluster != group || session.holds(&served)
+            })
+        });
+        if all_hold {
             let now = Instant::now().into_std();
             self.shared.propagation.reached(group, now);
         }

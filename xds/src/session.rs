@@ -413,6 +413,18 @@ impl Session {
     }
 
     /// This session's versions and last NACK, for `/v1/status`.
+    /// Whether the proxy holds (has ACKed) every version in `served`, by type; what
+    /// [`crate::propagation::holds`] tells from a status, without building one.
+    pub fn holds(&self, served: &BTreeMap<ResourceType, String>) -> bool {
+        served.iter().all(|(kind, version)| {
+            let tracked = match kind {
+                ResourceType::Endpoints => Some(&self.endpoints_set),
+                other => self.sotw.get(other),
+            };
+            tracked.and_then(|t| t.held.as_ref()) == Some(version)
+        })
+    }
+
     pub fn status(&self) -> SessionStatus {
         let mut versions: BTreeMap<ResourceType, VersionStatus> =
             self.sotw.iter().map(|(t, s)| (*t, s.status())).collect();
