@@ -134,6 +134,15 @@ where
     }
 }
 
+/// A request body read (within [`MAX_OPERATOR_BODY`]) and parsed; 400 when it cannot be.
+async fn parsed<T, E: std::fmt::Display>(
+    body: Incoming,
+    parse: impl FnOnce(&[u8]) -> Result<T, E>,
+) -> Result<T, Response<Body>> {
+    let bytes = read_body(body).await?;
+    parse(&bytes).map_err(|e| error_response(StatusCode::BAD_REQUEST, e))
+}
+
 /// `POST /v1/endpoints/<operation>`.
 pub(crate) async fn operate(
     shared: Arc<Shared>,
@@ -141,15 +150,12 @@ pub(crate) async fn operate(
     operation: &str,
     body: Incoming,
 ) -> Response<Body> {
-    let bytes = match read_body(body).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
-    let request = match OperatorRequest::parse(operation, &bytes) {
-        Ok(r) => r,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
-    };
-    uncancellable(async move { change_endpoint(&shared, &client, request).await }).await
+    match parsed(body, |b| OperatorRequest::parse(operation, b)).await {
+        Ok(request) => {
+            uncancellable(async move { change_endpoint(&shared, &client, request).await }).await
+        }
+        Err(resp) => resp,
+    }
 }
 
 async fn change_endpoint(
@@ -216,15 +222,12 @@ pub(crate) async fn operate_route(
     operation: &str,
     body: Incoming,
 ) -> Response<Body> {
-    let bytes = match read_body(body).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
-    let request = match RouteRequest::parse(operation, &bytes) {
-        Ok(r) => r,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
-    };
-    uncancellable(async move { change_route(&shared, &client, request).await }).await
+    match parsed(body, |b| RouteRequest::parse(operation, b)).await {
+        Ok(request) => {
+            uncancellable(async move { change_route(&shared, &client, request).await }).await
+        }
+        Err(resp) => resp,
+    }
 }
 
 async fn change_route(shared: &Shared, client: &Client, request: RouteRequest) -> Response<Body> {
