@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod notify;
 pub mod path;
 pub mod pidfile;
+pub mod ratelimit;
 pub mod resources;
 pub mod router;
 pub mod serve;

@@ -84,6 +84,21 @@ struct RouteClassLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabels {
+    route_table: String,
+    route: String,
+    limit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitResultLabels {
+    route_table: String,
+    route: String,
+    limit: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TargetLabels {
     listener: String,
     route: String,
@@ -316,6 +331,7 @@ impl Collector for StateCollector {
         connections.gauges(&mut e)?;
         refused.counters(&mut e)?;
         encode_traffic(state, &mut e)?;
+        encode_rate_limits(&snapshot, &mut e)?;
 
         let mut rq_total = Family::new("upstream_requests", "Requests sent to an endpoint");
         let mut rq_active = Family::new(
@@ -427,6 +443,52 @@ impl Collector for StateCollector {
         connect.encode(&mut e)?;
         panic.gauges(&mut e)
     }
+}
+
+/// Each rate limit's decisions, and its buckets taken over while in debt.
+fn encode_rate_limits(
+    snapshot: &crate::snapshot::Snapshot,
+    e: &mut DescriptorEncoder,
+) -> fmt::Result {
+    let mut requests = Family::new(
+        "ratelimit_requests",
+        "Requests a rate limit checked, by what it decided: allowed, delayed or limited",
+    );
+    let mut evictions = Family::new(
+        "ratelimit_evictions",
+        "Keys whose bucket another key took over while it was still in debt (more keys than max_keys)",
+    );
+    for (table, routes) in &snapshot.route_tables {
+        for route in routes.routes() {
+            for limit in route.rate_limits.iter() {
+                let r = limit.read();
+                let labels = || LimitLabels {
+                    route_table: table.clone(),
+                    route: route.name.to_string(),
+                    limit: limit.name.to_string(),
+                };
+                for (result, n) in [
+                    ("allowed", r.allowed),
+                    ("delayed", r.delayed),
+                    ("limited", r.limited),
+                ] {
+                    let l = labels();
+                    let labels = LimitResultLabels {
+                        route_table: l.route_table,
+                        route: l.route,
+                        limit: l.limit,
+                        result,
+                    };
+                    requests.add(labels, n);
+                }
+                if !limit.spec.key.is_whole_route() {
+                    evictions.add(labels(), r.evictions);
+                }
+            }
+        }
+    }
+    requests.counters(e)?;
+    evictions.counters(e)
 }
 
 /// The per-route, per-target and per-session families, from each listener's current settings.

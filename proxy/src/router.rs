@@ -49,6 +49,8 @@ pub struct Route {
     pub response_headers: HeaderOps,
     /// `Upgrade` protocols this route tunnels, lower-case.
     pub upgrades: Box<[Box<str>]>,
+    /// Limits each request must pass, in order (the route's, else its virtual host's).
+    pub rate_limits: Box<[Arc<crate::ratelimit::Limiter>]>,
 }
 
 #[derive(Debug)]
@@ -345,6 +347,7 @@ mod tests {
             upgrades: Box::new([]),
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
+            rate_limits: Box::new([]),
         }
     }
 

@@ -97,7 +97,7 @@ impl Snapshot {
                 .routes
                 .remove(name)
                 .ok_or_else(|| unmatched(path()))?;
-            let compiled = compile_table(name, table, vhosts, &clusters)?;
+            let compiled = compile_table(name, table, vhosts, &clusters, registry)?;
             route_tables.insert(name.clone(), Arc::new(compiled));
         }
         let listen = config
@@ -163,6 +163,7 @@ fn compile_table(
     table: &model::RouteTable,
     values: Vec<Vec<RouteValues>>,
     clusters: &HashMap<String, Arc<Cluster>>,
+    registry: &Registry,
 ) -> Result<RouteTable, CompileError> {
     if values.len() != table.virtual_hosts.len() {
         return Err(unmatched(format!("route_tables.{name}.virtual_hosts")));
@@ -176,8 +177,17 @@ fn compile_table(
         let mut compiled = Vec::with_capacity(routes.len());
         for ((ri, r), values) in vh.routes.iter().enumerate().zip(routes) {
             let at = default_route_name(name, vi, ri);
-            let name = r.name.as_deref().unwrap_or(&at);
-            compiled.push(compile_route(name, r, values, clusters).ok_or_else(|| unmatched(at))?);
+            let route_name = r.name.as_deref().unwrap_or(&at);
+            let limits = r.rate_limits.as_deref().unwrap_or(&vh.rate_limits);
+            let limiters = limits
+                .iter()
+                .map(|l| {
+                    let spec = limit_spec(l);
+                    registry.limits.limiter(name, route_name, &l.name, spec)
+                })
+                .collect();
+            let route = compile_route(route_name, r, values, clusters, limiters);
+            compiled.push(route.ok_or_else(|| unmatched(at))?);
         }
         vhosts.push((vh.hosts.clone(), VirtualHost { routes: compiled }));
     }
@@ -190,6 +200,7 @@ fn compile_route(
     r: &model::Route,
     values: RouteValues,
     clusters: &HashMap<String, Arc<Cluster>>,
+    rate_limits: Box<[Arc<crate::ratelimit::Limiter>]>,
 ) -> Option<Route> {
     let action = match values.action {
         ActionValues::Cluster(name) => Action::Cluster(clusters.get(&name)?.clone()),
@@ -255,5 +266,24 @@ fn compile_route(
             .collect(),
         request_headers: values.request_headers,
         response_headers: values.response_headers,
+        rate_limits,
     })
 }
+
+/// What a checked limit does, for its limiter.
+fn limit_spec(l: &model::RateLimit) -> crate::ratelimit::Spec {
+    crate::ratelimit::Spec {
+        requests: l.requests,
+        per: l.per.get(),
+        burst: l.burst.unwrap_or(l.requests),
+        key: crate::ratelimit::KeySpec::parse(&l.key.0).unwrap_or_default(),
+        delay: match l.action {
+            model::RateLimitAction::Delay => l.max_delay.map(|d| d.get()),
+            model::RateLimitAction::Reject => None,
+        },
+        max_keys: l.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
+    }
+}
+
+/// Buckets a keyed limit keeps by default.
+const DEFAULT_MAX_KEYS: usize = 65_536;

@@ -528,6 +528,8 @@ pub fn ms_to_rfc3339(ms: u64) -> String {
 #[derive(Debug, Default)]
 pub struct Registry {
     inner: Mutex<RegistryInner>,
+    /// Rate limits' buckets, by limit: kept by a reload that keeps the limit.
+    pub limits: crate::ratelimit::registry::Registry,
 }
 
 #[derive(Debug, Default)]

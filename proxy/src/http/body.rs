@@ -238,11 +238,17 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } => "upstream reset before response\n",
             ProxyError::UpstreamTls { .. } => "upstream TLS handshake failed\n",
             ProxyError::Timeout | ProxyError::PerTryTimeout => "upstream request timeout\n",
+            ProxyError::RateLimited { .. } => "too many requests\n",
         };
         let mut resp = Response::new(ProxyBody::full(Bytes::from_static(body.as_bytes())));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(LEGATE_ERROR, HeaderValue::from_static(self.reason()));
+        if let ProxyError::RateLimited { retry_after, .. } = self {
+            // Whole seconds, rounded up: the bucket has room by then.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         h.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),

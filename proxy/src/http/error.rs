@@ -62,10 +62,15 @@ pub enum ProxyError {
         cluster: std::sync::Arc<str>,
         limit: &'static str,
     },
+    #[error("over rate limit {limit}; room again in {retry_after:?}")]
+    RateLimited {
+        limit: std::sync::Arc<str>,
+        retry_after: std::time::Duration,
+    },
 }
 
 /// Every `legate-error` value, numbered by [`ProxyError::reason_index`].
-pub const REASONS: [&str; 13] = [
+pub const REASONS: [&str; 14] = [
     "no-route",
     "missing-host",
     "bad-request",
@@ -79,6 +84,7 @@ pub const REASONS: [&str; 13] = [
     "upstream-reset",
     "timeout",
     "per-try-timeout",
+    "rate-limited",
 ];
 
 // Per-reason counters have a slot for every reason.
@@ -98,6 +104,7 @@ impl ProxyError {
             | ProxyError::UpstreamTls { .. }
             | ProxyError::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout | ProxyError::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -122,6 +129,7 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } => 10,
             ProxyError::Timeout => 11,
             ProxyError::PerTryTimeout => 12,
+            ProxyError::RateLimited { .. } => 13,
         }
     }
 
@@ -130,7 +138,8 @@ impl ProxyError {
             ProxyError::NoRoute { .. }
             | ProxyError::MissingHost
             | ProxyError::BadRequest(_)
-            | ProxyError::UriTooLong { .. } => Origin::Downstream,
+            | ProxyError::UriTooLong { .. }
+            | ProxyError::RateLimited { .. } => Origin::Downstream,
             ProxyError::NoEndpoint { .. }
             | ProxyError::Overflow { .. }
             | ProxyError::LocalExhaustion { .. } => Origin::Internal,

@@ -27,6 +27,7 @@ use crate::config::model::{RetryOn, UpstreamProtocol};
 use crate::io::Touching;
 use crate::listener::{HttpSettings, Protocol};
 use crate::path;
+use crate::ratelimit::Decision;
 use crate::router::{Action, PathMatch, Redirect, Respond, Route};
 use crate::stats::route::{Outcome, TargetOutcome};
 
@@ -271,6 +272,18 @@ async fn route(
     };
     trace.route = Some(route.name.clone());
     trace.route_index = Some(route.index);
+    for limit in route.rate_limits.iter() {
+        match limit.check(ctx.peer.ip(), req.uri().path(), req.headers()) {
+            Decision::Allow => {}
+            Decision::Delay(wait) => tokio::time::sleep(wait).await,
+            Decision::Limited { retry_after } => {
+                return Err(ProxyError::RateLimited {
+                    limit: limit.name.clone(),
+                    retry_after,
+                })
+            }
+        }
+    }
     let mut resp = match &route.action {
         Action::Respond(r) => respond(r),
         Action::Redirect(r) => redirect(r, &req, ctx.scheme),

@@ -16,6 +16,9 @@ pub struct VirtualHost {
     pub hosts: Vec<String>,
     /// Tried in order; the first that matches wins.
     pub routes: Vec<Route>,
+    /// Rate limits for every route of this host that has none of its own. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// One route: a match and exactly one action (`cluster`, `split`, `redirect` or `respond`).
@@ -64,6 +67,86 @@ pub struct Route {
         skip_serializing_if = "is_default_upgrades"
     )]
     pub upgrades: Vec<String>,
+    /// Token buckets each request must pass, in order. Default: the virtual host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<Vec<RateLimit>>,
+}
+
+/// One token bucket per key: `requests` per `per`, up to `burst` at once.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// The `limit` label; unique among a route's limits.
+    pub name: String,
+    pub requests: u64,
+    pub per: Duration,
+    /// Requests allowed at once. Default: `requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// What each bucket counts by: `route` (default), `client_ip`, `client_ip/<bits>`,
+    /// `header:<name>`, `path`, or a list of them (together).
+    #[serde(default, skip_serializing_if = "RateLimitKey::is_route")]
+    pub key: RateLimitKey,
+    /// `local` (default): this proxy's own buckets.
+    #[serde(default)]
+    pub scope: RateLimitScope,
+    /// Over the limit: `reject` (default, 429) or `delay` (wait up to `max_delay`, then 429).
+    #[serde(default)]
+    pub action: RateLimitAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<Duration>,
+    /// Buckets kept for a keyed limit (the memory bound). Default `65536`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<usize>,
+}
+
+/// One key part, or several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RateLimitKey(pub Vec<String>);
+
+impl Default for RateLimitKey {
+    fn default() -> Self {
+        RateLimitKey(vec!["route".to_owned()])
+    }
+}
+
+impl RateLimitKey {
+    fn is_route(&self) -> bool {
+        self.0 == ["route"]
+    }
+}
+
+impl<'de> Deserialize<'de> for RateLimitKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        match OneOrMany::deserialize(d) {
+            Ok(OneOrMany::One(s)) => Ok(RateLimitKey(vec![s])),
+            Ok(OneOrMany::Many(v)) => Ok(RateLimitKey(v)),
+            Err(_) => Err(de::Error::custom("expected a key part, or a list of them")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitScope {
+    #[default]
+    Local,
+    Global,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitAction {
+    #[default]
+    Reject,
+    Delay,
 }
 
 fn default_upgrades() -> Vec<String> {

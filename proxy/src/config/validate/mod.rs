@@ -3,6 +3,7 @@
 mod clusters;
 mod dns;
 mod listeners;
+mod rate_limits;
 mod route_names;
 mod routes;
 mod runtime;

@@ -96,6 +96,7 @@ impl Validator<'_> {
         }
         self.values.routes.insert(name.to_owned(), values);
         self.route_names(name, table);
+        self.rate_limits(name, table);
     }
 
     fn route(&mut self, base: &FieldPath, route: &Route) -> RouteValues {
