@@ -29,6 +29,7 @@ route_tables:
       - hosts: [maps.example.org]
         routes:
           - match: { prefix: / }
+            rate_limits: [{ name: "<b>api</b>", requests: 100000, per: 1s }]
             split:
               - { cluster: kartotherian-metal, weight: 90 }
               - { cluster: kartotherian-k8s, weight: 10 }
@@ -145,6 +146,16 @@ async fn the_status_page_shows_split_weights_unhealthy_endpoints_and_escapes_nam
             }
         }
     }
+    // The route's rate limit, its name as text, and every request it let through.
+    let limit = row(&dom, "<td>&lt;b&gt;api&lt;/b&gt;</td>");
+    assert!(
+        limit.contains("<td>100000 per 1s, burst 100000</td><td>route</td>")
+            && limit.contains(&format!(
+                "<td>{}</td><td>0</td><td>0</td>",
+                to_metal + to_k8s
+            )),
+        "no rate limit row in:\n{dom}"
+    );
     let unhealthy = format!("<tr class=\"endpoint unhealthy\" data-address=\"{k8s}\">");
     assert!(dom.contains(&unhealthy), "no {unhealthy} in:\n{dom}");
     let healthy = format!(

@@ -57,6 +57,7 @@ pub fn render(state: &State) -> String {
     for (name, table) in &snapshot.config.route_tables {
         route_table(&mut out, name, table);
     }
+    rate_limits(&mut out, &snapshot);
     traffic(&mut out, state);
     out.push_str("<h2>Clusters</h2>\n");
     let mut clusters: Vec<ClusterStatus> = snapshot.clusters.values().map(|c| c.status()).collect();
@@ -108,6 +109,45 @@ fn listeners(out: &mut String, state: &State, snapshot: &crate::snapshot::Snapsh
         );
     }
     out.push_str("</table>\n");
+}
+
+/// Every rate limit of every route: its rate, key, and what it has decided since it started.
+fn rate_limits(out: &mut String, snapshot: &crate::snapshot::Snapshot) {
+    let mut rows = String::new();
+    let mut tables: Vec<_> = snapshot.route_tables.iter().collect();
+    tables.sort_by(|a, b| a.0.cmp(b.0));
+    for (table, routes) in tables {
+        for route in routes.routes() {
+            for limit in route.rate_limits.iter() {
+                let r = limit.read();
+                let spec = &limit.spec;
+                let _ = write!(
+                    rows,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} per {}, burst {}</td><td>{}</td>\
+                     <td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(table),
+                    esc(&route.name),
+                    esc(&limit.name),
+                    spec.requests,
+                    esc(&humantime::format_duration(spec.per).to_string()),
+                    spec.burst,
+                    esc(&spec.key.describe()),
+                    r.allowed,
+                    r.delayed,
+                    r.limited,
+                );
+            }
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let _ = write!(
+        out,
+        "<h2>Rate limits</h2>\n<table id=\"rate-limits\"><tr><th>route table</th><th>route</th>\
+         <th>limit</th><th>rate</th><th>key</th><th>allowed</th><th>delayed</th><th>limited</th></tr>\
+         {rows}</table>\n"
+    );
 }
 
 fn route_table(out: &mut String, name: &str, table: &RouteTable) {

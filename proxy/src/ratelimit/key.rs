@@ -73,6 +73,24 @@ impl KeySpec {
         Ok(KeySpec { parts: out })
     }
 
+    /// As written in the config: `route`, or the parts joined by ` + `.
+    pub fn describe(&self) -> String {
+        if self.parts.is_empty() {
+            return "route".to_owned();
+        }
+        let parts: Vec<String> = self
+            .parts
+            .iter()
+            .map(|p| match p {
+                Part::ClientIp { prefix: None } => "client_ip".to_owned(),
+                Part::ClientIp { prefix: Some(n) } => format!("client_ip/{n}"),
+                Part::Header(h) => format!("header:{h}"),
+                Part::Path => "path".to_owned(),
+            })
+            .collect();
+        parts.join(" + ")
+    }
+
     /// The key of a request, hashed.
     pub fn hash(&self, client: IpAddr, path: &str, headers: &HeaderMap) -> u64 {
         let mut h = FnvHasher::default();
