@@ -445,7 +445,7 @@ impl Collector for StateCollector {
     }
 }
 
-/// Each rate limit's decisions, and its buckets taken over while in debt.
+/// Each rate limit's decisions, and its keys that met another key's bucket in debt.
 fn encode_rate_limits(
     snapshot: &crate::snapshot::Snapshot,
     e: &mut DescriptorEncoder,
@@ -454,9 +454,9 @@ fn encode_rate_limits(
         "ratelimit_requests",
         "Requests a rate limit checked, by what it decided: allowed, delayed or limited",
     );
-    let mut evictions = Family::new(
-        "ratelimit_evictions",
-        "Keys whose bucket another key took over while it was still in debt (more keys than max_keys)",
+    let mut collisions = Family::new(
+        "ratelimit_collisions",
+        "Requests whose key met its bucket in debt to another key (more active keys than max_keys): they share it",
     );
     for (table, routes) in &snapshot.route_tables {
         for route in routes.routes() {
@@ -482,13 +482,13 @@ fn encode_rate_limits(
                     requests.add(labels, n);
                 }
                 if !limit.spec.key.is_whole_route() {
-                    evictions.add(labels(), r.evictions);
+                    collisions.add(labels(), r.collisions);
                 }
             }
         }
     }
     requests.counters(e)?;
-    evictions.counters(e)
+    collisions.counters(e)
 }
 
 /// The per-route, per-target and per-session families, from each listener's current settings.

@@ -182,7 +182,7 @@ fn compile_table(
             let limiters = limits
                 .iter()
                 .map(|l| {
-                    let spec = limit_spec(l);
+                    let spec = crate::config::validate::spec_of(l);
                     registry.limits.limiter(name, route_name, &l.name, spec)
                 })
                 .collect();
@@ -269,21 +269,3 @@ fn compile_route(
         rate_limits,
     })
 }
-
-/// What a checked limit does, for its limiter.
-fn limit_spec(l: &model::RateLimit) -> crate::ratelimit::Spec {
-    crate::ratelimit::Spec {
-        requests: l.requests,
-        per: l.per.get(),
-        burst: l.burst.unwrap_or(l.requests),
-        key: crate::ratelimit::KeySpec::parse(&l.key.0).unwrap_or_default(),
-        delay: match l.action {
-            model::RateLimitAction::Delay => l.max_delay.map(|d| d.get()),
-            model::RateLimitAction::Reject => None,
-        },
-        max_keys: l.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
-    }
-}
-
-/// Buckets a keyed limit keeps by default.
-const DEFAULT_MAX_KEYS: usize = 65_536;

@@ -27,7 +27,6 @@ use crate::config::model::{RetryOn, UpstreamProtocol};
 use crate::io::Touching;
 use crate::listener::{HttpSettings, Protocol};
 use crate::path;
-use crate::ratelimit::Decision;
 use crate::router::{Action, PathMatch, Redirect, Respond, Route};
 use crate::stats::route::{Outcome, TargetOutcome};
 
@@ -272,15 +271,20 @@ async fn route(
     };
     trace.route = Some(route.name.clone());
     trace.route_index = Some(route.index);
-    for limit in route.rate_limits.iter() {
-        match limit.check(ctx.peer.ip(), req.uri().path(), req.headers()) {
-            Decision::Allow => {}
-            Decision::Delay(wait) => tokio::time::sleep(wait).await,
-            Decision::Limited { retry_after } => {
-                return Err(ProxyError::RateLimited {
-                    limit: limit.name.clone(),
-                    retry_after,
-                })
+    if !route.rate_limits.is_empty() {
+        // A wait for a limit counts against the route's timeout: one past it is refused.
+        let checked = crate::ratelimit::check_all(
+            &route.rate_limits,
+            ctx.peer.ip(),
+            req.uri().path(),
+            req.headers(),
+            route.timeout,
+        );
+        match checked {
+            Ok(wait) if wait.is_zero() => {}
+            Ok(wait) => tokio::time::sleep(wait).await,
+            Err((limit, retry_after)) => {
+                return Err(ProxyError::RateLimited { limit, retry_after })
             }
         }
     }

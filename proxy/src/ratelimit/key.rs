@@ -10,9 +10,10 @@ use http::{HeaderMap, HeaderName};
 /// One part of a key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Part {
-    /// The client's address, or its first `prefix` bits.
+    /// The client's address, or its network: the first `.0` bits of an IPv4 address, the
+    /// first `.1` bits of an IPv6 one.
     ClientIp {
-        prefix: Option<u8>,
+        prefix: Option<(u8, u8)>,
     },
     /// A header's value (absent: the empty value).
     Header(HeaderName),
@@ -45,13 +46,13 @@ impl KeySpec {
                 "path" => Part::Path,
                 other => {
                     if let Some(bits) = other.strip_prefix("client_ip/") {
-                        match bits.parse::<u8>() {
-                            Ok(n) if (1..=128).contains(&n) => Part::ClientIp { prefix: Some(n) },
-                            _ => {
-                                return Err(format!(
-                                    "{other:?}: the prefix length must be 1 to 128"
-                                ))
-                            }
+                        let prefix = prefixes(bits).ok_or_else(|| {
+                            format!(
+                                "{other:?}: expected client_ip/<IPv4 bits, 1-32> or client_ip/<IPv4 bits>/<IPv6 bits, 1-128>"
+                            )
+                        })?;
+                        Part::ClientIp {
+                            prefix: Some(prefix),
                         }
                     } else if let Some(name) = other.strip_prefix("header:") {
                         match HeaderName::from_bytes(name.as_bytes()) {
@@ -83,7 +84,9 @@ impl KeySpec {
             .iter()
             .map(|p| match p {
                 Part::ClientIp { prefix: None } => "client_ip".to_owned(),
-                Part::ClientIp { prefix: Some(n) } => format!("client_ip/{n}"),
+                Part::ClientIp {
+                    prefix: Some((v4, v6)),
+                } => format!("client_ip/{v4}/{v6}"),
                 Part::Header(h) => format!("header:{h}"),
                 Part::Path => "path".to_owned(),
             })
@@ -92,26 +95,30 @@ impl KeySpec {
     }
 
     /// The key of a request, hashed.
-    pub fn hash(&self, client: IpAddr, path: &str, headers: &HeaderMap) -> u64 {
-        let mut h = FnvHasher::default();
+    pub fn hash(&self, seed: u64, client: IpAddr, path: &str, headers: &HeaderMap) -> u64 {
+        let mut h = FnvHasher::with_key(seed);
+        // An IPv4 client seen through an IPv6 socket is the IPv4 client.
+        let client = client.to_canonical();
         for part in &self.parts {
             match part {
                 Part::ClientIp { prefix } => match (client, prefix) {
-                    (IpAddr::V4(v4), Some(bits)) => {
-                        let keep = u32::from(*bits.min(&32));
-                        let masked = u32::from(v4).checked_shr(32 - keep).unwrap_or(0);
-                        h.write_u32(masked);
+                    (IpAddr::V4(v4), Some((bits, _))) => {
+                        let shift = 32 - u32::from(*bits);
+                        h.write_u32(u32::from(v4).checked_shr(shift).unwrap_or(0));
                     }
-                    (IpAddr::V6(v6), Some(bits)) => {
-                        let keep = u32::from(*bits);
-                        let masked = u128::from(v6).checked_shr(128 - keep).unwrap_or(0);
-                        h.write_u128(masked);
+                    (IpAddr::V6(v6), Some((_, bits))) => {
+                        let shift = 128 - u32::from(*bits);
+                        h.write_u128(u128::from(v6).checked_shr(shift).unwrap_or(0));
                     }
                     (IpAddr::V4(v4), None) => h.write(&v4.octets()),
                     (IpAddr::V6(v6), None) => h.write(&v6.octets()),
                 },
                 Part::Header(name) => {
-                    h.write(headers.get(name).map_or(&b""[..], |v| v.as_bytes()));
+                    // Every value, in order: a client cannot pick its bucket by adding one.
+                    for value in headers.get_all(name) {
+                        h.write(value.as_bytes());
+                        h.write_u8(0);
+                    }
                 }
                 Part::Path => h.write(path.as_bytes()),
             }
@@ -120,6 +127,15 @@ impl KeySpec {
         }
         spread(h.finish())
     }
+}
+
+/// `24` (IPv6: `/64`) or `24/48`.
+fn prefixes(bits: &str) -> Option<(u8, u8)> {
+    let (v4, v6) = match bits.split_once('/') {
+        Some((v4, v6)) => (v4.parse::<u8>().ok()?, v6.parse::<u8>().ok()?),
+        None => (bits.parse::<u8>().ok()?, 64),
+    };
+    ((1..=32).contains(&v4) && (1..=128).contains(&v6)).then_some((v4, v6))
 }
 
 /// A hash's bits mixed, so both the bucket (low bits) and the key's mark (high bits) vary.
@@ -138,7 +154,7 @@ pub fn hash_str(value: &str) -> u64 {
     if let Ok(v) = http::HeaderValue::from_str(value) {
         headers.insert("x-client-id", v);
     }
-    spec.hash(IpAddr::from([127, 0, 0, 1]), "/", &headers)
+    spec.hash(0, IpAddr::from([127, 0, 0, 1]), "/", &headers)
 }
 
 #[cfg(test)]
@@ -150,7 +166,8 @@ mod tests {
         assert!(KeySpec::parse(&["route".into()]).unwrap().is_whole_route());
         for bad in [
             "client_ip/0",
-            "client_ip/129",
+            "client_ip/33",
+            "client_ip/24/129",
             "header:bad name",
             "ip",
             "path,path",
@@ -160,13 +177,13 @@ mod tests {
         }
         let by_net = KeySpec::parse(&["client_ip/24".into()]).unwrap();
         let h = HeaderMap::new();
-        let a = by_net.hash("10.0.0.1".parse().unwrap(), "/", &h);
-        assert_eq!(a, by_net.hash("10.0.0.200".parse().unwrap(), "/", &h));
-        assert_ne!(a, by_net.hash("10.0.1.1".parse().unwrap(), "/", &h));
+        let a = by_net.hash(0, "10.0.0.1".parse().unwrap(), "/", &h);
+        assert_eq!(a, by_net.hash(0, "10.0.0.200".parse().unwrap(), "/", &h));
+        assert_ne!(a, by_net.hash(0, "10.0.1.1".parse().unwrap(), "/", &h));
         let by_ip = KeySpec::parse(&["client_ip".into()]).unwrap();
         assert_ne!(
-            by_ip.hash("10.0.0.1".parse().unwrap(), "/", &h),
-            by_ip.hash("10.0.0.2".parse().unwrap(), "/", &h)
+            by_ip.hash(0, "10.0.0.1".parse().unwrap(), "/", &h),
+            by_ip.hash(0, "10.0.0.2".parse().unwrap(), "/", &h)
         );
         let both = KeySpec::parse(&["header:x-a".into(), "path".into()]).unwrap();
         let mut ab = HeaderMap::new();
@@ -174,6 +191,6 @@ mod tests {
         let mut a_ = HeaderMap::new();
         a_.insert("x-a", http::HeaderValue::from_static("a"));
         let ip = "127.0.0.1".parse().unwrap();
-        assert_ne!(both.hash(ip, "c", &ab), both.hash(ip, "bc", &a_));
+        assert_ne!(both.hash(0, ip, "c", &ab), both.hash(0, ip, "bc", &a_));
     }
 }

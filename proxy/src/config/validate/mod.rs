@@ -16,6 +16,7 @@ use super::{Config, ConfigError, Duration, Entry, ErrorKind, FieldPath, Values};
 
 pub use crate::config::checked::EndpointAddress;
 pub use clusters::parse_endpoint_address;
+pub use rate_limits::spec_of;
 pub use route_names::default_route_name;
 pub use routes::full_match_regex;
 

@@ -4,14 +4,32 @@ use std::collections::HashSet;
 use std::time::Duration as StdDuration;
 
 use super::Validator;
+use crate::config::model::RateLimit as Model;
 use crate::config::model::{RateLimit, RateLimitAction, RateLimitScope, RouteTable};
 use crate::config::FieldPath;
-use crate::ratelimit::KeySpec;
+use crate::ratelimit::{KeySpec, Spec};
 
 /// The longest wait `action: delay` may ask for.
 pub const MAX_DELAY: StdDuration = StdDuration::from_secs(10);
 /// The most buckets one keyed limit may keep.
 pub const MAX_KEYS: usize = 1 << 20;
+/// Buckets a keyed limit keeps by default.
+pub const DEFAULT_MAX_KEYS: usize = 65_536;
+
+/// What a (checked) limit does, for its limiter.
+pub fn spec_of(l: &Model) -> Spec {
+    Spec {
+        requests: l.requests,
+        per: l.per.get(),
+        burst: l.burst.unwrap_or(l.requests),
+        key: KeySpec::parse(&l.key.0).unwrap_or_default(),
+        delay: match l.action {
+            RateLimitAction::Delay => l.max_delay.map(|d| d.get()),
+            RateLimitAction::Reject => None,
+        },
+        max_keys: l.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
+    }
+}
 
 impl Validator<'_> {
     pub(super) fn rate_limits(&mut self, table_name: &str, table: &RouteTable) {
@@ -72,6 +90,25 @@ impl Validator<'_> {
             if l.max_keys.is_some_and(|n| n == 0 || n > MAX_KEYS) {
                 self.error(at.field("max_keys"), format!("must be 1 to {MAX_KEYS}"));
             }
+            if l.requests > 0 && !l.per.get().is_zero() && KeySpec::parse(&l.key.0).is_ok() {
+                let spec = spec_of(l);
+                let (_, error) = spec.interval();
+                if error > 0.01 {
+                    self.error(
+                        at.field("requests"),
+                        format!(
+                            "{} per {} is more than a keyed limit can time to within 1 % (one request per microsecond at most): use a longer `per` with more `requests`, or a whole-route limit",
+                            l.requests,
+                            humantime::format_duration(l.per.get())
+                        ),
+                    );
+                } else if spec.horizon() >= spec.max_units() / 4 {
+                    self.error(
+                        at.field("per"),
+                        "the burst and delay book a bucket too far ahead (years): use a shorter `per` or a smaller `burst`",
+                    );
+                }
+            }
         }
     }
 }
@@ -123,6 +160,35 @@ mod tests {
                 ("route_tables.t.virtual_hosts[0].routes[0].rate_limits[0].scope", 12, "global limits"),
                 ("route_tables.t.virtual_hosts[0].routes[0].rate_limits[1].max_delay", 13, "only with `action: delay`"),
                 ("route_tables.t.virtual_hosts[0].routes[0].rate_limits[1].name", 13, "\"a\" twice"),
+            ],
+        );
+    }
+
+    #[test]
+    fn keyed_limits_keep_to_their_rate_and_their_clock() {
+        assert_errors(
+            &format!(
+                "{HEAD}
+                    routes:
+                      - match: {{ prefix: / }}
+                        cluster: app
+                        rate_limits:
+                          - {{ name: fast, requests: 2000000, per: 1s, key: client_ip }}
+                          - {{ name: far, requests: 1, per: 365d, burst: 100000, key: client_ip }}
+                          - {{ name: whole, requests: 2000000, per: 1s }}
+"
+            ),
+            &[
+                (
+                    "route_tables.t.virtual_hosts[0].routes[0].rate_limits[0].requests",
+                    12,
+                    "to within 1 %",
+                ),
+                (
+                    "route_tables.t.virtual_hosts[0].routes[0].rate_limits[1].per",
+                    13,
+                    "too far ahead",
+                ),
             ],
         );
     }
