@@ -172,3 +172,55 @@ async fn keys_are_independent_and_a_reload_keeps_the_buckets_of_a_kept_limit() -
     assert_eq!(as_client("a").await?.status, StatusCode::OK);
     Ok(())
 }
+
+/// A request a limit delays has only what is left of the route's timeout for the upstream:
+/// waiting 1 s of a 1.5 s timeout leaves 0.5 s, less than the upstream's 1 s, so it is a 504;
+/// the request that was not delayed is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_counts_against_the_route_timeout() -> Result<()> {
+    let slow = Upstream::builder("slow")
+        .delay(std::time::Duration::from_secs(1))
+        .start()
+        .await?;
+    let proxy = Proxy::start(yaml(&format!(
+        r#"
+admin: {{ listen: 127.0.0.1:0 }}
+access_log: {{ enabled: false }}
+listeners:
+  - {{ name: front, listen: 127.0.0.1:0, http: {{ route_table: main }} }}
+route_tables:
+  main:
+    virtual_hosts:
+      - hosts: ["*"]
+        routes:
+          - name: smooth
+            match: {{ prefix: / }}
+            cluster: slow
+            timeout: 1500ms
+            rate_limits:
+              - {{ name: one-a-second, requests: 1, per: 1s, burst: 1, action: delay, max_delay: 2s }}
+clusters:
+  - {{ name: slow, endpoints: ["{}"] }}
+"#,
+        slow.addr()
+    )))?;
+    proxy.wait_ready().await?;
+    let front = proxy.addr("front");
+    let first = tokio::spawn(async move { client::get(front, "example.org", "/").await });
+    let second = tokio::spawn(async move { client::get(front, "example.org", "/").await });
+    let mut statuses = vec![first.await??.status, second.await??.status];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::GATEWAY_TIMEOUT]);
+    let text = scrape(&proxy).await?;
+    let delayed = [
+        ("route_table", "main"),
+        ("route", "smooth"),
+        ("limit", "one-a-second"),
+        ("result", "delayed"),
+    ];
+    assert_eq!(
+        value(&text, "legate_ratelimit_requests_total", &delayed),
+        Some(1.0)
+    );
+    Ok(())
+}

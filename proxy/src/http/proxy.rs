@@ -47,6 +47,8 @@ struct Trace {
     cluster_slot: Option<Admitted>,
     pooled: Option<Pooled>,
     bytes_received: Option<Arc<AtomicU64>>,
+    /// How long a rate limit delayed the request: taken off the route's timeout.
+    waited: Duration,
 }
 
 /// A request being routed and forwarded; if the client goes away before the response head
@@ -282,7 +284,10 @@ async fn route(
         );
         match checked {
             Ok(wait) if wait.is_zero() => {}
-            Ok(wait) => tokio::time::sleep(wait).await,
+            Ok(wait) => {
+                tokio::time::sleep(wait).await;
+                trace.waited = wait;
+            }
             Err((limit, retry_after)) => {
                 return Err(ProxyError::RateLimited { limit, retry_after })
             }
@@ -478,7 +483,7 @@ async fn forward(
         );
     let first = Request::from_parts(parts, body);
 
-    let deadline = tokio::time::Instant::now() + route.timeout;
+    let deadline = tokio::time::Instant::now() + route.timeout.saturating_sub(trace.waited);
     let upstream_start = Instant::now();
     trace.upstream_start = Some(upstream_start);
     let attempt_loop = send_with_retries(
