@@ -49,7 +49,7 @@ use crate::protocol::{
 };
 use crate::session::{kind, Session, SessionError};
 use crate::shared::{
-    lock, lock_registry, publish, session_ended, sessions, Body, SessionEntry, Shared,
+    in_sync, lock, lock_registry, publish, session_ended, sessions, Body, SessionEntry, Shared,
 };
 use crate::state::{Backend, StateError, StateStore};
 use crate::store::{load_dir, GroupEvent, GroupLookup, OperatorError, Store};
@@ -766,25 +766,9 @@ impl Stream<'_> {
         Ok(())
     }
 
-    /// Times the change `group` waits for if this ACK left every proxy of it in sync. Called
-    /// on every ACK while a change is under way, so it looks at each session's versions in
-    /// place (no status is built) and stops at the first proxy still behind.
+    /// Times the change `group` waits for if this ACK left every proxy of it in sync.
     fn check_reached(&self, group: &str) {
-        let served = self
-            .shared
-            .snapshots
-            .borrow()
-            .groups
-            .get(group)
-            .map(|s| s.versions());
-        let Some(served) = served else { return };
-        let all_hold = lock_registry(self.shared).values().all(|entry| {
-            entry.session.as_ref().is_none_or(|session| {
-                let session = lock(session);
-                session.node().cluster != group || session.holds(&served)
-            })
-        });
-        if all_hold {
+        if in_sync(self.shared, group) == Some(true) {
             let now = Instant::now().into_std();
             self.shared.propagation.reached(group, now);
         }

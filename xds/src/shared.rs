@@ -87,22 +87,27 @@ pub(crate) fn publish(shared: &Shared, store: &Store) {
 /// After a session of `group` ended: if the proxies of the group still connected all hold what
 /// it serves, the change it waited for is no longer timed ([`Propagation::abandon`]).
 pub(crate) fn session_ended(shared: &Shared, group: &str) {
-    if !shared.propagation.waiting(group) {
-        return;
+    if shared.propagation.waiting(group) && in_sync(shared, group) == Some(true) {
+        shared.propagation.abandon(group);
     }
+}
+
+/// Whether every connected proxy of `group` holds what the group serves (`None`: the group
+/// serves nothing). Called on every ACK while a change is under way, so it looks at each
+/// session's versions in place (no status is built) and stops at the first proxy behind.
+pub(crate) fn in_sync(shared: &Shared, group: &str) -> Option<bool> {
     let served = shared
         .snapshots
         .borrow()
         .groups
         .get(group)
-        .map(|s| s.versions());
-    let Some(served) = served else { return };
-    let all_hold = sessions(shared)
-        .iter()
-        .all(|st| st.node.cluster != group || crate::propagation::holds(st, &served));
-    if all_hold {
-        shared.propagation.abandon(group);
-    }
+        .map(|s| s.versions())?;
+    Some(lock_registry(shared).values().all(|entry| {
+        entry.session.as_ref().is_none_or(|session| {
+            let session = lock(session);
+            session.node().cluster != group || session.holds(&served)
+        })
+    }))
 }
 
 /// The status of each connected proxy (after its hello).

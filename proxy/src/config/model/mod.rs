@@ -131,20 +131,30 @@ impl Serialize for Servers {
 
 impl<'de> Deserialize<'de> for Servers {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Servers, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(String),
-            Many(Vec<String>),
+        match one_or_many(d, "host:port")? {
+            v if v.is_empty() => Err(de::Error::custom("an empty list of servers")),
+            v => Ok(Servers(v)),
         }
-        match OneOrMany::deserialize(d) {
-            Ok(OneOrMany::One(s)) => Ok(Servers(vec![s])),
-            Ok(OneOrMany::Many(v)) if !v.is_empty() => Ok(Servers(v)),
-            Ok(OneOrMany::Many(_)) => Err(de::Error::custom("an empty list of servers")),
-            Err(_) => Err(de::Error::custom(
-                "expected host:port, or a list of host:port",
-            )),
-        }
+    }
+}
+
+/// A string, or a list of them; `what` names one in the error.
+pub(crate) fn one_or_many<'de, D: Deserializer<'de>>(
+    d: D,
+    what: &str,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(s)) => Ok(vec![s]),
+        Ok(OneOrMany::Many(v)) => Ok(v),
+        Err(_) => Err(de::Error::custom(format!(
+            "expected {what}, or a list of them"
+        ))),
     }
 }
 

@@ -119,17 +119,7 @@ impl RateLimitKey {
 
 impl<'de> Deserialize<'de> for RateLimitKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(String),
-            Many(Vec<String>),
-        }
-        match OneOrMany::deserialize(d) {
-            Ok(OneOrMany::One(s)) => Ok(RateLimitKey(vec![s])),
-            Ok(OneOrMany::Many(v)) => Ok(RateLimitKey(v)),
-            Err(_) => Err(de::Error::custom("expected a key part, or a list of them")),
-        }
+        one_or_many(d, "a key part").map(RateLimitKey)
     }
 }
 
