@@ -7,4 +7,5 @@ pub mod headers;
 pub mod idle;
 pub mod proxy;
 pub mod server;
+mod trace;
 pub mod upstream;

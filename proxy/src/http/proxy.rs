@@ -20,6 +20,7 @@ use super::body::{ProxyBody, RequestEnd, StatsEnd};
 use super::conn::{ConnCtx, InFlight};
 use super::error::ProxyError;
 use super::headers;
+use super::trace::{Abandoned, Trace};
 use super::upstream::{self, Pooled, UpstreamBody};
 use crate::access_log::AccessRecord;
 use crate::cluster::{outlier, ActiveRequest, Admitted, Cluster, Picked};
@@ -28,59 +29,7 @@ use crate::io::Touching;
 use crate::listener::{HttpSettings, Protocol};
 use crate::path;
 use crate::router::{Action, PathMatch, Redirect, Respond, Route};
-use crate::stats::route::{Outcome, TargetOutcome};
-
-/// What the access log and the end-of-request work learn while a request is handled.
-#[derive(Default)]
-struct Trace {
-    route: Option<Arc<str>>,
-    /// The route's [`Route::index`], for its stats.
-    route_index: Option<usize>,
-    /// Which of the route's clusters the request went to, and what came of it upstream.
-    target: Option<TargetOutcome>,
-    /// When forwarding began.
-    upstream_start: Option<Instant>,
-    cluster: Option<Arc<str>>,
-    upstream: Option<SocketAddr>,
-    attempts: u32,
-    endpoint: Option<ActiveRequest>,
-    cluster_slot: Option<Admitted>,
-    pooled: Option<Pooled>,
-    bytes_received: Option<Arc<AtomicU64>>,
-    /// How long a rate limit delayed the request: taken off the route's timeout.
-    waited: Duration,
-}
-
-/// A request being routed and forwarded; if the client goes away before the response head
-/// (hyper then drops the handler), its route and target still count it: class `other`, and
-/// incomplete on the target it was sent to.
-struct Abandoned<'a> {
-    settings: &'a HttpSettings,
-    start: Instant,
-    trace: Trace,
-}
-
-impl Drop for Abandoned<'_> {
-    fn drop(&mut self) {
-        let Some(stats) = self
-            .trace
-            .route_index
-            .and_then(|route| self.settings.route_stats.get(route))
-        else {
-            return;
-        };
-        let attempts = self.trace.attempts;
-        stats.record(&Outcome {
-            status: 0,
-            elapsed: self.start.elapsed(),
-            target: self.trace.target.map(|mut t| {
-                t.retries = attempts.saturating_sub(1);
-                t.incomplete = true;
-                t
-            }),
-        });
-    }
-}
+use crate::stats::route::TargetOutcome;
 
 /// Entry point for every request on every listener.
 pub async fn handle(
