@@ -1,5 +1,5 @@
 //! The `legate-xds` command line: `serve`, and the operator commands (`endpoint`, `route`,
-//! `step` in [`route`], `status` in [`status`], `audit` in [`audit`]) as HTTP/1.1 clients of a
+//! `step` in `route`, `status` in `status`, `audit` in `audit`) as HTTP/1.1 clients of a
 //! running server's operator API (`http://`, or `https://` with an optional CA file and
 //! client certificate).
 
