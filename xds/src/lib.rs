@@ -2,7 +2,8 @@
 //! `PROTOCOL.md`, whose rules are cited as `R1`..), their line framing, and the control plane.
 //!
 //! - [`protocol`]: the messages and their framing, shared with the proxy's client.
-//! - [`store`]: node groups from a directory of YAML files, operator overrides, versions.
+//! - [`store`]: node groups from a directory of YAML files, with overrides applied, versions.
+//! - [`overrides`]: operator overrides of endpoints and splits, and endpoint requests.
 //! - [`splits`]: split weights operators set per group and route.
 //! - [`state`]: where the overrides are persisted: a state file, or etcd for replicas.
 //! - [`etcd`]: an etcd v3 client over its JSON gateway; [`follow`]: watching it.
@@ -31,6 +32,7 @@ pub mod follow;
 pub mod limits;
 pub mod metrics;
 pub mod operator;
+pub mod overrides;
 pub mod pem;
 pub mod propagation;
 pub mod protocol;
